@@ -1,0 +1,182 @@
+//! The validated configuration: real types only, every value already checked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tollgate_core::{CostRule, Limit, Permission};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub account_api: ListenConfig,
+    pub ops: ListenConfig,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+    pub keys: KeysConfig,
+    pub metering: MeteringConfig,
+    pub metrics: MetricsConfig,
+    pub limits: LimitsConfig,
+    pub invitations: InvitationsConfig,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// TLS termination on the proxy listener (`[proxy.tls] cert`, `key`: PEM files).
+    pub tls: Option<TlsConfig>,
+    /// Largest request head accepted (default 64 KiB); beyond it, 431.
+    pub max_header_bytes: usize,
+    /// Keep-alive connections to each upstream kept idle per worker (default 64).
+    pub upstream_idle_per_host: usize,
+    /// Upstream connect timeout (default 5s); then 502.
+    pub connect_timeout: Duration,
+    /// How long shutdown waits for in-flight requests (default 30s).
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Embedded {
+        path: PathBuf,
+    },
+    Redis {
+        /// `redis://`, `rediss://` (TLS) or `redis+sentinel://` URL of a single server.
+        url: Option<String>,
+        /// Seed nodes of a Redis Cluster; non-empty exactly when `url` is `None`.
+        cluster: Vec<String>,
+        /// Prefix of every Redis key Tollgate writes (default `tg`).
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreDown {
+    /// Keep judging cached keys as last known.
+    ServeCached,
+    /// Refuse cached keys with `store_unavailable` once they are older than `max_staleness`.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub max_staleness: Duration,
+    pub negative_ttl: Duration,
+    pub on_store_down: OnStoreDown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `header:NAME` (NAME lower-cased).
+    Header(String),
+    /// `bearer`: `Authorization: Bearer KEY`.
+    Bearer,
+    /// `query:NAME`.
+    Query(String),
+    /// `json:NAME`: a top-level string field of a JSON body (up to 64 KiB), removed before forwarding.
+    Json(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysConfig {
+    pub sources: Vec<KeySource>,
+    pub forward: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChargeOn {
+    /// Only responses with a 2xx status are charged.
+    Success,
+    /// Every response the upstream gave is charged.
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeteringConfig {
+    pub flush_interval: Duration,
+    pub charge_on: ChargeOn,
+    /// Most credits held in memory while the store is down (default 100,000,000); see README.
+    pub max_unflushed_credits: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub per_key: bool,
+    pub max_key_series: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub parent: Limit,
+    pub child: Limit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvitationsConfig {
+    /// How long an invitation token works (default 7 days).
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// An upstream origin: scheme, host and port; no path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    /// `host` or `host:port` as the `Host` header and `:authority` should read (port omitted when it
+    /// is the scheme's default).
+    pub authority: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAuthTarget {
+    Query(String),
+    Header(String),
+}
+
+/// A credential injected upstream, read from the environment when the gateway starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAuth {
+    pub target: UpstreamAuthTarget,
+    pub env: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The `route` label: `name` if given, else `product`, else `prefix`.
+    pub name: String,
+    /// Starts with `/`.
+    pub prefix: String,
+    /// Lower-cased, without port.
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    /// A product route when set.
+    pub product: Option<String>,
+    /// The credit pool (defaults to `product`); set exactly when `product` is.
+    pub pool: Option<String>,
+    /// Base credits per request (default 1 for a product route, 0 otherwise).
+    pub credits: u64,
+    pub cost_rules: Vec<CostRule>,
+    pub timeout: Duration,
+    /// The permission a non-product route needs.
+    pub permission: Option<Permission>,
+    pub upstream_auth: Option<UpstreamAuth>,
+}

@@ -1,0 +1,147 @@
+//! The Prometheus registry. Metric names are constants in [`names`]; hot-path series are resolved
+//! once (per route and outcome) so a request only bumps an atomic.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric name Tollgate exports, in one place.
+pub mod names {
+    pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
+    pub const ACCOUNT_REQUESTS_TOTAL: &str = "tollgate_account_requests_total";
+    pub const ACCOUNT_CREDITS_TOTAL: &str = "tollgate_account_credits_total";
+    pub const PARENT_CREDITS_TOTAL: &str = "tollgate_parent_credits_total";
+    pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
+    pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
+    pub const KEY_CACHE_ENTRIES: &str = "tollgate_key_cache_entries";
+    pub const KEY_CACHE_LOOKUPS_TOTAL: &str = "tollgate_key_cache_lookups_total";
+    pub const STORE_UP: &str = "tollgate_store_up";
+    pub const USAGE_UNFLUSHED_CREDITS: &str = "tollgate_usage_unflushed_credits";
+}
+
+type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+/// The registry and the series every part of the gateway shares.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub key_cache_entries: IntGauge,
+    pub key_cache_lookups: IntCounterVec,
+    pub store_up: IntGauge,
+    pub usage_unflushed_credits: IntGauge,
+    hooks: RwLock<Vec<ScrapeHook>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new(names::REQUESTS_TOTAL, "Requests by route and outcome (admitted or an error code)."),
+            &["route", "outcome"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(names::REQUEST_DURATION_SECONDS, "Whole request as the client saw it.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(names::UPSTREAM_DURATION_SECONDS, "Upstream response time (to headers).")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let key_cache_entries =
+            IntGauge::new(names::KEY_CACHE_ENTRIES, "Keys held by the in-process cache.").expect("valid metric");
+        let key_cache_lookups = IntCounterVec::new(
+            Opts::new(names::KEY_CACHE_LOOKUPS_TOTAL, "Key cache look-ups by result."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let store_up = IntGauge::new(names::STORE_UP, "1 when the store answers, else 0.").expect("valid metric");
+        let usage_unflushed_credits = IntGauge::new(
+            names::USAGE_UNFLUSHED_CREDITS,
+            "Credits metered but not yet written to the store.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_duration.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(key_cache_entries.clone()),
+            Box::new(key_cache_lookups.clone()),
+            Box::new(store_up.clone()),
+            Box::new(usage_unflushed_credits.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Arc::new(Metrics {
+            registry,
+            requests_total,
+            request_duration,
+            upstream_duration,
+            key_cache_entries,
+            key_cache_lookups,
+            store_up,
+            usage_unflushed_credits,
+            hooks: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// The counter for one route and outcome, to resolve once and keep.
+    pub fn request_counter(&self, route: &str, outcome: &str) -> IntCounter {
+        self.requests_total.with_label_values(&[route, outcome])
+    }
+
+    pub fn request_histogram(&self, route: &str) -> Histogram {
+        self.request_duration.with_label_values(&[route])
+    }
+
+    pub fn upstream_histogram(&self, route: &str) -> Histogram {
+        self.upstream_duration.with_label_values(&[route])
+    }
+
+    /// Runs at every scrape, before encoding: copies gauges and counters kept elsewhere (the key
+    /// cache's atomics, the meter's backlog) into the registry.
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.hooks.write().push(Box::new(hook));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        for hook in self.hooks.read().iter() {
+            hook(self);
+        }
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Sets a counter to an absolute value read from elsewhere (counters only move up).
+pub fn set_counter(c: &IntCounter, value: u64) {
+    let cur = c.get();
+    if value > cur {
+        c.inc_by(value - cur);
+    }
+}

@@ -1,0 +1,178 @@
+//! The `Store` trait: what every backend must do, with the semantics the contract suite checks.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tollgate_core::{Account, Day, KeyHash, LimitOverrides, Status, Subscription, UsageRow};
+
+/// Every way a store operation can fail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The email (compared case-insensitively) belongs to an account already.
+    #[error("the email belongs to an account already")]
+    EmailTaken,
+    /// No account with this id (or not one this operation applies to).
+    #[error("account `{0}` not found")]
+    NotFound(String),
+    /// The invitation token is unknown, used, expired, or its child was deleted.
+    #[error("the invitation is unknown, used or expired")]
+    InvitationUnknown,
+    /// The operation does not apply to the account in its current state (e.g. enabling a deleted one).
+    #[error("{0}")]
+    Conflict(String),
+    /// The change-feed cursor is older than what the feed still holds: reload everything.
+    #[error("the change feed was trimmed past the cursor")]
+    FeedTrimmed,
+    /// The backend cannot be reached; the operation may or may not have happened (retry is safe for
+    /// idempotent operations such as [`Store::record_usage`]).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// Corrupt data or a backend bug.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A parent to create: the caller generates the id and key and passes only the key's hash.
+#[derive(Debug, Clone)]
+pub struct NewParent {
+    /// `role` must be `Parent`, `status` `Active`, `parent_id` `None`.
+    pub account: Account,
+    pub key_hash: KeyHash,
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// A child to invite: the account (status `Invited`, no key) and its invitation token's hash.
+#[derive(Debug, Clone)]
+pub struct NewInvitation {
+    pub child: Account,
+    pub token_hash: KeyHash,
+    /// Unix seconds after which the token no longer works.
+    pub expires_at: u64,
+}
+
+/// What changed in the key tree; followers reload what the event names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The account's record (status, team, limits) changed, or it was created or deleted.
+    Account(String),
+    /// A key hash now maps to an account (drop negative cache entries for it).
+    KeyAdded(KeyHash),
+    /// A key hash no longer maps to anything (rotation, deletion).
+    KeyRemoved(KeyHash),
+    /// A parent's subscriptions changed.
+    Subscriptions(String),
+}
+
+/// One change with the opaque cursor to resume after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEvent {
+    pub cursor: String,
+    pub change: Change,
+}
+
+/// One metered cell to add: an account's requests and credits for a product, pool and day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageDelta {
+    pub account_id: String,
+    /// The tenant it rolls up to (its own id for a parent).
+    pub parent_id: String,
+    pub product: String,
+    pub pool: String,
+    pub day: Day,
+    pub requests: u64,
+    pub credits: u64,
+}
+
+/// A batch of usage written atomically and at most once per `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageBatch {
+    /// Unique per batch (node id + sequence); a batch whose id the store has seen is a no-op.
+    pub id: String,
+    pub deltas: Vec<UsageDelta>,
+}
+
+/// The key tree, usage and change feed. Every write to the key tree appends to the change feed
+/// before it returns. Implementations are shared across tasks (`Arc<dyn Store>`).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short name for logs and metrics: `embedded` or `redis`.
+    fn backend(&self) -> &'static str;
+
+    /// Cheap round trip: `Ok` when the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- key tree reads ----
+
+    async fn account(&self, id: &str) -> StoreResult<Option<Account>>;
+
+    /// The account a key hash belongs to (any status), or `None` for an unknown, rotated-away or
+    /// deleted key.
+    async fn account_by_key(&self, key: &KeyHash) -> StoreResult<Option<Account>>;
+
+    /// All children of a parent, in creation order, deleted ones included.
+    async fn children(&self, parent_id: &str) -> StoreResult<Vec<Account>>;
+
+    /// A parent's subscriptions, sorted by pool.
+    async fn subscriptions(&self, parent_id: &str) -> StoreResult<Vec<Subscription>>;
+
+    // ---- key tree writes ----
+
+    /// `EmailTaken` if any live account holds the email.
+    async fn create_parent(&self, new: NewParent) -> StoreResult<Account>;
+
+    /// Switches the team feature and/or replaces the limit overrides. `NotFound` for a non-parent.
+    async fn update_parent(
+        &self,
+        id: &str,
+        team: Option<bool>,
+        limits: Option<LimitOverrides>,
+    ) -> StoreResult<Account>;
+
+    /// Sets or replaces the subscription to `sub.pool`. `NotFound` for a non-parent.
+    async fn put_subscription(&self, parent_id: &str, sub: Subscription) -> StoreResult<()>;
+
+    /// Creates an `Invited` child and its token. `EmailTaken` if any live account holds the email;
+    /// `NotFound` if the parent is missing or deleted.
+    async fn invite(&self, new: NewInvitation) -> StoreResult<Account>;
+
+    /// Consumes the token (single use) and activates its child with `key_hash`.
+    /// `InvitationUnknown` if the token is unknown, used, expired at `now`, or its child is gone.
+    async fn accept_invitation(
+        &self,
+        token_hash: &KeyHash,
+        key_hash: KeyHash,
+        now: u64,
+    ) -> StoreResult<Account>;
+
+    /// `Active` <-> `Disabled`, or `Deleted` (final: removes the key, frees the email). Setting the
+    /// status an account already has is a no-op that succeeds; anything done to a deleted account
+    /// is `NotFound`.
+    async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account>;
+
+    /// Replaces the account's key; the old hash stops resolving at once.
+    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()>;
+
+    // ---- usage ----
+
+    /// Adds every delta, and the parent's roll-up, in one atomic step; a batch id seen before is a
+    /// no-op, so a retry after a lost reply never counts twice.
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
+
+    /// Usage rows of these accounts between the two days inclusive, sorted by account, day, product.
+    async fn usage(&self, account_ids: &[String], from: Day, to: Day) -> StoreResult<Vec<UsageRow>>;
+
+    /// All credits a tenant has ever used from each pool (its own and its children's), by pool.
+    async fn pool_usage(&self, parent_id: &str) -> StoreResult<Vec<(String, u64)>>;
+
+    // ---- change feed ----
+
+    /// The cursor of the newest event: follow from here after a full load.
+    async fn feed_head(&self) -> StoreResult<String>;
+
+    /// Events after `cursor`, oldest first; waits up to `wait` for the first one, then returns what
+    /// it has (possibly nothing). `FeedTrimmed` if the feed no longer reaches back to `cursor`.
+    async fn read_feed(&self, cursor: &str, wait: Duration) -> StoreResult<Vec<FeedEvent>>;
+}
