@@ -1,0 +1,182 @@
+//! Taking the key from the request: configured sources in order, first one that has a key wins.
+//! Header, bearer and query sources read only the request head; `json:NAME` reads a JSON body of at
+//! most [`JSON_BODY_LIMIT`] bytes and is only consulted when no earlier source had a key.
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderValue};
+use percent_encoding::percent_decode;
+use tollgate_config::KeySource;
+
+/// Largest JSON body `json:NAME` parses for a key.
+pub const JSON_BODY_LIMIT: usize = 64 * 1024;
+
+/// Where the key was found, for stripping it before forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found<'a> {
+    Header(&'a str),
+    Bearer,
+    Query(&'a str),
+    Json(&'a str),
+}
+
+/// The key (bytes as sent) and its source; `None` if no head source has one.
+pub fn from_head<'s>(parts: &Parts, sources: &'s [KeySource]) -> Option<(Vec<u8>, Found<'s>)> {
+    for source in sources {
+        match source {
+            KeySource::Header(name) => {
+                if let Some(v) = parts.headers.get(name.as_str()) {
+                    let v = v.as_bytes().trim_ascii();
+                    if !v.is_empty() {
+                        return Some((v.to_vec(), Found::Header(name)));
+                    }
+                }
+            }
+            KeySource::Bearer => {
+                if let Some(v) = bearer(parts.headers.get(header::AUTHORIZATION)) {
+                    return Some((v.to_vec(), Found::Bearer));
+                }
+            }
+            KeySource::Query(name) => {
+                if let Some(v) = query_param(parts.uri.query(), name) {
+                    return Some((v, Found::Query(name)));
+                }
+            }
+            KeySource::Json(_) => {}
+        }
+    }
+    None
+}
+
+/// The first `json:` source after every head source failed, if any.
+pub fn json_source(sources: &[KeySource]) -> Option<&str> {
+    sources.iter().find_map(|s| match s {
+        KeySource::Json(name) => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+/// Whether a body may be a JSON document worth parsing for a key.
+pub fn is_json(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.split(';').next().unwrap_or("").trim();
+            ct.eq_ignore_ascii_case("application/json") || ct.to_ascii_lowercase().ends_with("+json")
+        })
+}
+
+/// `Authorization: Bearer <token>` (scheme case-insensitive).
+pub fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
+    let v = value?.as_bytes();
+    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+        let t = v[7..].trim_ascii();
+        (!t.is_empty()).then_some(t)
+    } else {
+        None
+    }
+}
+
+/// The first non-empty value of `name` in a query string, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
+    for pair in query?.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name && !v.is_empty() {
+            return Some(percent_decode(v.as_bytes()).collect());
+        }
+    }
+    None
+}
+
+/// The query string less every parameter named in `names`; `None` if nothing is left.
+pub fn strip_query(query: &str, names: &[&str]) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && !names.contains(&k)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// Takes the key field out of a JSON object body. `None` if the body is not a JSON object or has no
+/// string field of that name; else the key and the body re-encoded without the field (when `strip`).
+pub fn from_json(body: &Bytes, field: &str, strip: bool) -> Option<(Vec<u8>, Option<Bytes>)> {
+    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = doc.as_object_mut()?;
+    let key = obj.get(field)?.as_str()?.as_bytes().to_vec();
+    if key.is_empty() {
+        return None;
+    }
+    if !strip {
+        return Some((key, None));
+    }
+    obj.shift_remove(field);
+    let rewritten = serde_json::to_vec(&doc).ok()?;
+    Some((key, Some(Bytes::from(rewritten))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn sources() -> Vec<KeySource> {
+        vec![
+            KeySource::Header("x-api-key".into()),
+            KeySource::Bearer,
+            KeySource::Header("x-authentication-token".into()),
+            KeySource::Query("apiKey".into()),
+            KeySource::Json("apiKey".into()),
+        ]
+    }
+
+    #[test]
+    fn sources_in_order() {
+        let s = sources();
+        let p = parts("/x?apiKey=q", &[("authorization", "Bearer b"), ("x-api-key", "h")]);
+        assert_eq!(from_head(&p, &s), Some((b"h".to_vec(), Found::Header("x-api-key"))));
+        let p = parts("/x?apiKey=q", &[("authorization", "bearer  b ")]);
+        assert_eq!(from_head(&p, &s), Some((b"b".to_vec(), Found::Bearer)));
+        let p = parts("/x?a=1&apiKey=q%5F", &[("authorization", "Basic zz")]);
+        assert_eq!(from_head(&p, &s), Some((b"q_".to_vec(), Found::Query("apiKey"))));
+        let p = parts("/x?apiKey=", &[("x-authentication-token", "t")]);
+        assert_eq!(from_head(&p, &s), Some((b"t".to_vec(), Found::Header("x-authentication-token"))));
+        assert_eq!(from_head(&parts("/x", &[("x-api-key", " ")]), &s), None);
+        assert_eq!(json_source(&s), Some("apiKey"));
+    }
+
+    #[test]
+    fn query_stripping() {
+        assert_eq!(strip_query("a=1&apiKey=k&b=2", &["apiKey"]).as_deref(), Some("a=1&b=2"));
+        assert_eq!(strip_query("apiKey=k", &["apiKey"]), None);
+        assert_eq!(strip_query("apiKeyX=1", &["apiKey"]).as_deref(), Some("apiKeyX=1"));
+    }
+
+    #[test]
+    fn json_bodies() {
+        let body = Bytes::from_static(br#"{"domainName":"example.com","apiKey":"at_k","outputFormat":"JSON"}"#);
+        let (k, rest) = from_json(&body, "apiKey", true).unwrap();
+        assert_eq!(k, b"at_k");
+        assert_eq!(
+            rest.unwrap(),
+            Bytes::from_static(br#"{"domainName":"example.com","outputFormat":"JSON"}"#)
+        );
+        assert_eq!(from_json(&Bytes::from_static(b"[1]"), "apiKey", true), None);
+        assert_eq!(from_json(&Bytes::from_static(b"{\"apiKey\":1}"), "apiKey", true), None);
+        assert_eq!(from_json(&Bytes::from_static(b"not json"), "apiKey", true), None);
+        let p = parts("/x", &[("content-type", "application/json; charset=utf-8")]);
+        assert!(is_json(&p));
+        assert!(!is_json(&parts("/x", &[("content-type", "text/plain")])));
+    }
+}

@@ -1,0 +1,437 @@
+//! The request path: route, key, admission, forwarding, response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use prometheus::{Histogram, IntCounter};
+use tollgate_config::{ChargeOn, Config, KeySource, Route, UpstreamAuthTarget};
+use tollgate_core::{admit, cost, is_well_formed_key, Access, Decision, DenyReason, KeyHash};
+use tollgate_meter::Metrics;
+use tollgate_store::{CacheLookup, KeyCache, Principal, StoreError};
+
+use crate::extract::{self, Found};
+use crate::forward::{self, UpstreamClient};
+use crate::respond::{refusal, Refusal};
+use crate::router::{request_host, Router};
+
+/// Bodies in both directions: passed through from the peer, or built here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+static X_TOLLGATE_ACCOUNT: HeaderName = HeaderName::from_static("x-tollgate-account");
+static X_TOLLGATE_PARENT: HeaderName = HeaderName::from_static("x-tollgate-parent");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Admission steps beyond the key tree (rate limits, pooled credits) and usage recording: the
+/// metering crate implements it; the proxy only calls it.
+pub trait UsageSink: Send + Sync + 'static {
+    /// Before forwarding. `Err((reason, retry_after_secs))` refuses the request.
+    fn check(&self, principal: &Principal, route: &Route, credits: u64) -> Result<(), (DenyReason, u64)>;
+    /// After the upstream answered with a response that `charge_on` says to charge.
+    fn charge(&self, principal: &Principal, route: &Route, credits: u64);
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Tls(#[from] forward::TlsSetupError),
+    #[error("route {route}: upstream_auth needs the environment variable {env}, which is not set")]
+    MissingSecret { route: String, env: String },
+    #[error("route {route}: bad upstream {what}")]
+    BadUpstream { route: String, what: String },
+}
+
+/// Per-route state resolved once: the upstream origin and the metric series.
+struct RouteRuntime {
+    scheme: Scheme,
+    authority: Authority,
+    host_header: HeaderValue,
+    auth: Option<(UpstreamAuthTarget, String)>,
+    outcomes: Vec<IntCounter>,
+    admitted: IntCounter,
+    duration: Histogram,
+    upstream_duration: Histogram,
+}
+
+/// Counters for requests that matched no route.
+struct Unmatched {
+    outcomes: Vec<IntCounter>,
+    duration: Histogram,
+}
+
+/// The data plane's shared state; one per process, used by every connection.
+pub struct Proxy {
+    router: Router,
+    runtime: Vec<RouteRuntime>,
+    unmatched: Unmatched,
+    cache: Arc<KeyCache>,
+    sources: Vec<KeySource>,
+    strip_headers: Vec<HeaderName>,
+    strip_bearer: bool,
+    strip_query: Vec<String>,
+    json_field: Option<String>,
+    forward_key: bool,
+    charge_on: ChargeOn,
+    client: UpstreamClient,
+    usage: Option<Arc<dyn UsageSink>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("routes", &self.router.routes().len()).finish()
+    }
+}
+
+fn outcome_counters(metrics: &Metrics, route: &str) -> Vec<IntCounter> {
+    Refusal::ALL
+        .iter()
+        .map(|r| metrics.request_counter(route, r.code()))
+        .collect()
+}
+
+impl Proxy {
+    pub fn new(
+        config: &Config,
+        cache: Arc<KeyCache>,
+        metrics: &Metrics,
+        usage: Option<Arc<dyn UsageSink>>,
+        client: UpstreamClient,
+    ) -> Result<Proxy, ProxyError> {
+        let mut runtime = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let bad = |what: &str| ProxyError::BadUpstream {
+                route: r.name.clone(),
+                what: what.into(),
+            };
+            let scheme = match r.upstream.scheme {
+                tollgate_config::Scheme::Http => Scheme::HTTP,
+                tollgate_config::Scheme::Https => Scheme::HTTPS,
+            };
+            let authority: Authority = format!("{}:{}", bracket(&r.upstream.host), r.upstream.port)
+                .parse()
+                .map_err(|_| bad("authority"))?;
+            let host_header = HeaderValue::from_str(&r.upstream.authority).map_err(|_| bad("host"))?;
+            let auth = match &r.upstream_auth {
+                None => None,
+                Some(a) => {
+                    let value = std::env::var(&a.env).map_err(|_| ProxyError::MissingSecret {
+                        route: r.name.clone(),
+                        env: a.env.clone(),
+                    })?;
+                    Some((a.target.clone(), value))
+                }
+            };
+            runtime.push(RouteRuntime {
+                scheme,
+                authority,
+                host_header,
+                auth,
+                outcomes: outcome_counters(metrics, &r.name),
+                admitted: metrics.request_counter(&r.name, "admitted"),
+                duration: metrics.request_histogram(&r.name),
+                upstream_duration: metrics.upstream_histogram(&r.name),
+            });
+        }
+        let mut strip_headers = Vec::new();
+        let mut strip_query = Vec::new();
+        let mut strip_bearer = false;
+        for s in &config.keys.sources {
+            match s {
+                KeySource::Header(h) => {
+                    if let Ok(n) = HeaderName::from_bytes(h.as_bytes()) {
+                        strip_headers.push(n);
+                    }
+                }
+                KeySource::Bearer => strip_bearer = true,
+                KeySource::Query(q) => strip_query.push(q.clone()),
+                KeySource::Json(_) => {}
+            }
+        }
+        Ok(Proxy {
+            router: Router::new(config.routes.clone()),
+            runtime,
+            unmatched: Unmatched {
+                outcomes: outcome_counters(metrics, "_unmatched"),
+                duration: metrics.request_histogram("_unmatched"),
+            },
+            cache,
+            json_field: extract::json_source(&config.keys.sources).map(str::to_owned),
+            sources: config.keys.sources.clone(),
+            strip_headers,
+            strip_bearer,
+            strip_query,
+            forward_key: config.keys.forward,
+            charge_on: config.metering.charge_on,
+            client,
+            usage,
+        })
+    }
+
+    /// Serves one request end to end. Never fails: every problem becomes a response.
+    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let request_id = request_id(req.headers());
+        let host = request_host(req.uri(), req.headers());
+        let Some(idx) = self.router.find(host, req.uri().path()) else {
+            let r = Refusal::Deny(DenyReason::RouteNotFound);
+            self.unmatched.outcomes[r.index()].inc();
+            self.unmatched.duration.observe(started.elapsed().as_secs_f64());
+            return finish(refusal(r).map(Either::Right), request_id);
+        };
+        let rt = &self.runtime[idx];
+        let resp = match self.admit_and_forward(idx, req, remote, &request_id).await {
+            Ok(resp) => {
+                rt.admitted.inc();
+                resp
+            }
+            Err((r, retry_after)) => {
+                rt.outcomes[r.index()].inc();
+                let mut resp = refusal(r).map(Either::Right);
+                if let Some(secs) = retry_after {
+                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                resp
+            }
+        };
+        rt.duration.observe(started.elapsed().as_secs_f64());
+        finish(resp, request_id)
+    }
+
+    async fn admit_and_forward(
+        &self,
+        idx: usize,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, (Refusal, Option<u64>)> {
+        let route = &self.router.routes()[idx];
+        let rt = &self.runtime[idx];
+        let (mut parts, body) = req.into_parts();
+
+        // 1. The key: head sources first; the JSON body only if they had none.
+        let mut body: ProxyBody = Either::Left(body);
+        let (key, found) = match extract::from_head(&parts, &self.sources) {
+            Some((k, f)) => (k, f),
+            None => match (&self.json_field, extract::is_json(&parts)) {
+                (Some(field), true) => {
+                    let Either::Left(incoming) = body else {
+                        unreachable!("body is the client's until here")
+                    };
+                    let bytes = match Limited::new(incoming, extract::JSON_BODY_LIMIT).collect().await {
+                        Ok(c) => c.to_bytes(),
+                        // Too large to hold a key we would parse, or the client broke off.
+                        Err(_) => return Err((Refusal::Deny(DenyReason::KeyMissing), None)),
+                    };
+                    match extract::from_json(&bytes, field, !self.forward_key) {
+                        Some((k, rewritten)) => {
+                            let new = rewritten.unwrap_or(bytes);
+                            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+                            body = Either::Right(Full::new(new));
+                            (k, Found::Json(field.as_str()))
+                        }
+                        None => return Err((Refusal::Deny(DenyReason::KeyMissing), None)),
+                    }
+                }
+                _ => return Err((Refusal::Deny(DenyReason::KeyMissing), None)),
+            },
+        };
+        let _ = found;
+
+        // 2. Who is it? A malformed key never reaches the hash or the store.
+        if !is_well_formed_key(&key) {
+            return Err((Refusal::Deny(DenyReason::KeyUnknown), None));
+        }
+        let hash = KeyHash::of(&key);
+        let principal = match self.cache.lookup(&hash) {
+            CacheLookup::Hit(p) => p,
+            CacheLookup::Unknown => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
+            CacheLookup::Miss => match self.cache.resolve(&hash).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
+                Err(StoreError::Unavailable(_)) | Err(_) => {
+                    return Err((Refusal::Deny(DenyReason::StoreUnavailable), None))
+                }
+            },
+        };
+
+        // 3. May it call this route?
+        let access = Access {
+            pool: route.pool.as_deref(),
+            permission: route.permission,
+        };
+        if let Decision::Deny(r) = admit(
+            &principal.account.account,
+            principal.parent(),
+            |pool| principal.tenant.subscribed(pool),
+            access,
+        ) {
+            return Err((Refusal::Deny(r), None));
+        }
+
+        // 4. Limits and credits.
+        let credits = if route.product.is_some() {
+            cost(route.credits, &route.cost_rules, parts.uri.query())
+        } else {
+            0
+        };
+        if let Some(usage) = &self.usage {
+            if let Err((r, retry)) = usage.check(&principal, route, credits) {
+                return Err((Refusal::Deny(r), (r == DenyReason::RateLimited).then_some(retry)));
+            }
+        }
+
+        // 5. Forward.
+        let pq = self.upstream_path_and_query(&parts.uri, rt)?;
+        parts.uri = Uri::from_parts({
+            let mut u = http::uri::Parts::default();
+            u.scheme = Some(rt.scheme.clone());
+            u.authority = Some(rt.authority.clone());
+            u.path_and_query = Some(pq);
+            u
+        })
+        .map_err(|_| (Refusal::BadRequest, None))?;
+        parts.version = http::Version::HTTP_11;
+        self.prepare_headers(&mut parts.headers, rt, &principal, remote, request_id);
+        let upstream_req = Request::from_parts(parts, body);
+
+        let sent = Instant::now();
+        let result = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;
+        rt.upstream_duration.observe(sent.elapsed().as_secs_f64());
+        let resp = match result {
+            Err(_) => return Err((Refusal::UpstreamTimeout, None)),
+            Ok(Err(e)) => {
+                tracing::debug!(route = %route.name, error = %e, "upstream request failed");
+                return Err((Refusal::UpstreamUnavailable, None));
+            }
+            Ok(Ok(resp)) => resp,
+        };
+
+        // 6. Charge what the upstream answered.
+        if let Some(usage) = &self.usage {
+            let chargeable = match self.charge_on {
+                ChargeOn::Always => true,
+                ChargeOn::Success => resp.status().is_success(),
+            };
+            if chargeable && route.product.is_some() {
+                usage.charge(&principal, route, credits);
+            }
+        }
+        let (mut rparts, rbody) = resp.into_parts();
+        forward::strip_hop_by_hop(&mut rparts.headers);
+        Ok(Response::from_parts(rparts, Either::Left(rbody)))
+    }
+
+    fn upstream_path_and_query(
+        &self,
+        uri: &Uri,
+        rt: &RouteRuntime,
+    ) -> Result<PathAndQuery, (Refusal, Option<u64>)> {
+        let path = uri.path();
+        let mut query: Option<std::borrow::Cow<'_, str>> = uri.query().map(Into::into);
+        if !self.forward_key && !self.strip_query.is_empty() {
+            if let Some(q) = uri.query() {
+                let names: Vec<&str> = self.strip_query.iter().map(String::as_str).collect();
+                query = extract::strip_query(q, &names).map(Into::into);
+            }
+        }
+        if let Some((UpstreamAuthTarget::Query(name), value)) = &rt.auth {
+            let enc = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+            let q = match query {
+                Some(q) => {
+                    let without = extract::strip_query(&q, &[name.as_str()]);
+                    match without {
+                        Some(w) => format!("{w}&{name}={enc}"),
+                        None => format!("{name}={enc}"),
+                    }
+                }
+                None => format!("{name}={enc}"),
+            };
+            query = Some(q.into());
+        }
+        let pq = match query {
+            None if uri.query().is_none() => match uri.path_and_query() {
+                Some(pq) => return Ok(pq.clone()),
+                None => PathAndQuery::from_static("/"),
+            },
+            None => PathAndQuery::try_from(path).map_err(|_| (Refusal::BadRequest, None))?,
+            Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).map_err(|_| (Refusal::BadRequest, None))?,
+        };
+        Ok(pq)
+    }
+
+    fn prepare_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        rt: &RouteRuntime,
+        principal: &Principal,
+        remote: SocketAddr,
+        request_id: &HeaderValue,
+    ) {
+        forward::strip_hop_by_hop(h);
+        if !self.forward_key {
+            for name in &self.strip_headers {
+                h.remove(name);
+            }
+            if self.strip_bearer && extract::bearer(h.get(header::AUTHORIZATION)).is_some() {
+                h.remove(header::AUTHORIZATION);
+            }
+        }
+        // Nothing the client sends may pose as Tollgate's own attribution.
+        h.remove(&X_TOLLGATE_ACCOUNT);
+        h.remove(&X_TOLLGATE_PARENT);
+        let account = &principal.account.account;
+        if let Ok(v) = HeaderValue::from_str(&account.id) {
+            h.insert(X_TOLLGATE_ACCOUNT.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(account.tenant_id()) {
+            h.insert(X_TOLLGATE_PARENT.clone(), v);
+        }
+        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+        h.insert(header::HOST, rt.host_header.clone());
+        let ip = remote.ip().to_string();
+        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if let Some((UpstreamAuthTarget::Header(name), value)) = &rt.auth {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                h.insert(n, v);
+            }
+        }
+    }
+}
+
+fn bracket(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.contains(':') {
+        format!("[{host}]").into()
+    } else {
+        host.into()
+    }
+}
+
+/// The client's `x-request-id` if it is sane, else a new random one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        if !v.is_empty() && v.len() <= 128 {
+            return v.clone();
+        }
+    }
+    let n: u128 = rand::random();
+    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+fn finish(mut resp: Response<ProxyBody>, request_id: HeaderValue) -> Response<ProxyBody> {
+    resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+    resp
+}

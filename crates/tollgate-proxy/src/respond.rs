@@ -1,0 +1,138 @@
+//! The one module that maps refusals (domain `DenyReason`s and upstream failures) to HTTP statuses
+//! and JSON bodies. Bodies are rendered once at start-up; a refusal costs a `Bytes` clone.
+
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use tollgate_core::DenyReason;
+
+/// Everything the data plane can answer instead of the upstream's response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    Deny(DenyReason),
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    /// A request we cannot make sense of (e.g. an unusable URI).
+    BadRequest,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 13] = [
+        Refusal::Deny(DenyReason::KeyMissing),
+        Refusal::Deny(DenyReason::KeyUnknown),
+        Refusal::Deny(DenyReason::KeyDisabled),
+        Refusal::Deny(DenyReason::ParentDisabled),
+        Refusal::Deny(DenyReason::ProductNotSubscribed),
+        Refusal::Deny(DenyReason::PermissionDenied),
+        Refusal::Deny(DenyReason::CreditsExhausted),
+        Refusal::Deny(DenyReason::RateLimited),
+        Refusal::Deny(DenyReason::RouteNotFound),
+        Refusal::Deny(DenyReason::StoreUnavailable),
+        Refusal::UpstreamUnavailable,
+        Refusal::UpstreamTimeout,
+        Refusal::BadRequest,
+    ];
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Refusal::Deny(r) => match r {
+                DenyReason::KeyMissing => StatusCode::UNAUTHORIZED,
+                DenyReason::KeyUnknown => StatusCode::UNAUTHORIZED,
+                DenyReason::KeyDisabled => StatusCode::FORBIDDEN,
+                DenyReason::ParentDisabled => StatusCode::FORBIDDEN,
+                DenyReason::ProductNotSubscribed => StatusCode::FORBIDDEN,
+                DenyReason::PermissionDenied => StatusCode::FORBIDDEN,
+                DenyReason::CreditsExhausted => StatusCode::PAYMENT_REQUIRED,
+                DenyReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                DenyReason::RouteNotFound => StatusCode::NOT_FOUND,
+                DenyReason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::Deny(r) => r.code(),
+            Refusal::UpstreamUnavailable => "upstream_unavailable",
+            Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::BadRequest => "bad_request",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Deny(r) => r.message(),
+            Refusal::UpstreamUnavailable => "The upstream service refused or broke the connection.",
+            Refusal::UpstreamTimeout => "The upstream service did not answer in time.",
+            Refusal::BadRequest => "The request could not be understood.",
+        }
+    }
+
+    /// Position in [`Refusal::ALL`], for per-outcome counters resolved at start-up.
+    pub fn index(self) -> usize {
+        Refusal::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+
+    pub fn body(self) -> Bytes {
+        BODIES[self.index()].clone()
+    }
+}
+
+static BODIES: LazyLock<Vec<Bytes>> = LazyLock::new(|| {
+    Refusal::ALL
+        .iter()
+        .map(|r| Bytes::from(error_body(r.code(), r.message())))
+        .collect()
+});
+
+/// `{"error":{"code":..,"message":..}}`, the shape of every refusal.
+pub fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// A complete refusal response. The caller adds `x-request-id` (and `retry-after` when limited).
+pub fn refusal(r: Refusal) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(r.body()));
+    *resp.status_mut() = r.status();
+    resp.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_the_spec_status_and_a_json_body() {
+        let spec = [
+            ("key_missing", 401),
+            ("key_unknown", 401),
+            ("key_disabled", 403),
+            ("parent_disabled", 403),
+            ("product_not_subscribed", 403),
+            ("permission_denied", 403),
+            ("credits_exhausted", 402),
+            ("rate_limited", 429),
+            ("route_not_found", 404),
+            ("upstream_unavailable", 502),
+            ("upstream_timeout", 504),
+            ("store_unavailable", 503),
+            ("bad_request", 400),
+        ];
+        assert_eq!(spec.len(), Refusal::ALL.len());
+        for (code, status) in spec {
+            let r = Refusal::ALL.iter().find(|r| r.code() == code).unwrap();
+            assert_eq!(r.status().as_u16(), status, "{code}");
+            let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+            assert_eq!(v["error"]["code"], code);
+            assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `TestGateway`: the real `tollgate` binary, on free ports, with its own temp dir for config and
+//! data. Stopped with SIGTERM (graceful) or killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// The operator token every test gateway is started with.
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
+/// See the module docs.
+pub struct TestGateway {
+    pub proxy: String,
+    pub account: String,
+    pub ops: String,
+    bin: PathBuf,
+    config_path: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts the binary with `[proxy]`, `[account_api]`, `[ops]` on free ports, the embedded store
+    /// in a temp dir unless `extra_toml` has its own `[store]`, and `extra_toml` (routes, limits...).
+    pub async fn start(bin: &Path, extra_toml: &str) -> TestGateway {
+        Self::start_with_env(bin, extra_toml, &[]).await
+    }
+
+    pub async fn start_with_env(bin: &Path, extra_toml: &str, env: &[(&str, &str)]) -> TestGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (p, a, o) = (free_port(), free_port(), free_port());
+        let mut toml = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{p}\"\ndrain_timeout = \"10s\"\n\n[account_api]\nlisten = \"127.0.0.1:{a}\"\n\n[ops]\nlisten = \"127.0.0.1:{o}\"\n\n"
+        );
+        if !extra_toml.contains("[store]") {
+            toml.push_str(&format!(
+                "[store]\nbackend = \"embedded\"\npath = \"{}\"\n\n",
+                dir.path().join("tollgate.db").display()
+            ));
+        }
+        toml.push_str(extra_toml);
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let mut g = TestGateway {
+            proxy: format!("http://127.0.0.1:{p}"),
+            account: format!("http://127.0.0.1:{a}"),
+            ops: format!("http://127.0.0.1:{o}"),
+            bin: bin.to_owned(),
+            config_path,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+            dir,
+        };
+        g.spawn().await;
+        g
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("TOLLGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tollgate");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("tollgate exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(r) = crate::http::get(&format!("{}/healthz", self.ops), &[]).await {
+                if r.status.is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < end, "tollgate did not become healthy:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The process's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                panic!("tollgate did not exit after SIGTERM:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, no chance to flush: what a crash looks like.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Terminates gracefully and starts again on the same config, ports and data.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            let status = self.terminate().await;
+            assert!(status.success(), "graceful exit failed: {status}\n{}", self.log());
+        }
+        self.spawn().await;
+    }
+
+    /// `Authorization` header value for the operator API.
+    pub fn operator_auth() -> String {
+        format!("Bearer {OPERATOR_TOKEN}")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,83 @@
+//! A minimal HTTP client for tests (HTTP/1.1, or h2c with prior knowledge).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// What came back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The `error.code` of a refusal body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends one request. `url` is absolute (`http://127.0.0.1:port/path?query`).
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> anyhow::Result<Reply> {
+    send_with(false, method, url, headers, body.into()).await
+}
+
+/// As [`send`], over HTTP/2 cleartext with prior knowledge.
+pub async fn send_h2c(method: Method, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+    send_with(true, method, url, headers, Bytes::new()).await
+}
+
+async fn send_with(
+    h2: bool,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> anyhow::Result<Reply> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http();
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(body))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+    send(Method::GET, url, headers, Bytes::new()).await
+}
+
+pub async fn post_json(url: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> anyhow::Result<Reply> {
+    let mut h: Vec<(&str, &str)> = headers.to_vec();
+    h.push(("content-type", "application/json"));
+    send(Method::POST, url, &h, body.to_string()).await
+}
