@@ -63,7 +63,10 @@ async fn create_parent(g: &TestGateway, email: &str, pools: &[&str]) -> (String,
     .unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
-    (v["id"].as_str().unwrap().into(), v["api_key"].as_str().unwrap().into())
+    (
+        v["id"].as_str().unwrap().into(),
+        v["api_key"].as_str().unwrap().into(),
+    )
 }
 
 /// Invites and accepts a child through the account API; returns (id, key).
@@ -87,12 +90,18 @@ async fn create_child(g: &TestGateway, parent_key: &str, email: &str) -> (String
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
-    (v["id"].as_str().unwrap().into(), v["api_key"].as_str().unwrap().into())
+    (
+        v["id"].as_str().unwrap().into(),
+        v["api_key"].as_str().unwrap().into(),
+    )
 }
 
 async fn whois(g: &TestGateway, key: &str) -> Reply {
     get(
-        &format!("{}/whoisserver/WhoisService?domainName=example.com", g.proxy),
+        &format!(
+            "{}/whoisserver/WhoisService?domainName=example.com",
+            g.proxy
+        ),
         &[("x-api-key", key)],
     )
     .await
@@ -100,9 +109,14 @@ async fn whois(g: &TestGateway, key: &str) -> Reply {
 }
 
 async fn ops_call(g: &TestGateway, method: Method, path: &str) -> Reply {
-    send(method, &format!("{}{path}", g.ops), &[("authorization", &op())], "")
-        .await
-        .unwrap()
+    send(
+        method,
+        &format!("{}{path}", g.ops),
+        &[("authorization", &op())],
+        "",
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,13 +124,30 @@ async fn key_in_every_source_is_admitted_and_stripped() {
     let up = StubUpstream::start().await;
     let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
     let (pid, key) = create_parent(&g, "owner@a.example", &["whois"]).await;
-    let url = format!("{}/whoisserver/WhoisService?domainName=example.com", g.proxy);
+    let url = format!(
+        "{}/whoisserver/WhoisService?domainName=example.com",
+        g.proxy
+    );
     let bearer = format!("Bearer {key}");
     let cases: Vec<(&str, Reply)> = vec![
-        ("x-api-key", get(&url, &[("x-api-key", &key)]).await.unwrap()),
-        ("bearer", get(&url, &[("authorization", &bearer)]).await.unwrap()),
-        ("x-authentication-token", get(&url, &[("x-authentication-token", &key)]).await.unwrap()),
-        ("query", get(&format!("{url}&apiKey={key}"), &[]).await.unwrap()),
+        (
+            "x-api-key",
+            get(&url, &[("x-api-key", &key)]).await.unwrap(),
+        ),
+        (
+            "bearer",
+            get(&url, &[("authorization", &bearer)]).await.unwrap(),
+        ),
+        (
+            "x-authentication-token",
+            get(&url, &[("x-authentication-token", &key)])
+                .await
+                .unwrap(),
+        ),
+        (
+            "query",
+            get(&format!("{url}&apiKey={key}"), &[]).await.unwrap(),
+        ),
         (
             "json",
             post_json(
@@ -129,39 +160,80 @@ async fn key_in_every_source_is_admitted_and_stripped() {
         ),
     ];
     for (source, r) in &cases {
-        assert_eq!(r.status, 200, "{source}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            200,
+            "{source}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(r.header("x-request-id").is_some(), "{source}");
     }
     let seen = up.requests();
     assert_eq!(seen.len(), 5);
     for (i, rec) in seen.iter().enumerate() {
         let source = cases[i].0;
-        assert_eq!(rec.header("x-tollgate-account"), Some(pid.as_str()), "{source}");
-        assert_eq!(rec.header("x-tollgate-parent"), Some(pid.as_str()), "{source}");
+        assert_eq!(
+            rec.header("x-tollgate-account"),
+            Some(pid.as_str()),
+            "{source}"
+        );
+        assert_eq!(
+            rec.header("x-tollgate-parent"),
+            Some(pid.as_str()),
+            "{source}"
+        );
         assert!(rec.header("x-request-id").is_some(), "{source}");
         assert!(!rec.uri.contains(&key), "{source}: key in {}", rec.uri);
-        assert!(rec.uri.contains("domainName=example.com") || source == "json", "{source}: {}", rec.uri);
+        assert!(
+            rec.uri.contains("domainName=example.com") || source == "json",
+            "{source}: {}",
+            rec.uri
+        );
         for (name, value) in &rec.headers {
-            assert!(!value.as_bytes().windows(key.len()).any(|w| w == key.as_bytes()), "{source}: key in {name}");
+            assert!(
+                !value
+                    .as_bytes()
+                    .windows(key.len())
+                    .any(|w| w == key.as_bytes()),
+                "{source}: key in {name}"
+            );
         }
-        assert!(!String::from_utf8_lossy(&rec.body).contains(&key), "{source}: key in body");
+        assert!(
+            !String::from_utf8_lossy(&rec.body).contains(&key),
+            "{source}: key in body"
+        );
     }
     let json_body: Value = serde_json::from_slice(&seen[4].body).unwrap();
-    assert_eq!(json_body, json!({"domainName": "example.com", "outputFormat": "JSON"}));
+    assert_eq!(
+        json_body,
+        json!({"domainName": "example.com", "outputFormat": "JSON"})
+    );
 
     // A client-sent request id is kept; a client-sent attribution header is not believed.
-    let r = get(&url, &[("x-api-key", &key), ("x-request-id", "req-123"), ("x-tollgate-account", "acc_forged")])
-        .await
-        .unwrap();
+    let r = get(
+        &url,
+        &[
+            ("x-api-key", &key),
+            ("x-request-id", "req-123"),
+            ("x-tollgate-account", "acc_forged"),
+        ],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.header("x-request-id"), Some("req-123"));
     let last = up.last().unwrap();
     assert_eq!(last.header("x-request-id"), Some("req-123"));
     assert_eq!(last.header("x-tollgate-account"), Some(pid.as_str()));
 
     // HTTP/2 cleartext from the client (the test client speaks only h2 here).
-    let r = send_h2c(Method::GET, &url, &[("x-api-key", &key)]).await.unwrap();
+    let r = send_h2c(Method::GET, &url, &[("x-api-key", &key)])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(up.last().unwrap().header("x-tollgate-account"), Some(pid.as_str()));
+    assert_eq!(
+        up.last().unwrap().header("x-tollgate-account"),
+        Some(pid.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,54 +253,153 @@ async fn every_refusal_has_its_status_and_code() {
 
     let before = up.count();
     let expect = |r: &Reply, status: u16, code: &str| {
-        assert_eq!(r.status, status, "{code}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            status,
+            "{code}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.code(), code);
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert!(r.header("x-request-id").is_some());
     };
     let url = format!("{}/whoisserver/WhoisService", g.proxy);
     expect(&get(&url, &[]).await.unwrap(), 401, "key_missing");
-    expect(&whois(&g, "at_0000000000000000000000000000z").await, 401, "key_unknown");
+    expect(
+        &whois(&g, "at_0000000000000000000000000000z").await,
+        401,
+        "key_unknown",
+    );
     expect(&whois(&g, "not-a-key").await, 401, "key_unknown");
-    expect(&get(&format!("{}/nothing-here", g.proxy), &[("x-api-key", &ckey)]).await.unwrap(), 404, "route_not_found");
-    expect(&get(&format!("{}/api/v2", g.proxy), &[("x-api-key", &ckey)]).await.unwrap(), 403, "product_not_subscribed");
-    expect(&get(&format!("{}/billing/invoices", g.proxy), &[("x-api-key", &ckey)]).await.unwrap(), 403, "permission_denied");
-    assert_eq!(up.count(), before, "no refused request may reach the upstream");
+    expect(
+        &get(
+            &format!("{}/nothing-here", g.proxy),
+            &[("x-api-key", &ckey)],
+        )
+        .await
+        .unwrap(),
+        404,
+        "route_not_found",
+    );
+    expect(
+        &get(&format!("{}/api/v2", g.proxy), &[("x-api-key", &ckey)])
+            .await
+            .unwrap(),
+        403,
+        "product_not_subscribed",
+    );
+    expect(
+        &get(
+            &format!("{}/billing/invoices", g.proxy),
+            &[("x-api-key", &ckey)],
+        )
+        .await
+        .unwrap(),
+        403,
+        "permission_denied",
+    );
+    assert_eq!(
+        up.count(),
+        before,
+        "no refused request may reach the upstream"
+    );
     // The parent may use the billing route.
-    let r = get(&format!("{}/billing/invoices", g.proxy), &[("x-api-key", &pkey)]).await.unwrap();
+    let r = get(
+        &format!("{}/billing/invoices", g.proxy),
+        &[("x-api-key", &pkey)],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
 
     // Disabled child, on the very next request; enabled again.
-    assert_eq!(ops_call(&g, Method::POST, &format!("/admin/v1/accounts/{cid}/disable")).await.status, 200);
+    assert_eq!(
+        ops_call(
+            &g,
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/disable")
+        )
+        .await
+        .status,
+        200
+    );
     expect(&whois(&g, &ckey).await, 403, "key_disabled");
-    assert_eq!(ops_call(&g, Method::POST, &format!("/admin/v1/accounts/{cid}/enable")).await.status, 200);
+    assert_eq!(
+        ops_call(
+            &g,
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/enable")
+        )
+        .await
+        .status,
+        200
+    );
     assert_eq!(whois(&g, &ckey).await.status, 200);
 
     // A disabled parent stops its children; re-enabled, they work again.
-    assert_eq!(ops_call(&g, Method::POST, &format!("/admin/v1/accounts/{pid}/disable")).await.status, 200);
+    assert_eq!(
+        ops_call(
+            &g,
+            Method::POST,
+            &format!("/admin/v1/accounts/{pid}/disable")
+        )
+        .await
+        .status,
+        200
+    );
     expect(&whois(&g, &ckey).await, 403, "parent_disabled");
     expect(&whois(&g, &pkey).await, 403, "key_disabled");
-    assert_eq!(ops_call(&g, Method::POST, &format!("/admin/v1/accounts/{pid}/enable")).await.status, 200);
+    assert_eq!(
+        ops_call(
+            &g,
+            Method::POST,
+            &format!("/admin/v1/accounts/{pid}/enable")
+        )
+        .await
+        .status,
+        200
+    );
     assert_eq!(whois(&g, &ckey2).await.status, 200);
 
     // Deleted: the key is unknown for good.
-    assert_eq!(ops_call(&g, Method::DELETE, &format!("/admin/v1/accounts/{cid}")).await.status, 204);
+    assert_eq!(
+        ops_call(&g, Method::DELETE, &format!("/admin/v1/accounts/{cid}"))
+            .await
+            .status,
+        204
+    );
     expect(&whois(&g, &ckey).await, 401, "key_unknown");
 
     // Upstream failures.
     let dead = format!("{}/dead", g.proxy);
-    expect(&get(&dead, &[("x-api-key", &pkey)]).await.unwrap(), 502, "upstream_unavailable");
+    expect(
+        &get(&dead, &[("x-api-key", &pkey)]).await.unwrap(),
+        502,
+        "upstream_unavailable",
+    );
     let slow = format!("{}/slow", g.proxy);
-    expect(&get(&slow, &[("x-api-key", &pkey)]).await.unwrap(), 504, "upstream_timeout");
+    expect(
+        &get(&slow, &[("x-api-key", &pkey)]).await.unwrap(),
+        504,
+        "upstream_timeout",
+    );
 
     // The refusals are counted by route and outcome.
     let m = get(&format!("{}/metrics", g.ops), &[]).await.unwrap();
     let text = String::from_utf8_lossy(&m.body);
-    assert!(text.contains(r#"tollgate_requests_total{outcome="key_disabled",route="whois"} 1"#), "{text}");
-    assert!(text.contains(r#"tollgate_requests_total{outcome="route_not_found",route="_unmatched"} 1"#));
+    assert!(
+        text.contains(r#"tollgate_requests_total{outcome="key_disabled",route="whois"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_requests_total{outcome="route_not_found",route="_unmatched"} 1"#)
+    );
     assert!(text.contains("tollgate_request_duration_seconds_bucket"));
     assert!(!text.contains(&pkey) && !text.contains(&ckey));
-    assert!(!g.log().contains(&pkey) && !g.log().contains(&ckey2), "a key reached the log");
+    assert!(
+        !g.log().contains(&pkey) && !g.log().contains(&ckey2),
+        "a key reached the log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,17 +409,33 @@ async fn bad_input_is_refused_cleanly() {
     let (_, key) = create_parent(&g, "owner@c.example", &["whois"]).await;
     // Headers over the limit: 431.
     let big = "x".repeat(100 * 1024);
-    let r = get(&format!("{}/whoisserver/WhoisService", g.proxy), &[("x-api-key", &key), ("x-big", &big)]).await;
+    let r = get(
+        &format!("{}/whoisserver/WhoisService", g.proxy),
+        &[("x-api-key", &key), ("x-big", &big)],
+    )
+    .await;
     match r {
         Ok(r) => assert_eq!(r.status, 431),
         Err(e) => panic!("expected a 431, got {e}"),
     }
     // An oversized operator body: 413.
     let huge = json!({"email": "x@y.example", "pad": "p".repeat(70 * 1024)});
-    let r = post_json(&format!("{}/admin/v1/parents", g.ops), &[("authorization", &op())], &huge).await.unwrap();
+    let r = post_json(
+        &format!("{}/admin/v1/parents", g.ops),
+        &[("authorization", &op())],
+        &huge,
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 413);
     // No operator token: 401.
-    let r = post_json(&format!("{}/admin/v1/parents", g.ops), &[], &json!({"email": "z@y.example"})).await.unwrap();
+    let r = post_json(
+        &format!("{}/admin/v1/parents", g.ops),
+        &[],
+        &json!({"email": "z@y.example"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 401);
     // Still healthy after all that.
     assert_eq!(whois(&g, &key).await.status, 200);
@@ -257,22 +444,34 @@ async fn bad_input_is_refused_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_keys_and_sigterm_drains() {
     let up = StubUpstream::start().await;
-    up.script("/whoisserver/WhoisService/slow", 200, Duration::from_millis(700));
+    up.script(
+        "/whoisserver/WhoisService/slow",
+        200,
+        Duration::from_millis(700),
+    );
     let mut g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
     let (_, key) = create_parent(&g, "owner@d.example", &["whois"]).await;
     assert_eq!(whois(&g, &key).await.status, 200);
     g.restart().await;
-    assert_eq!(whois(&g, &key).await.status, 200, "the key survives a restart");
+    assert_eq!(
+        whois(&g, &key).await.status,
+        200,
+        "the key survives a restart"
+    );
 
     // An in-flight request completes across SIGTERM, and the process exits 0.
     let url = format!("{}/whoisserver/WhoisService/slow", g.proxy);
     let k = key.clone();
     let inflight = tokio::spawn(async move { get(&url, &[("x-api-key", &k)]).await });
     let n = up.count();
-    tollgate_testkit::wait_until("the slow request to reach the upstream", Duration::from_secs(10), || {
-        let c = up.count();
-        async move { c > n }
-    })
+    tollgate_testkit::wait_until(
+        "the slow request to reach the upstream",
+        Duration::from_secs(10),
+        || {
+            let c = up.count();
+            async move { c > n }
+        },
+    )
     .await;
     let status = g.terminate().await;
     assert!(status.success(), "exit status {status}");
@@ -300,7 +499,11 @@ product = "whois"
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for path in ["cache.max_staleness", "keys.sorces", "routes[0].upstream"] {
@@ -311,5 +514,9 @@ product = "whois"
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../gateway.toml"))
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub key_cache_lookups: IntCounterVec,
     pub store_up: IntGauge,
     pub usage_unflushed_credits: IntGauge,
+    pub account_requests: IntCounterVec,
+    pub account_credits: IntCounterVec,
+    pub parent_credits: IntCounterVec,
+    /// Accounts that have their own series (at most `max_key_series`, first come first served).
+    series: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
     hooks: RwLock<Vec<ScrapeHook>>,
 }
 
@@ -52,36 +57,79 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(
-            Opts::new(names::REQUESTS_TOTAL, "Requests by route and outcome (admitted or an error code)."),
+            Opts::new(
+                names::REQUESTS_TOTAL,
+                "Requests by route and outcome (admitted or an error code).",
+            ),
             &["route", "outcome"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new(names::REQUEST_DURATION_SECONDS, "Whole request as the client saw it.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                names::REQUEST_DURATION_SECONDS,
+                "Whole request as the client saw it.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
         let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(names::UPSTREAM_DURATION_SECONDS, "Upstream response time (to headers).")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                names::UPSTREAM_DURATION_SECONDS,
+                "Upstream response time (to headers).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )
         .expect("valid metric");
-        let key_cache_entries =
-            IntGauge::new(names::KEY_CACHE_ENTRIES, "Keys held by the in-process cache.").expect("valid metric");
+        let key_cache_entries = IntGauge::new(
+            names::KEY_CACHE_ENTRIES,
+            "Keys held by the in-process cache.",
+        )
+        .expect("valid metric");
         let key_cache_lookups = IntCounterVec::new(
-            Opts::new(names::KEY_CACHE_LOOKUPS_TOTAL, "Key cache look-ups by result."),
+            Opts::new(
+                names::KEY_CACHE_LOOKUPS_TOTAL,
+                "Key cache look-ups by result.",
+            ),
             &["result"],
         )
         .expect("valid metric");
-        let store_up = IntGauge::new(names::STORE_UP, "1 when the store answers, else 0.").expect("valid metric");
+        let store_up = IntGauge::new(names::STORE_UP, "1 when the store answers, else 0.")
+            .expect("valid metric");
         let usage_unflushed_credits = IntGauge::new(
             names::USAGE_UNFLUSHED_CREDITS,
             "Credits metered but not yet written to the store.",
         )
         .expect("valid metric");
+        let account_requests = IntCounterVec::new(
+            Opts::new(
+                names::ACCOUNT_REQUESTS_TOTAL,
+                "Charged requests by account (id), parent and product.",
+            ),
+            &["account", "parent", "product"],
+        )
+        .expect("valid metric");
+        let account_credits = IntCounterVec::new(
+            Opts::new(
+                names::ACCOUNT_CREDITS_TOTAL,
+                "Charged credits by account (id), parent and product.",
+            ),
+            &["account", "parent", "product"],
+        )
+        .expect("valid metric");
+        let parent_credits = IntCounterVec::new(
+            Opts::new(
+                names::PARENT_CREDITS_TOTAL,
+                "Charged credits rolled up to the parent, by product.",
+            ),
+            &["parent", "product"],
+        )
+        .expect("valid metric");
         for c in [
+            Box::new(account_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(account_credits.clone()),
+            Box::new(parent_credits.clone()),
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
@@ -101,6 +149,10 @@ impl Metrics {
             key_cache_lookups,
             store_up,
             usage_unflushed_credits,
+            account_requests,
+            account_credits,
+            parent_credits,
+            series: parking_lot::Mutex::new(std::collections::HashSet::new()),
             hooks: RwLock::new(Vec::new()),
         })
     }
@@ -135,6 +187,55 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    /// Copies the meter's totals into the per-account and per-parent series. Accounts beyond
+    /// `max_key_series` are summed under `account="_other"` (and `parent="_other"`, so a flood of
+    /// tenants cannot grow the series either); the parent roll-up stays exact per parent.
+    pub fn export_usage(
+        &self,
+        totals: &[crate::meter::SeriesTotal],
+        per_key: bool,
+        max_key_series: usize,
+    ) {
+        use std::collections::HashMap;
+        let mut parents: HashMap<(&str, &str), u64> = HashMap::new();
+        let mut other: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut series = self.series.lock();
+        for t in totals {
+            *parents.entry((&t.parent, &t.product)).or_default() += t.credits;
+            if !per_key {
+                continue;
+            }
+            let own = series.contains(&t.account)
+                || (series.len() < max_key_series && series.insert(t.account.clone()));
+            if own {
+                let labels = [&*t.account, &*t.parent, &*t.product];
+                set_counter(
+                    &self.account_requests.with_label_values(&labels),
+                    t.requests,
+                );
+                set_counter(&self.account_credits.with_label_values(&labels), t.credits);
+            } else {
+                let e = other.entry(&t.product).or_default();
+                e.0 += t.requests;
+                e.1 += t.credits;
+            }
+        }
+        drop(series);
+        for (product, (r, c)) in other {
+            let labels = ["_other", "_other", product];
+            set_counter(&self.account_requests.with_label_values(&labels), r);
+            set_counter(&self.account_credits.with_label_values(&labels), c);
+        }
+        for ((parent, product), c) in parents {
+            set_counter(
+                &self.parent_credits.with_label_values(&[parent, product]),
+                c,
+            );
+        }
     }
 }
 

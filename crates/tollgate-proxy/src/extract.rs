@@ -64,7 +64,8 @@ pub fn is_json(parts: &Parts) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
             let ct = ct.split(';').next().unwrap_or("").trim();
-            ct.eq_ignore_ascii_case("application/json") || ct.to_ascii_lowercase().ends_with("+json")
+            ct.eq_ignore_ascii_case("application/json")
+                || ct.to_ascii_lowercase().ends_with("+json")
         })
 }
 
@@ -144,28 +145,48 @@ mod tests {
     #[test]
     fn sources_in_order() {
         let s = sources();
-        let p = parts("/x?apiKey=q", &[("authorization", "Bearer b"), ("x-api-key", "h")]);
-        assert_eq!(from_head(&p, &s), Some((b"h".to_vec(), Found::Header("x-api-key"))));
+        let p = parts(
+            "/x?apiKey=q",
+            &[("authorization", "Bearer b"), ("x-api-key", "h")],
+        );
+        assert_eq!(
+            from_head(&p, &s),
+            Some((b"h".to_vec(), Found::Header("x-api-key")))
+        );
         let p = parts("/x?apiKey=q", &[("authorization", "bearer  b ")]);
         assert_eq!(from_head(&p, &s), Some((b"b".to_vec(), Found::Bearer)));
         let p = parts("/x?a=1&apiKey=q%5F", &[("authorization", "Basic zz")]);
-        assert_eq!(from_head(&p, &s), Some((b"q_".to_vec(), Found::Query("apiKey"))));
+        assert_eq!(
+            from_head(&p, &s),
+            Some((b"q_".to_vec(), Found::Query("apiKey")))
+        );
         let p = parts("/x?apiKey=", &[("x-authentication-token", "t")]);
-        assert_eq!(from_head(&p, &s), Some((b"t".to_vec(), Found::Header("x-authentication-token"))));
+        assert_eq!(
+            from_head(&p, &s),
+            Some((b"t".to_vec(), Found::Header("x-authentication-token")))
+        );
         assert_eq!(from_head(&parts("/x", &[("x-api-key", " ")]), &s), None);
         assert_eq!(json_source(&s), Some("apiKey"));
     }
 
     #[test]
     fn query_stripping() {
-        assert_eq!(strip_query("a=1&apiKey=k&b=2", &["apiKey"]).as_deref(), Some("a=1&b=2"));
+        assert_eq!(
+            strip_query("a=1&apiKey=k&b=2", &["apiKey"]).as_deref(),
+            Some("a=1&b=2")
+        );
         assert_eq!(strip_query("apiKey=k", &["apiKey"]), None);
-        assert_eq!(strip_query("apiKeyX=1", &["apiKey"]).as_deref(), Some("apiKeyX=1"));
+        assert_eq!(
+            strip_query("apiKeyX=1", &["apiKey"]).as_deref(),
+            Some("apiKeyX=1")
+        );
     }
 
     #[test]
     fn json_bodies() {
-        let body = Bytes::from_static(br#"{"domainName":"example.com","apiKey":"at_k","outputFormat":"JSON"}"#);
+        let body = Bytes::from_static(
+            br#"{"domainName":"example.com","apiKey":"at_k","outputFormat":"JSON"}"#,
+        );
         let (k, rest) = from_json(&body, "apiKey", true).unwrap();
         assert_eq!(k, b"at_k");
         assert_eq!(
@@ -173,8 +194,14 @@ mod tests {
             Bytes::from_static(br#"{"domainName":"example.com","outputFormat":"JSON"}"#)
         );
         assert_eq!(from_json(&Bytes::from_static(b"[1]"), "apiKey", true), None);
-        assert_eq!(from_json(&Bytes::from_static(b"{\"apiKey\":1}"), "apiKey", true), None);
-        assert_eq!(from_json(&Bytes::from_static(b"not json"), "apiKey", true), None);
+        assert_eq!(
+            from_json(&Bytes::from_static(b"{\"apiKey\":1}"), "apiKey", true),
+            None
+        );
+        assert_eq!(
+            from_json(&Bytes::from_static(b"not json"), "apiKey", true),
+            None
+        );
         let p = parts("/x", &[("content-type", "application/json; charset=utf-8")]);
         assert!(is_json(&p));
         assert!(!is_json(&parts("/x", &[("content-type", "text/plain")])));

@@ -11,5 +11,5 @@ pub mod respond;
 pub mod router;
 pub mod server;
 
-pub use proxy::{Proxy, ProxyError, UsageSink};
+pub use proxy::{Proxy, ProxyError};
 pub use server::serve;

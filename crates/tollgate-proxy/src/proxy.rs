@@ -11,9 +11,9 @@ use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use prometheus::{Histogram, IntCounter};
-use tollgate_config::{ChargeOn, Config, KeySource, Route, UpstreamAuthTarget};
+use tollgate_config::{ChargeOn, Config, KeySource, UpstreamAuthTarget};
 use tollgate_core::{admit, cost, is_well_formed_key, Access, Decision, DenyReason, KeyHash};
-use tollgate_meter::Metrics;
+use tollgate_meter::{Charge, Check, Metering, Metrics, Standing};
 use tollgate_store::{CacheLookup, KeyCache, Principal, StoreError};
 
 use crate::extract::{self, Found};
@@ -28,15 +28,6 @@ static X_TOLLGATE_ACCOUNT: HeaderName = HeaderName::from_static("x-tollgate-acco
 static X_TOLLGATE_PARENT: HeaderName = HeaderName::from_static("x-tollgate-parent");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// Admission steps beyond the key tree (rate limits, pooled credits) and usage recording: the
-/// metering crate implements it; the proxy only calls it.
-pub trait UsageSink: Send + Sync + 'static {
-    /// Before forwarding. `Err((reason, retry_after_secs))` refuses the request.
-    fn check(&self, principal: &Principal, route: &Route, credits: u64) -> Result<(), (DenyReason, u64)>;
-    /// After the upstream answered with a response that `charge_on` says to charge.
-    fn charge(&self, principal: &Principal, route: &Route, credits: u64);
-}
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +46,7 @@ struct RouteRuntime {
     authority: Authority,
     host_header: HeaderValue,
     auth: Option<(UpstreamAuthTarget, String)>,
+    charge: Option<Charge>,
     outcomes: Vec<IntCounter>,
     admitted: IntCounter,
     duration: Histogram,
@@ -81,12 +73,14 @@ pub struct Proxy {
     forward_key: bool,
     charge_on: ChargeOn,
     client: UpstreamClient,
-    usage: Option<Arc<dyn UsageSink>>,
+    metering: Option<Arc<Metering>>,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("routes", &self.router.routes().len()).finish()
+        f.debug_struct("Proxy")
+            .field("routes", &self.router.routes().len())
+            .finish()
     }
 }
 
@@ -102,7 +96,7 @@ impl Proxy {
         config: &Config,
         cache: Arc<KeyCache>,
         metrics: &Metrics,
-        usage: Option<Arc<dyn UsageSink>>,
+        metering: Option<Arc<Metering>>,
         client: UpstreamClient,
     ) -> Result<Proxy, ProxyError> {
         let mut runtime = Vec::with_capacity(config.routes.len());
@@ -118,7 +112,8 @@ impl Proxy {
             let authority: Authority = format!("{}:{}", bracket(&r.upstream.host), r.upstream.port)
                 .parse()
                 .map_err(|_| bad("authority"))?;
-            let host_header = HeaderValue::from_str(&r.upstream.authority).map_err(|_| bad("host"))?;
+            let host_header =
+                HeaderValue::from_str(&r.upstream.authority).map_err(|_| bad("host"))?;
             let auth = match &r.upstream_auth {
                 None => None,
                 Some(a) => {
@@ -134,6 +129,13 @@ impl Proxy {
                 authority,
                 host_header,
                 auth,
+                charge: match (&r.product, &r.pool) {
+                    (Some(product), Some(pool)) => Some(Charge {
+                        product: Arc::from(product.as_str()),
+                        pool: Arc::from(pool.as_str()),
+                    }),
+                    _ => None,
+                },
                 outcomes: outcome_counters(metrics, &r.name),
                 admitted: metrics.request_counter(&r.name, "admitted"),
                 duration: metrics.request_histogram(&r.name),
@@ -171,7 +173,7 @@ impl Proxy {
             forward_key: config.keys.forward,
             charge_on: config.metering.charge_on,
             client,
-            usage,
+            metering,
         })
     }
 
@@ -183,7 +185,9 @@ impl Proxy {
         let Some(idx) = self.router.find(host, req.uri().path()) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
             self.unmatched.outcomes[r.index()].inc();
-            self.unmatched.duration.observe(started.elapsed().as_secs_f64());
+            self.unmatched
+                .duration
+                .observe(started.elapsed().as_secs_f64());
             return finish(refusal(r).map(Either::Right), request_id);
         };
         let rt = &self.runtime[idx];
@@ -196,7 +200,8 @@ impl Proxy {
                 rt.outcomes[r.index()].inc();
                 let mut resp = refusal(r).map(Either::Right);
                 if let Some(secs) = retry_after {
-                    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 }
                 resp
             }
@@ -225,7 +230,10 @@ impl Proxy {
                     let Either::Left(incoming) = body else {
                         unreachable!("body is the client's until here")
                     };
-                    let bytes = match Limited::new(incoming, extract::JSON_BODY_LIMIT).collect().await {
+                    let bytes = match Limited::new(incoming, extract::JSON_BODY_LIMIT)
+                        .collect()
+                        .await
+                    {
                         Ok(c) => c.to_bytes(),
                         // Too large to hold a key we would parse, or the client broke off.
                         Err(_) => return Err((Refusal::Deny(DenyReason::KeyMissing), None)),
@@ -233,7 +241,9 @@ impl Proxy {
                     match extract::from_json(&bytes, field, !self.forward_key) {
                         Some((k, rewritten)) => {
                             let new = rewritten.unwrap_or(bytes);
-                            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
+                            parts
+                                .headers
+                                .insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
                             body = Either::Right(Full::new(new));
                             (k, Found::Json(field.as_str()))
                         }
@@ -282,11 +292,10 @@ impl Proxy {
         } else {
             0
         };
-        if let Some(usage) = &self.usage {
-            if let Err((r, retry)) = usage.check(&principal, route, credits) {
-                return Err((Refusal::Deny(r), (r == DenyReason::RateLimited).then_some(retry)));
-            }
-        }
+        let standing = match &self.metering {
+            Some(m) => Some(self.limits_and_credits(m, rt, &principal, credits).await?),
+            None => None,
+        };
 
         // 5. Forward.
         let pq = self.upstream_path_and_query(&parts.uri, rt)?;
@@ -306,27 +315,66 @@ impl Proxy {
         let result = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;
         rt.upstream_duration.observe(sent.elapsed().as_secs_f64());
         let resp = match result {
-            Err(_) => return Err((Refusal::UpstreamTimeout, None)),
+            Err(_) => Err(Refusal::UpstreamTimeout),
             Ok(Err(e)) => {
                 tracing::debug!(route = %route.name, error = %e, "upstream request failed");
-                return Err((Refusal::UpstreamUnavailable, None));
+                Err(Refusal::UpstreamUnavailable)
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(resp)) => Ok(resp),
         };
 
-        // 6. Charge what the upstream answered.
-        if let Some(usage) = &self.usage {
-            let chargeable = match self.charge_on {
-                ChargeOn::Always => true,
-                ChargeOn::Success => resp.status().is_success(),
+        // 6. Charge what the upstream answered (or give back credits taken for nothing).
+        if let (Some(m), Some(charge), Some(standing)) = (&self.metering, &rt.charge, &standing) {
+            let charged = match &resp {
+                Err(_) => false,
+                Ok(r) => match self.charge_on {
+                    ChargeOn::Always => true,
+                    ChargeOn::Success => r.status().is_success(),
+                },
             };
-            if chargeable && route.product.is_some() {
-                usage.charge(&principal, route, credits);
-            }
+            m.settle(&principal, charge, credits, standing, charged);
         }
+        let resp = resp.map_err(|r| (r, None))?;
         let (mut rparts, rbody) = resp.into_parts();
         forward::strip_hop_by_hop(&mut rparts.headers);
+        if let Some(s) = &standing {
+            rate_limit_headers(&mut rparts.headers, s);
+        }
         Ok(Response::from_parts(rparts, Either::Left(rbody)))
+    }
+
+    /// Rate limit, backlog bound and pooled credits; leases more credits when the local slice is
+    /// spent (the only await, and a rare one).
+    async fn limits_and_credits(
+        &self,
+        m: &Metering,
+        rt: &RouteRuntime,
+        principal: &Principal,
+        credits: u64,
+    ) -> Result<Standing, (Refusal, Option<u64>)> {
+        let mut rate = None;
+        // Concurrent requests may take the credits a refill brought in; a few rounds settle it.
+        for _ in 0..8 {
+            match m.check(principal, rt.charge.as_ref(), credits, rate) {
+                Check::Admit(s) => return Ok(s),
+                Check::Deny(r, retry) => {
+                    return Err((
+                        Refusal::Deny(r),
+                        (r == DenyReason::RateLimited).then_some(retry),
+                    ))
+                }
+                Check::Refill(r) => {
+                    rate = Some(r);
+                    let Some(charge) = &rt.charge else { break };
+                    match m.refill(principal, charge, credits).await {
+                        Ok(true) => continue,
+                        Ok(false) => break,
+                        Err(_) => return Err((Refusal::Deny(DenyReason::StoreUnavailable), None)),
+                    }
+                }
+            }
+        }
+        Err((Refusal::Deny(DenyReason::CreditsExhausted), None))
     }
 
     fn upstream_path_and_query(
@@ -343,7 +391,8 @@ impl Proxy {
             }
         }
         if let Some((UpstreamAuthTarget::Query(name), value)) = &rt.auth {
-            let enc = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+            let enc =
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
             let q = match query {
                 Some(q) => {
                     let without = extract::strip_query(&q, &[name.as_str()]);
@@ -362,7 +411,8 @@ impl Proxy {
                 None => PathAndQuery::from_static("/"),
             },
             None => PathAndQuery::try_from(path).map_err(|_| (Refusal::BadRequest, None))?,
-            Some(q) => PathAndQuery::try_from(format!("{path}?{q}")).map_err(|_| (Refusal::BadRequest, None))?,
+            Some(q) => PathAndQuery::try_from(format!("{path}?{q}"))
+                .map_err(|_| (Refusal::BadRequest, None))?,
         };
         Ok(pq)
     }
@@ -405,9 +455,55 @@ impl Proxy {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
         if let Some((UpstreamAuthTarget::Header(name), value)) = &rt.auth {
-            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
                 h.insert(n, v);
             }
+        }
+    }
+}
+
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
+/// the account's rate (quota per 1 s window, with its burst) and its pool's credits.
+fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
+    let mut policy = String::new();
+    let mut state = String::new();
+    if let Some(r) = s.rate {
+        policy.push_str(&format!(
+            "\"rate\";q={};w=1;burst={}",
+            r.limit.rps, r.limit.burst
+        ));
+        state.push_str(&format!(
+            "\"rate\";r={};t={}",
+            r.remaining,
+            u8::from(r.remaining == 0)
+        ));
+    }
+    if let Some((included, remaining)) = s.credits {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+        }
+        policy.push_str(&format!("\"credits\";q={included}"));
+        if let Some(rem) = remaining {
+            if !state.is_empty() {
+                state.push_str(", ");
+            }
+            state.push_str(&format!("\"credits\";r={rem}"));
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        if !policy.is_empty() {
+            h.insert(RATELIMIT_POLICY.clone(), v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&state) {
+        if !state.is_empty() {
+            h.insert(RATELIMIT.clone(), v);
         }
     }
 }

@@ -101,7 +101,8 @@ static JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub fn refusal(r: Refusal) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(r.body()));
     *resp.status_mut() = r.status();
-    resp.headers_mut().insert(header::CONTENT_TYPE, JSON.clone());
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, JSON.clone());
     resp
 }
 

@@ -111,6 +111,9 @@ mod tests {
         h.insert("host", "[::1]:8080".parse().unwrap());
         assert_eq!(request_host(&uri, &h), Some("::1"));
         let abs: http::Uri = "http://a.example:1/x".parse().unwrap();
-        assert_eq!(request_host(&abs, &http::HeaderMap::new()), Some("a.example"));
+        assert_eq!(
+            request_host(&abs, &http::HeaderMap::new()),
+            Some("a.example")
+        );
     }
 }

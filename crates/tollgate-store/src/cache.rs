@@ -33,6 +33,8 @@ pub struct CacheConfig {
 /// An account as cached, with the subscriptions of a parent (empty for a child).
 #[derive(Debug)]
 pub struct CachedAccount {
+    /// The account id, shared so the meter can key on it without allocating.
+    pub id: Arc<str>,
     pub account: Account,
     pub subscriptions: Arc<[Subscription]>,
     loaded_at: Instant,
@@ -282,6 +284,7 @@ impl KeyCache {
             Arc::from(Vec::new())
         };
         Ok(Arc::new(CachedAccount {
+            id: Arc::from(account.id.as_str()),
             account,
             subscriptions,
             loaded_at: Instant::now(),

@@ -167,6 +167,30 @@ pub trait Store: Send + Sync + 'static {
     /// All credits a tenant has ever used from each pool (its own and its children's), by pool.
     async fn pool_usage(&self, parent_id: &str) -> StoreResult<Vec<(String, u64)>>;
 
+    // ---- pooled credits ----
+
+    /// Reserves credits of a `deny` pool for this node to spend locally. With `avail` = the
+    /// subscription's credits less everything reserved so far: 0 if `avail < need`; else
+    /// `clamp(min(want, avail / 16), need, avail)`, so slices shrink as the pool runs low, down to
+    /// exactly `need` at the boundary. Returns `(granted, avail - granted)`. `NotFound` if the parent
+    /// has no subscription to the pool.
+    async fn lease_credits(
+        &self,
+        parent_id: &str,
+        pool: &str,
+        need: u64,
+        want: u64,
+    ) -> StoreResult<(u64, u64)> {
+        let _ = (parent_id, pool, need, want);
+        Err(StoreError::Internal(format!("{} does not support credit leases", self.backend())))
+    }
+
+    /// Gives back reserved credits this node did not spend.
+    async fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
+        let _ = (parent_id, pool, amount);
+        Err(StoreError::Internal(format!("{} does not support credit leases", self.backend())))
+    }
+
     // ---- change feed ----
 
     /// The cursor of the newest event: follow from here after a full load.

@@ -50,7 +50,10 @@ impl TestGateway {
             ops: format!("http://127.0.0.1:{o}"),
             bin: bin.to_owned(),
             config_path,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             dir,
         };
@@ -76,7 +79,10 @@ impl TestGateway {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("TOLLGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
@@ -85,7 +91,11 @@ impl TestGateway {
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("tollgate exited early ({status}):\n{}", self.log());
             }
             if let Ok(r) = crate::http::get(&format!("{}/healthz", self.ops), &[]).await {
@@ -93,7 +103,11 @@ impl TestGateway {
                     return;
                 }
             }
-            assert!(Instant::now() < end, "tollgate did not become healthy:\n{}", self.log());
+            assert!(
+                Instant::now() < end,
+                "tollgate did not become healthy:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -110,7 +124,9 @@ impl TestGateway {
     /// Sends SIGTERM and waits (up to 30 s) for the exit status.
     pub async fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -136,7 +152,11 @@ impl TestGateway {
     pub async fn restart(&mut self) {
         if self.child.is_some() {
             let status = self.terminate().await;
-            assert!(status.success(), "graceful exit failed: {status}\n{}", self.log());
+            assert!(
+                status.success(),
+                "graceful exit failed: {status}\n{}",
+                self.log()
+            );
         }
         self.spawn().await;
     }

@@ -18,13 +18,20 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// The `error.code` of a refusal body.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_owned()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -43,7 +50,11 @@ pub async fn send(
 }
 
 /// As [`send`], over HTTP/2 cleartext with prior knowledge.
-pub async fn send_h2c(method: Method, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
+pub async fn send_h2c(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Reply> {
     send_with(true, method, url, headers, Bytes::new()).await
 }
 
@@ -76,7 +87,11 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
     send(Method::GET, url, headers, Bytes::new()).await
 }
 
-pub async fn post_json(url: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> anyhow::Result<Reply> {
+pub async fn post_json(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> anyhow::Result<Reply> {
     let mut h: Vec<(&str, &str)> = headers.to_vec();
     h.push(("content-type", "application/json"));
     send(Method::POST, url, &h, body.to_string()).await

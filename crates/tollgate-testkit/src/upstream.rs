@@ -54,20 +54,28 @@ pub struct StubUpstream {
 
 impl StubUpstream {
     pub async fn start() -> StubUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stub upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind stub upstream");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let s = s.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let uri = parts
                                 .uri
                                 .path_and_query()
@@ -89,15 +97,21 @@ impl StubUpstream {
                             });
                             let (status, delay, body) = match script {
                                 Some(sc) => (sc.status, sc.delay, sc.body),
-                                None => (StatusCode::OK, Duration::ZERO, Bytes::from_static(b"{\"ok\":true}")),
+                                None => (
+                                    StatusCode::OK,
+                                    Duration::ZERO,
+                                    Bytes::from_static(b"{\"ok\":true}"),
+                                ),
                             };
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
                             let mut resp = Response::new(Full::new(body));
                             *resp.status_mut() = status;
-                            resp.headers_mut()
-                                .insert("content-type", "application/json".parse().expect("static"));
+                            resp.headers_mut().insert(
+                                "content-type",
+                                "application/json".parse().expect("static"),
+                            );
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });

@@ -14,7 +14,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tollgate_config::{Config, Scheme, StoreConfig, Upstream};
-use tollgate_core::{generate_id, generate_key, generate_token, Account, LimitOverrides, Overage, Role, Status, Subscription};
+use tollgate_core::{
+    generate_id, generate_key, generate_token, Account, LimitOverrides, Overage, Role, Status,
+    Subscription,
+};
 use tollgate_store::{EmbeddedStore, NewInvitation, NewParent, Store};
 
 use crate::run::{runtime, Gateway};
@@ -57,8 +60,11 @@ permission = "billing.view"
 
 pub fn dev(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut config: Config = match &config_path {
-        Some(p) => tollgate_config::load(p).map_err(|e| anyhow::anyhow!("{}:\n{e}", p.display()))?,
-        None => tollgate_config::parse(DEV_TOML).map_err(|e| anyhow::anyhow!("built-in dev config:\n{e}"))?,
+        Some(p) => {
+            tollgate_config::load(p).map_err(|e| anyhow::anyhow!("{}:\n{e}", p.display()))?
+        }
+        None => tollgate_config::parse(DEV_TOML)
+            .map_err(|e| anyhow::anyhow!("built-in dev config:\n{e}"))?,
     };
     let dir = tempfile::Builder::new().prefix("tollgate-dev-").tempdir()?;
     config.store = StoreConfig::Embedded {
@@ -119,7 +125,10 @@ pub fn dev(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-async fn demo_accounts(store: &dyn Store, pools: &[String]) -> anyhow::Result<(String, String, String, String)> {
+async fn demo_accounts(
+    store: &dyn Store,
+    pools: &[String],
+) -> anyhow::Result<(String, String, String, String)> {
     let mut rng = rand::rng();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -184,15 +193,23 @@ async fn demo_accounts(store: &dyn Store, pools: &[String]) -> anyhow::Result<(S
 /// An upstream that answers every request with what it received (method, path, query, headers,
 /// body size) as JSON: shows exactly what Tollgate forwards.
 async fn start_echo() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the echo upstream")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the echo upstream")?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                     let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
                     let headers: serde_json::Map<String, serde_json::Value> = parts
                         .headers
                         .iter()
@@ -207,8 +224,10 @@ async fn start_echo() -> anyhow::Result<SocketAddr> {
                         "body_bytes": body.len(),
                     });
                     let mut resp = hyper::Response::new(Full::new(Bytes::from(echo.to_string())));
-                    resp.headers_mut()
-                        .insert("content-type", http::HeaderValue::from_static("application/json"));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
                     Ok::<_, Infallible>(resp)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "API-key gateway for parent-child key trees")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "API-key gateway for parent-child key trees"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -46,7 +50,11 @@ fn main() -> ExitCode {
             match tollgate_config::load(&config) {
                 Ok(cfg) => run::exit(run::run(cfg, None)),
                 Err(errors) => {
-                    eprintln!("{}: {} problem(s):\n{errors}", config.display(), errors.0.len());
+                    eprintln!(
+                        "{}: {} problem(s):\n{errors}",
+                        config.display(),
+                        errors.0.len()
+                    );
                     ExitCode::from(2)
                 }
             }
@@ -68,7 +76,11 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            eprintln!("{}: {} problem(s):\n{errors}", path.display(), errors.0.len());
+            eprintln!(
+                "{}: {} problem(s):\n{errors}",
+                path.display(),
+                errors.0.len()
+            );
             ExitCode::from(1)
         }
     }

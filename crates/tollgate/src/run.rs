@@ -12,15 +12,22 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate_api::{ApiKind, ApiState};
 use tollgate_config::{Config, OnStoreDown, StoreConfig};
-use tollgate_meter::Metrics;
+use tollgate_meter::{Credits, Meter, Metering, Metrics, RateLimits};
 use tollgate_proxy::Proxy;
 use tollgate_store::{CacheConfig, EmbeddedStore, KeyCache, Store};
+
+/// Upper bound of one credit lease (see `tollgate_meter::credits`).
+const LEASE_SLICE: u64 = 100;
+/// How long shutdown keeps retrying the last usage flush.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -78,13 +85,16 @@ pub struct Gateway {
     pub proxy_addr: SocketAddr,
     pub account_addr: SocketAddr,
     pub ops_addr: SocketAddr,
-    pub store: Arc<dyn Store>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    flusher: JoinHandle<()>,
+    metering: Arc<Metering>,
     background: Vec<JoinHandle<()>>,
 }
 
-fn shutdown_signal(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+fn shutdown_signal(
+    mut rx: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     async move {
         while !*rx.borrow() {
             if rx.changed().await.is_err() {
@@ -110,8 +120,14 @@ impl Gateway {
             metrics.on_scrape(move |m| {
                 m.key_cache_entries.set(cache.len() as i64);
                 let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-                tollgate_meter::metrics::set_counter(&m.key_cache_lookups.with_label_values(&["hit"]), load(&cache.hits));
-                tollgate_meter::metrics::set_counter(&m.key_cache_lookups.with_label_values(&["miss"]), load(&cache.misses));
+                tollgate_meter::metrics::set_counter(
+                    &m.key_cache_lookups.with_label_values(&["hit"]),
+                    load(&cache.hits),
+                );
+                tollgate_meter::metrics::set_counter(
+                    &m.key_cache_lookups.with_label_values(&["miss"]),
+                    load(&cache.misses),
+                );
                 tollgate_meter::metrics::set_counter(
                     &m.key_cache_lookups.with_label_values(&["negative_hit"]),
                     load(&cache.negative_hits),
@@ -122,13 +138,43 @@ impl Gateway {
         let client = tollgate_proxy::forward::upstream_client(
             config.proxy.connect_timeout,
             config.proxy.upstream_idle_per_host,
-            std::env::var_os("TOLLGATE_UPSTREAM_CA").as_deref().map(std::path::Path::new),
+            std::env::var_os("TOLLGATE_UPSTREAM_CA")
+                .as_deref()
+                .map(std::path::Path::new),
         )?;
-        let proxy = Arc::new(Proxy::new(&config, cache.clone(), &metrics, None, client)?);
+        let meter = Arc::new(Meter::new(
+            store.clone(),
+            config.metering.max_unflushed_credits,
+        ));
+        let metering = Arc::new(Metering {
+            meter: meter.clone(),
+            limits: RateLimits::new(config.limits.parent, config.limits.child),
+            credits: Credits::new(store.clone(), LEASE_SLICE),
+        });
+        {
+            let meter = meter.clone();
+            let (per_key, max_series) = (config.metrics.per_key, config.metrics.max_key_series);
+            metrics.on_scrape(move |m| {
+                m.usage_unflushed_credits
+                    .set(meter.unflushed_credits() as i64);
+                m.export_usage(&meter.totals(), per_key, max_series);
+            });
+        }
+        let proxy = Arc::new(Proxy::new(
+            &config,
+            cache.clone(),
+            &metrics,
+            Some(metering.clone()),
+            client,
+        )?);
 
-        let operator_token = std::env::var("TOLLGATE_OPERATOR_TOKEN").ok().filter(|t| !t.is_empty());
+        let operator_token = std::env::var("TOLLGATE_OPERATOR_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         if operator_token.is_none() {
-            tracing::warn!("TOLLGATE_OPERATOR_TOKEN is not set: the operator API refuses every call");
+            tracing::warn!(
+                "TOLLGATE_OPERATOR_TOKEN is not set: the operator API refuses every call"
+            );
         }
         let mut api = ApiState::new(store.clone(), cache.clone(), metrics.clone());
         api.operator_token = operator_token;
@@ -147,8 +193,11 @@ impl Gateway {
         let proxy_l = bind("proxy", config.proxy.listen).await?;
         let account_l = bind("account_api", config.account_api.listen).await?;
         let ops_l = bind("ops", config.ops.listen).await?;
-        let (proxy_addr, account_addr, ops_addr) =
-            (proxy_l.local_addr()?, account_l.local_addr()?, ops_l.local_addr()?);
+        let (proxy_addr, account_addr, ops_addr) = (
+            proxy_l.local_addr()?,
+            account_l.local_addr()?,
+            ops_l.local_addr()?,
+        );
 
         let (tx, rx) = watch::channel(false);
         let mut servers = Vec::new();
@@ -171,7 +220,28 @@ impl Gateway {
             api.clone(),
             shutdown_signal(rx.clone()),
         )));
-        let background = vec![tokio::spawn(cache.clone().follow_feed(shutdown_signal(rx.clone())))];
+        let background = vec![tokio::spawn(
+            cache.clone().follow_feed(shutdown_signal(rx.clone())),
+        )];
+        let flusher = tokio::spawn(
+            meter
+                .clone()
+                .run_flusher(config.metering.flush_interval, shutdown_signal(rx.clone())),
+        );
+        {
+            let metering = metering.clone();
+            let stop = shutdown_signal(rx.clone());
+            tokio::spawn(async move {
+                tokio::pin!(stop);
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        _ = tick.tick() => metering.credits.release_idle(false).await,
+                    }
+                }
+            });
+        }
         routes_loaded.store(true, Ordering::Relaxed);
         tracing::info!(
             proxy = %proxy_addr, account_api = %account_addr, ops = %ops_addr,
@@ -182,9 +252,11 @@ impl Gateway {
             proxy_addr,
             account_addr,
             ops_addr,
-            store,
+
             shutdown: tx,
             servers,
+            flusher,
+            metering,
             background,
         })
     }
@@ -201,10 +273,21 @@ impl Gateway {
         for s in self.servers {
             let _ = s.await;
         }
+        // Every request has been answered: now nothing more can be metered.
+        let _ = self.flusher.await;
+        let left = self.metering.meter.flush_all(FINAL_FLUSH).await;
+        self.metering.credits.release_idle(true).await;
         for b in self.background {
             let _ = b.await;
         }
-        tracing::info!("stopped");
+        if left > 0 {
+            tracing::error!(
+                unflushed_credits = left,
+                "the store did not take the last usage before the deadline"
+            );
+            anyhow::bail!("{left} metered credits could not be written to the store");
+        }
+        tracing::info!("stopped; all usage flushed");
         Ok(())
     }
 }
@@ -219,4 +302,3 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
