@@ -153,7 +153,9 @@ mod tests {
     fn emails() {
         assert!(is_valid_email("a@b.co"));
         assert!(is_valid_email(" Ann.Lee+x@Example.com "));
-        for bad in ["", "a", "a@b", "@b.co", "a@@b.co", "a b@c.co", "a@.co", "a@b.", "a@b..co"] {
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@@b.co", "a b@c.co", "a@.co", "a@b.", "a@b..co",
+        ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
         assert_eq!(normalize_email(" Ann@Example.COM "), "ann@example.com");

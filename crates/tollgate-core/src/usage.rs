@@ -133,11 +133,21 @@ mod tests {
     #[test]
     fn known_days() {
         assert_eq!(Day::from_ymd(1970, 1, 1), Some(Day(0)));
-        assert_eq!("2026-12-04".parse::<Day>().unwrap().to_string(), "2026-12-04");
+        assert_eq!(
+            "2026-12-04".parse::<Day>().unwrap().to_string(),
+            "2026-12-04"
+        );
         assert_eq!(Day::from_unix_secs(1_780_000_000).to_string(), "2026-05-28");
         assert!("2026-02-29".parse::<Day>().is_err());
         assert!("2024-02-29".parse::<Day>().is_ok());
-        for bad in ["2026-13-01", "2026-1-01", "20261201", "2026-12-00", "abcd-ef-gh", "+026-12-01"] {
+        for bad in [
+            "2026-13-01",
+            "2026-1-01",
+            "20261201",
+            "2026-12-00",
+            "abcd-ef-gh",
+            "+026-12-01",
+        ] {
             assert!(bad.parse::<Day>().is_err(), "{bad}");
         }
     }
