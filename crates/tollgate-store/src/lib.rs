@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod contract;
 pub mod embedded;
+pub mod redis_store;
 pub mod store;
 
 pub use cache::{CacheConfig, CacheLookup, KeyCache, Principal};
