@@ -139,6 +139,8 @@ pub enum Scheme {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
     pub scheme: Scheme,
+    /// Lower-cased; an IPv6 literal without its brackets (`::1`), as `IpAddr` and TLS server names
+    /// take it.
     pub host: String,
     pub port: u16,
     /// `host` or `host:port` as the `Host` header and `:authority` should read (port omitted when it

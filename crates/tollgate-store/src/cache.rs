@@ -41,6 +41,16 @@ pub struct CachedAccount {
 }
 
 impl CachedAccount {
+    /// An entry loaded now.
+    pub fn new(account: Account, subscriptions: Vec<Subscription>) -> CachedAccount {
+        CachedAccount {
+            id: Arc::from(account.id.as_str()),
+            account,
+            subscriptions: subscriptions.into(),
+            loaded_at: Instant::now(),
+        }
+    }
+
     pub fn subscribed(&self, pool: &str) -> bool {
         self.subscriptions.iter().any(|s| s.pool == pool)
     }

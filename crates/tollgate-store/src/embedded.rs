@@ -1,5 +1,635 @@
 //! `EmbeddedStore`: the key tree, usage and change feed in one redb file, for a single node.
+//!
+//! Every write is one redb write transaction with `Durability::Immediate` (redb's default), so a
+//! write that returned `Ok` survives a killed process. redb is a blocking library: every operation
+//! runs on tokio's blocking pool, never on a runtime worker. The change feed is in memory (see
+//! `embedded/feed.rs`); a write's changes are appended right after its commit, inside the same blocking
+//! task, so a caller that gives up waiting cannot leave a committed write out of the feed.
+//!
+//! Tables (keys on the left, all strings UTF-8, key hashes as their 32 raw bytes):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `accounts` | account id | the [`Account`] as JSON |
+//! | `keys` | key hash | account id (no entry for invited or deleted accounts) |
+//! | `account_keys` | account id | its current key hash |
+//! | `emails` | [`normalize_email`]ed email | account id, live accounts only: deleting frees it |
+//! | `invitations` | token hash | (child id, expires_at unix seconds); removed on accept |
+//! | `children` | (parent id, creation sequence) | child id, so a range scan is creation order |
+//! | `subscriptions` | (parent id, pool) | the [`Subscription`] as JSON, so a scan is sorted by pool |
+//! | `usage` | (account id, day, product, pool) | (requests, credits) |
+//! | `pool_usage` | (parent id, pool) | credits, the tenant's roll-up of all its members |
+//! | `batches` | usage batch id | unix seconds it was recorded |
+//! | `batches_by_time` | (unix seconds, batch id) | (), to prune ids past the retention in order |
+//! | `meta` | name | counter (`child_seq`: the next creation sequence) |
+//!
+//! Seen batch ids are kept for [`EmbeddedOptions::batch_retention`] (2 days): far longer than any
+//! flusher retries a batch, and pruned by the same transactions that add new ones.
 
-/// Placeholder until the embedded backend lands.
-#[derive(Debug)]
-pub struct EmbeddedStore;
+mod feed;
+mod tables;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use tollgate_core::{
+    normalize_email, Account, Day, KeyHash, LimitOverrides, Role, Status, Subscription, Totals,
+    UsageRow,
+};
+
+use crate::{
+    Change, FeedEvent, NewInvitation, NewParent, Store, StoreError, StoreResult, UsageBatch,
+};
+use feed::Feed;
+use tables::{
+    get_account, get_subscriptions, put_account, put_subscription, Ctx, Tree, ACCOUNTS, BATCHES,
+    BATCHES_BY_TIME, CHILDREN, KEYS, POOL_USAGE, SUBSCRIPTIONS, USAGE,
+};
+
+/// Unix seconds; injectable so tests can age batch ids.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Tuning of an [`EmbeddedStore`]; [`Default`] is what production uses.
+#[derive(Clone)]
+pub struct EmbeddedOptions {
+    /// How many change-feed events are kept in memory (10,000).
+    pub feed_capacity: usize,
+    /// How long a usage batch id is remembered, so a retry within it is not counted twice (2 days).
+    pub batch_retention: Duration,
+    /// The time batch ids are stamped with (the system clock).
+    pub clock: Clock,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> EmbeddedOptions {
+        EmbeddedOptions {
+            feed_capacity: 10_000,
+            batch_retention: Duration::from_secs(2 * 86_400),
+            clock: Arc::new(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for EmbeddedOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedOptions")
+            .field("feed_capacity", &self.feed_capacity)
+            .field("batch_retention", &self.batch_retention)
+            .finish_non_exhaustive()
+    }
+}
+
+/// See the module docs. Cheap to clone: clones share one database and one feed.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    db: Database,
+    feed: Feed,
+    path: PathBuf,
+    options: EmbeddedOptions,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file, creating its parent directories.
+    pub fn open(path: &Path) -> StoreResult<EmbeddedStore> {
+        EmbeddedStore::open_with(path, EmbeddedOptions::default())
+    }
+
+    /// [`EmbeddedStore::open`] with non-default tuning (tests: a small feed, a fake clock).
+    pub fn open_with(path: &Path, options: EmbeddedOptions) -> StoreResult<EmbeddedStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).ctx(format_args!("create {}", dir.display()))?;
+        }
+        let db = Database::create(path).ctx(format_args!("open {}", path.display()))?;
+        tables::create_all(&db)?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                feed: Feed::new(options.feed_capacity),
+                path: path.to_path_buf(),
+                options,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Internal(format!("embedded store: task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn now(&self) -> u64 {
+        (self.options.clock)()
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
+        let txn = self.db.begin_read().ctx("begin read")?;
+        f(&txn)
+    }
+
+    /// One write transaction: `f` returns its result and the changes to append once committed.
+    /// An `Err` from `f` drops the transaction, which aborts it.
+    fn write_tree<T>(
+        &self,
+        f: impl FnOnce(&mut Tree<'_>) -> StoreResult<(T, Vec<Change>)>,
+    ) -> StoreResult<T> {
+        let txn = self.db.begin_write().ctx("begin write")?;
+        let (out, changes) = {
+            let mut tree = Tree::open(&txn)?;
+            f(&mut tree)?
+        };
+        txn.commit().ctx("commit")?;
+        self.feed.append(changes);
+        Ok(out)
+    }
+
+    fn account(&self, id: &str) -> StoreResult<Option<Account>> {
+        self.read(|txn| get_account(&txn.open_table(ACCOUNTS).ctx("open accounts")?, id))
+    }
+
+    fn account_by_key(&self, key: &KeyHash) -> StoreResult<Option<Account>> {
+        self.read(|txn| {
+            let keys = txn.open_table(KEYS).ctx("open keys")?;
+            let Some(id) = keys.get(&key.0).ctx("read key")? else {
+                return Ok(None);
+            };
+            get_account(&txn.open_table(ACCOUNTS).ctx("open accounts")?, id.value())
+        })
+    }
+
+    fn children(&self, parent_id: &str) -> StoreResult<Vec<Account>> {
+        self.read(|txn| {
+            let children = txn.open_table(CHILDREN).ctx("open children")?;
+            let accounts = txn.open_table(ACCOUNTS).ctx("open accounts")?;
+            let mut out = Vec::new();
+            for item in children.range((parent_id, 0u64)..).ctx("scan children")? {
+                let (k, v) = item.ctx("scan children")?;
+                if k.value().0 != parent_id {
+                    break;
+                }
+                let id = v.value();
+                let child = get_account(&accounts, id)?.ok_or_else(|| {
+                    StoreError::Internal(format!("embedded store: child `{id}` has no record"))
+                })?;
+                out.push(child);
+            }
+            Ok(out)
+        })
+    }
+
+    fn subscriptions(&self, parent_id: &str) -> StoreResult<Vec<Subscription>> {
+        self.read(|txn| {
+            let t = txn.open_table(SUBSCRIPTIONS).ctx("open subscriptions")?;
+            get_subscriptions(&t, parent_id)
+        })
+    }
+
+    fn create_parent(&self, new: NewParent) -> StoreResult<Account> {
+        let NewParent {
+            account,
+            key_hash,
+            subscriptions,
+        } = new;
+        if account.role != Role::Parent
+            || account.status != Status::Active
+            || account.parent_id.is_some()
+        {
+            return Err(StoreError::Conflict(
+                "a new parent must be an active parent account without a parent".into(),
+            ));
+        }
+        self.write_tree(|t| {
+            let email = t.check_email_free(&account.email)?;
+            t.check_new_account(&account.id)?;
+            t.check_key_free(&key_hash)?;
+            put_account(&mut t.accounts, &account)?;
+            t.emails
+                .insert(email.as_str(), account.id.as_str())
+                .ctx("write email index")?;
+            t.set_key(&account.id, &key_hash)?;
+            for sub in &subscriptions {
+                put_subscription(&mut t.subscriptions, &account.id, sub)?;
+            }
+            let changes = vec![
+                Change::Account(account.id.clone()),
+                Change::KeyAdded(key_hash),
+            ];
+            Ok((account, changes))
+        })
+    }
+
+    fn update_parent(
+        &self,
+        id: &str,
+        team: Option<bool>,
+        limits: Option<LimitOverrides>,
+    ) -> StoreResult<Account> {
+        self.write_tree(|t| {
+            let mut account = t.live_parent(id)?;
+            if let Some(team) = team {
+                account.team = team;
+            }
+            if let Some(limits) = limits {
+                account.limits = limits;
+            }
+            put_account(&mut t.accounts, &account)?;
+            Ok((account, vec![Change::Account(id.to_owned())]))
+        })
+    }
+
+    fn put_subscription(&self, parent_id: &str, sub: &Subscription) -> StoreResult<()> {
+        self.write_tree(|t| {
+            t.live_parent(parent_id)?;
+            put_subscription(&mut t.subscriptions, parent_id, sub)?;
+            Ok(((), vec![Change::Subscriptions(parent_id.to_owned())]))
+        })
+    }
+
+    fn invite(&self, new: NewInvitation) -> StoreResult<Account> {
+        let NewInvitation {
+            child,
+            token_hash,
+            expires_at,
+        } = new;
+        let parent_id = match (&child.parent_id, child.role, child.status) {
+            (Some(p), Role::Child, Status::Invited) => p.clone(),
+            _ => {
+                return Err(StoreError::Conflict(
+                    "an invited account must be an invited child with a parent".into(),
+                ))
+            }
+        };
+        self.write_tree(|t| {
+            t.live_parent(&parent_id)?;
+            let email = t.check_email_free(&child.email)?;
+            t.check_new_account(&child.id)?;
+            if t.invitations
+                .get(&token_hash.0)
+                .ctx("read invitation")?
+                .is_some()
+            {
+                return Err(StoreError::Conflict(
+                    "the invitation token is in use already".into(),
+                ));
+            }
+            put_account(&mut t.accounts, &child)?;
+            t.emails
+                .insert(email.as_str(), child.id.as_str())
+                .ctx("write email index")?;
+            t.invitations
+                .insert(&token_hash.0, (child.id.as_str(), expires_at))
+                .ctx("write invitation")?;
+            let seq = t.next_child_seq()?;
+            t.children
+                .insert((parent_id.as_str(), seq), child.id.as_str())
+                .ctx("write child")?;
+            let changes = vec![Change::Account(child.id.clone())];
+            Ok((child, changes))
+        })
+    }
+
+    fn accept_invitation(
+        &self,
+        token_hash: &KeyHash,
+        key_hash: KeyHash,
+        now: u64,
+    ) -> StoreResult<Account> {
+        self.write_tree(|t| {
+            let (child_id, expires_at) = t
+                .invitations
+                .get(&token_hash.0)
+                .ctx("read invitation")?
+                .map(|g| {
+                    let (id, exp) = g.value();
+                    (id.to_owned(), exp)
+                })
+                .ok_or(StoreError::InvitationUnknown)?;
+            if now >= expires_at {
+                return Err(StoreError::InvitationUnknown);
+            }
+            let mut child = match get_account(&t.accounts, &child_id)? {
+                Some(c) if c.status == Status::Invited => c,
+                _ => return Err(StoreError::InvitationUnknown),
+            };
+            t.check_key_free(&key_hash)?;
+            child.status = Status::Active;
+            put_account(&mut t.accounts, &child)?;
+            t.set_key(&child_id, &key_hash)?;
+            t.invitations
+                .remove(&token_hash.0)
+                .ctx("remove invitation")?;
+            Ok((
+                child,
+                vec![Change::Account(child_id), Change::KeyAdded(key_hash)],
+            ))
+        })
+    }
+
+    fn set_status(&self, id: &str, status: Status) -> StoreResult<Account> {
+        self.write_tree(|t| {
+            let mut account = t.live(id)?;
+            if account.status == status {
+                return Ok((account, Vec::new()));
+            }
+            match (account.status, status) {
+                (_, Status::Invited) => {
+                    return Err(StoreError::Conflict(
+                        "an account cannot go back to invited".into(),
+                    ))
+                }
+                (Status::Invited, Status::Active | Status::Disabled) => {
+                    return Err(StoreError::Conflict(format!(
+                        "account `{id}` has not accepted its invitation yet"
+                    )))
+                }
+                _ => {}
+            }
+            account.status = status;
+            put_account(&mut t.accounts, &account)?;
+            let mut changes = vec![Change::Account(id.to_owned())];
+            if status == Status::Deleted {
+                let email = normalize_email(&account.email);
+                let ours = t
+                    .emails
+                    .get(email.as_str())
+                    .ctx("read email index")?
+                    .is_some_and(|g| g.value() == id);
+                if ours {
+                    t.emails.remove(email.as_str()).ctx("remove email index")?;
+                }
+                if let Some(old) = t.remove_key(id)? {
+                    changes.push(Change::KeyRemoved(old));
+                }
+            }
+            Ok((account, changes))
+        })
+    }
+
+    fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
+        self.write_tree(|t| {
+            let account = t.live(id)?;
+            if account.status == Status::Invited {
+                return Err(StoreError::NotFound(id.to_owned()));
+            }
+            t.check_key_free(&new_key)?;
+            let mut changes = Vec::with_capacity(3);
+            if let Some(old) = t.remove_key(id)? {
+                changes.push(Change::KeyRemoved(old));
+            }
+            t.set_key(id, &new_key)?;
+            changes.push(Change::KeyAdded(new_key));
+            changes.push(Change::Account(id.to_owned()));
+            Ok(((), changes))
+        })
+    }
+
+    fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        let now = self.now();
+        let txn = self.db.begin_write().ctx("begin usage write")?;
+        {
+            let mut batches = txn.open_table(BATCHES).ctx("open batches")?;
+            if batches
+                .get(batch.id.as_str())
+                .ctx("read batch id")?
+                .is_some()
+            {
+                // Seen: this is a retry of a batch that was committed. Nothing to write.
+                drop(batches);
+                txn.abort().ctx("abort usage write")?;
+                return Ok(());
+            }
+            let mut by_time = txn
+                .open_table(BATCHES_BY_TIME)
+                .ctx("open batches_by_time")?;
+            let cutoff = now.saturating_sub(self.options.batch_retention.as_secs());
+            let mut expired = Vec::new();
+            for item in by_time.range(..(cutoff, "")).ctx("scan batch ids")? {
+                let (k, _) = item.ctx("scan batch ids")?;
+                let (at, id) = k.value();
+                expired.push((at, id.to_owned()));
+            }
+            for (at, id) in &expired {
+                by_time.remove((*at, id.as_str())).ctx("prune batch id")?;
+                batches.remove(id.as_str()).ctx("prune batch id")?;
+            }
+            batches
+                .insert(batch.id.as_str(), now)
+                .ctx("write batch id")?;
+            by_time
+                .insert((now, batch.id.as_str()), ())
+                .ctx("write batch id")?;
+
+            let mut usage = txn.open_table(USAGE).ctx("open usage")?;
+            let mut pools = txn.open_table(POOL_USAGE).ctx("open pool_usage")?;
+            for d in &batch.deltas {
+                let key = (
+                    d.account_id.as_str(),
+                    d.day.0,
+                    d.product.as_str(),
+                    d.pool.as_str(),
+                );
+                let (requests, credits) = usage
+                    .get(key)
+                    .ctx("read usage")?
+                    .map_or((0, 0), |g| g.value());
+                usage
+                    .insert(
+                        key,
+                        (
+                            requests.saturating_add(d.requests),
+                            credits.saturating_add(d.credits),
+                        ),
+                    )
+                    .ctx("write usage")?;
+                let pool_key = (d.parent_id.as_str(), d.pool.as_str());
+                let used = pools
+                    .get(pool_key)
+                    .ctx("read pool usage")?
+                    .map_or(0, |g| g.value());
+                pools
+                    .insert(pool_key, used.saturating_add(d.credits))
+                    .ctx("write pool usage")?;
+            }
+        }
+        txn.commit().ctx("commit usage")
+    }
+
+    fn usage(&self, account_ids: &[String], from: Day, to: Day) -> StoreResult<Vec<UsageRow>> {
+        let mut ids: Vec<&str> = account_ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.read(|txn| {
+            let t = txn.open_table(USAGE).ctx("open usage")?;
+            let mut rows = Vec::new();
+            for id in ids {
+                for item in t.range((id, from.0, "", "")..).ctx("scan usage")? {
+                    let (k, v) = item.ctx("scan usage")?;
+                    let (account, day, product, pool) = k.value();
+                    if account != id || day > to.0 {
+                        break;
+                    }
+                    let (requests, credits) = v.value();
+                    rows.push(UsageRow {
+                        account_id: account.to_owned(),
+                        product: product.to_owned(),
+                        pool: pool.to_owned(),
+                        day: Day(day),
+                        totals: Totals { requests, credits },
+                    });
+                }
+            }
+            Ok(rows)
+        })
+    }
+
+    fn pool_usage(&self, parent_id: &str) -> StoreResult<Vec<(String, u64)>> {
+        self.read(|txn| {
+            let t = txn.open_table(POOL_USAGE).ctx("open pool_usage")?;
+            let mut out = Vec::new();
+            for item in t.range((parent_id, "")..).ctx("scan pool usage")? {
+                let (k, v) = item.ctx("scan pool usage")?;
+                let (parent, pool) = k.value();
+                if parent != parent_id {
+                    break;
+                }
+                out.push((pool.to_owned(), v.value()));
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.blocking(|s| s.read(|_| Ok(()))).await
+    }
+
+    async fn account(&self, id: &str) -> StoreResult<Option<Account>> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.account(&id)).await
+    }
+
+    async fn account_by_key(&self, key: &KeyHash) -> StoreResult<Option<Account>> {
+        let key = *key;
+        self.blocking(move |s| s.account_by_key(&key)).await
+    }
+
+    async fn children(&self, parent_id: &str) -> StoreResult<Vec<Account>> {
+        let parent_id = parent_id.to_owned();
+        self.blocking(move |s| s.children(&parent_id)).await
+    }
+
+    async fn subscriptions(&self, parent_id: &str) -> StoreResult<Vec<Subscription>> {
+        let parent_id = parent_id.to_owned();
+        self.blocking(move |s| s.subscriptions(&parent_id)).await
+    }
+
+    async fn create_parent(&self, new: NewParent) -> StoreResult<Account> {
+        self.blocking(move |s| s.create_parent(new)).await
+    }
+
+    async fn update_parent(
+        &self,
+        id: &str,
+        team: Option<bool>,
+        limits: Option<LimitOverrides>,
+    ) -> StoreResult<Account> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.update_parent(&id, team, limits))
+            .await
+    }
+
+    async fn put_subscription(&self, parent_id: &str, sub: Subscription) -> StoreResult<()> {
+        let parent_id = parent_id.to_owned();
+        self.blocking(move |s| s.put_subscription(&parent_id, &sub))
+            .await
+    }
+
+    async fn invite(&self, new: NewInvitation) -> StoreResult<Account> {
+        self.blocking(move |s| s.invite(new)).await
+    }
+
+    async fn accept_invitation(
+        &self,
+        token_hash: &KeyHash,
+        key_hash: KeyHash,
+        now: u64,
+    ) -> StoreResult<Account> {
+        let token_hash = *token_hash;
+        self.blocking(move |s| s.accept_invitation(&token_hash, key_hash, now))
+            .await
+    }
+
+    async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.set_status(&id, status)).await
+    }
+
+    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.rotate_key(&id, new_key)).await
+    }
+
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        let batch = batch.clone();
+        self.blocking(move |s| s.record_usage(&batch)).await
+    }
+
+    async fn usage(
+        &self,
+        account_ids: &[String],
+        from: Day,
+        to: Day,
+    ) -> StoreResult<Vec<UsageRow>> {
+        let account_ids = account_ids.to_vec();
+        self.blocking(move |s| s.usage(&account_ids, from, to))
+            .await
+    }
+
+    async fn pool_usage(&self, parent_id: &str) -> StoreResult<Vec<(String, u64)>> {
+        let parent_id = parent_id.to_owned();
+        self.blocking(move |s| s.pool_usage(&parent_id)).await
+    }
+
+    async fn feed_head(&self) -> StoreResult<String> {
+        Ok(self.inner.feed.head())
+    }
+
+    async fn read_feed(&self, cursor: &str, wait: Duration) -> StoreResult<Vec<FeedEvent>> {
+        self.inner.feed.read(cursor, wait).await
+    }
+}
