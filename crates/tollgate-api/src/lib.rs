@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tollgate_meter::Metrics;
-use tollgate_store::{KeyCache, Store};
+use tollgate_store::{Change, KeyCache, Store};
 
 pub use account::account_api;
 pub use error::ApiError;
@@ -71,6 +71,17 @@ impl ApiState {
 
     pub(crate) fn now(&self) -> u64 {
         (self.clock)()
+    }
+
+    /// Applies what a write changed to this node's cache before the response goes out, so the
+    /// edge enforces it at once. A failure leaves the entry dropped (the cache's own rule), so the
+    /// next request reloads it from the store.
+    pub(crate) async fn apply_changes(&self, changes: &[Change]) {
+        for change in changes {
+            if let Err(e) = self.cache.apply(change).await {
+                tracing::warn!(error = %e, "could not refresh the key cache after a write");
+            }
+        }
     }
 }
 

@@ -1,0 +1,268 @@
+//! Usage bodies: the date range of a query, one account's usage by product and day, and a team's
+//! roll-up. Pure functions over the store's rows, so the arithmetic is tested without IO.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+use tollgate_core::{overage, Account, Day, Subscription, Totals, UsageRow};
+
+use crate::respond::query_param;
+use crate::ApiError;
+
+/// Longest range one query may cover, in days (inclusive): a year, leap day included.
+pub(crate) const MAX_RANGE_DAYS: i32 = 366;
+
+/// `from` and `to` of a usage query. Defaults: the first day of the current UTC month, and today.
+pub(crate) fn parse_range(query: Option<&str>, now: u64) -> Result<(Day, Day), ApiError> {
+    let today = Day::from_unix_secs(now);
+    let day = |name: &str, default: Day| -> Result<Day, ApiError> {
+        match query_param(query, name)? {
+            None => Ok(default),
+            // The parser's own message quotes the value; ours does not.
+            Some(s) => s.parse::<Day>().map_err(|_| {
+                ApiError::invalid(format!("`{name}` must be a date of the form YYYY-MM-DD"))
+            }),
+        }
+    };
+    let (y, m, _) = today.ymd();
+    let month_start = Day::from_ymd(y, m, 1).unwrap_or(today);
+    let to = day("to", today)?;
+    let from = day("from", month_start.min(to))?;
+    if from > to {
+        return Err(ApiError::invalid("`from` must not be after `to`"));
+    }
+    if to.0 - from.0 + 1 > MAX_RANGE_DAYS {
+        return Err(ApiError::invalid(format!(
+            "the range covers more than {MAX_RANGE_DAYS} days; query it in parts"
+        )));
+    }
+    Ok((from, to))
+}
+
+pub(crate) fn totals_json(t: Totals) -> Value {
+    json!({"requests": t.requests, "credits": t.credits})
+}
+
+/// One account's usage in a range.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct MemberUsage {
+    pub total: Totals,
+    pub by_product: BTreeMap<String, Totals>,
+}
+
+impl MemberUsage {
+    pub(crate) fn of<'a>(rows: impl IntoIterator<Item = &'a UsageRow>) -> MemberUsage {
+        let mut u = MemberUsage::default();
+        for row in rows {
+            u.total.add(row.totals);
+            u.by_product
+                .entry(row.product.clone())
+                .or_default()
+                .add(row.totals);
+        }
+        u
+    }
+
+    fn by_product_json(&self) -> Value {
+        let map: Map<String, Value> = self
+            .by_product
+            .iter()
+            .map(|(p, t)| (p.clone(), totals_json(*t)))
+            .collect();
+        Value::Object(map)
+    }
+}
+
+/// `GET /v1/usage`: one account's total, by product, and by day and product (a product drawn from
+/// two pools on one day is one entry).
+pub(crate) fn usage_body(account_id: &str, from: Day, to: Day, rows: &[UsageRow]) -> Value {
+    let mine: Vec<&UsageRow> = rows.iter().filter(|r| r.account_id == account_id).collect();
+    let usage = MemberUsage::of(mine.iter().copied());
+    let mut by_day: BTreeMap<(Day, &str), Totals> = BTreeMap::new();
+    for row in &mine {
+        by_day
+            .entry((row.day, row.product.as_str()))
+            .or_default()
+            .add(row.totals);
+    }
+    let by_day: Vec<Value> = by_day
+        .into_iter()
+        .map(|((day, product), t)| {
+            json!({"date": day.to_string(), "product": product, "requests": t.requests, "credits": t.credits})
+        })
+        .collect();
+    json!({
+        "account_id": account_id,
+        "from": from.to_string(),
+        "to": to.to_string(),
+        "total": totals_json(usage.total),
+        "by_product": usage.by_product_json(),
+        "by_day": by_day,
+    })
+}
+
+/// Included credits and all-time use of every pool a tenant subscribes to or has drawn from.
+pub(crate) fn pools(subs: &[Subscription], used: &[(String, u64)]) -> BTreeMap<String, (u64, u64)> {
+    let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for s in subs {
+        out.entry(s.pool.clone()).or_default().0 = s.credits;
+    }
+    for (pool, credits) in used {
+        let e = out.entry(pool.clone()).or_default();
+        e.1 = e.1.saturating_add(*credits);
+    }
+    out
+}
+
+/// `GET /v1/team/usage`. `members` are the parent and then its children (deleted ones included:
+/// what they used is billed); the total is the sum of the members, so it always agrees with them.
+pub(crate) fn team_body(
+    parent_id: &str,
+    members: &[Account],
+    from: Day,
+    to: Day,
+    rows: &[UsageRow],
+    subs: &[Subscription],
+    pool_used: &[(String, u64)],
+) -> Value {
+    let mut by_account: BTreeMap<&str, Vec<&UsageRow>> = BTreeMap::new();
+    for row in rows {
+        by_account
+            .entry(row.account_id.as_str())
+            .or_default()
+            .push(row);
+    }
+    let mut total = Totals::default();
+    let members_json: Vec<Value> = members
+        .iter()
+        .map(|m| {
+            let usage =
+                MemberUsage::of(by_account.get(m.id.as_str()).into_iter().flatten().copied());
+            total.add(usage.total);
+            json!({
+                "account_id": m.id,
+                "email": m.email,
+                "role": m.role.as_str(),
+                "status": m.status.as_str(),
+                "total": totals_json(usage.total),
+                "by_product": usage.by_product_json(),
+            })
+        })
+        .collect();
+    let pools_json: Map<String, Value> = pools(subs, pool_used)
+        .into_iter()
+        .map(|(pool, (included, used))| {
+            (
+                pool,
+                json!({"included": included, "used": used, "overage": overage(included, used)}),
+            )
+        })
+        .collect();
+    json!({
+        "parent_id": parent_id,
+        "from": from.to_string(),
+        "to": to.to_string(),
+        "total": totals_json(total),
+        "pools": pools_json,
+        "members": members_json,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::Overage;
+
+    fn day(s: &str) -> Day {
+        s.parse().unwrap()
+    }
+
+    fn row(
+        account: &str,
+        product: &str,
+        pool: &str,
+        d: &str,
+        requests: u64,
+        credits: u64,
+    ) -> UsageRow {
+        UsageRow {
+            account_id: account.into(),
+            product: product.into(),
+            pool: pool.into(),
+            day: day(d),
+            totals: Totals { requests, credits },
+        }
+    }
+
+    // 2026-12-04T12:00:00Z
+    const NOW: u64 = 1_796_385_600;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(Day::from_unix_secs(NOW).to_string(), "2026-12-04");
+        assert_eq!(
+            parse_range(None, NOW).unwrap(),
+            (day("2026-12-01"), day("2026-12-04"))
+        );
+        assert_eq!(
+            parse_range(Some("from=2026-01-01&to=2026-12-31"), NOW).unwrap(),
+            (day("2026-01-01"), day("2026-12-31"))
+        );
+        // 366 days is a leap year: allowed; 367 is not.
+        assert!(parse_range(Some("from=2024-01-01&to=2024-12-31"), NOW).is_ok());
+        assert!(parse_range(Some("from=2024-01-01&to=2025-01-01"), NOW).is_err());
+        assert!(parse_range(Some("from=2026-12-05&to=2026-12-04"), NOW).is_err());
+        assert!(parse_range(Some("from=2026-13-01"), NOW).is_err());
+        assert!(parse_range(Some("to=yesterday"), NOW).is_err());
+        // A `to` before the month began moves the default `from` with it.
+        assert_eq!(
+            parse_range(Some("to=2026-11-20"), NOW).unwrap(),
+            (day("2026-11-20"), day("2026-11-20"))
+        );
+        let msg = parse_range(Some("from=at_secret"), NOW)
+            .unwrap_err()
+            .to_string();
+        assert!(!msg.contains("at_secret"));
+    }
+
+    #[test]
+    fn usage_by_product_and_day() {
+        let rows = vec![
+            row("a", "whois", "whois", "2026-12-01", 1, 2),
+            row("a", "whois", "whois", "2026-12-02", 3, 4),
+            row("a", "dns", "whois", "2026-12-02", 5, 6),
+            row("b", "whois", "whois", "2026-12-02", 100, 100),
+        ];
+        let v = usage_body("a", day("2026-12-01"), day("2026-12-04"), &rows);
+        assert_eq!(v["total"], json!({"requests": 9, "credits": 12}));
+        assert_eq!(
+            v["by_product"]["whois"],
+            json!({"requests": 4, "credits": 6})
+        );
+        assert_eq!(v["by_day"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            v["by_day"][1],
+            json!({"date": "2026-12-02", "product": "dns", "requests": 5, "credits": 6})
+        );
+    }
+
+    #[test]
+    fn pools_and_overage() {
+        let subs = vec![
+            Subscription {
+                pool: "whois".into(),
+                credits: 10,
+                overage: Overage::Allow,
+            },
+            Subscription {
+                pool: "drs".into(),
+                credits: 100,
+                overage: Overage::Deny,
+            },
+        ];
+        let p = pools(&subs, &[("whois".into(), 15), ("old".into(), 3)]);
+        assert_eq!(p["whois"], (10, 15));
+        assert_eq!(p["drs"], (100, 0));
+        assert_eq!(p["old"], (0, 3));
+    }
+}

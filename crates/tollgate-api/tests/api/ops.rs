@@ -1,0 +1,406 @@
+//! The ops listener: operator authentication, the operator API, metrics, health and readiness.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::{json, Value};
+
+use super::harness::{Harness, OP_TOKEN};
+
+#[tokio::test]
+async fn operator_calls_need_the_token() {
+    let h = Harness::new();
+    let body = || Bytes::from_static(br#"{"email":"p@example.com"}"#);
+    for token in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some("operator-secret-token-but-longer"),
+    ] {
+        h.ops(Method::POST, "/admin/v1/parents", token, body())
+            .await
+            .expect_error(401, "unauthorized");
+        h.ops(Method::GET, "/admin/v1/accounts/acc_x", token, Bytes::new())
+            .await
+            .expect_error(401, "unauthorized");
+        // Unknown admin paths do not reveal themselves without the token either.
+        h.ops(Method::GET, "/admin/v1/secret", token, Bytes::new())
+            .await
+            .expect_error(401, "unauthorized");
+    }
+    // A basic-auth header carrying the right secret is still not a bearer token.
+    let req = http::Request::builder()
+        .method(Method::POST)
+        .uri("/admin/v1/parents")
+        .header("authorization", format!("Basic {OP_TOKEN}"))
+        .body(body())
+        .unwrap();
+    assert_eq!(tollgate_api::ops_api(&h.state, req).await.status(), 401);
+    // The scheme is case-insensitive.
+    let req = http::Request::builder()
+        .method(Method::POST)
+        .uri("/admin/v1/parents")
+        .header("authorization", format!("bearer {OP_TOKEN}"))
+        .body(body())
+        .unwrap();
+    assert_eq!(tollgate_api::ops_api(&h.state, req).await.status(), 201);
+    h.ops(
+        Method::GET,
+        "/admin/v1/secret",
+        Some(OP_TOKEN),
+        Bytes::new(),
+    )
+    .await
+    .expect_error(404, "not_found");
+}
+
+#[tokio::test]
+async fn no_configured_token_refuses_everyone() {
+    for configured in [None, Some(String::new())] {
+        let h = Harness::with_state(|s| s.operator_token = configured.clone());
+        for token in [None, Some(""), Some(OP_TOKEN)] {
+            h.ops(Method::GET, "/admin/v1/accounts/acc_x", token, Bytes::new())
+                .await
+                .expect_error(401, "unauthorized");
+        }
+        h.ops(Method::GET, "/healthz", None, Bytes::new())
+            .await
+            .expect(200);
+    }
+}
+
+#[tokio::test]
+async fn create_parent_and_refusals() {
+    let h = Harness::new();
+    let r = h
+        .op(
+            Method::POST,
+            "/admin/v1/parents",
+            json!({"email": "Boss@Example.com", "team": true, "subscriptions": [{"pool": "whois", "credits": 10, "overage": "deny"}]}),
+        )
+        .await;
+    let b = r.expect(201);
+    let id = b["id"].as_str().unwrap().to_owned();
+    let key = b["api_key"].as_str().unwrap().to_owned();
+    assert!(tollgate_core::is_well_formed_key(key.as_bytes()));
+    assert_eq!(h.get("/v1/me", &key).await.expect(200)["id"], id.as_str());
+
+    let a = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{id}"),
+            Value::Null,
+        )
+        .await;
+    let a = a.expect(200);
+    assert_eq!(a["team"], true);
+    assert_eq!(a["role"], "parent");
+    assert_eq!(
+        a["subscriptions"],
+        json!([{"pool": "whois", "credits": 10, "overage": "deny"}])
+    );
+    assert_eq!(a["children"], json!([]));
+    assert_eq!(a["limits"], json!({"parent": null, "child": null}));
+
+    // Defaults: no team, no subscriptions.
+    let r = h
+        .op(
+            Method::POST,
+            "/admin/v1/parents",
+            json!({"email": "plain@example.com"}),
+        )
+        .await;
+    let pid = r.expect(201)["id"].as_str().unwrap().to_owned();
+    let a = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{pid}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(a.body["team"], false);
+    assert_eq!(a.body["subscriptions"], json!([]));
+
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "BOSS@example.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    for bad in [
+        json!({}),
+        json!({"email": "not-an-email"}),
+        json!({"email": "x@example.com", "team": "yes"}),
+        json!({"email": "x@example.com", "subscriptions": {}}),
+        json!({"email": "x@example.com", "subscriptions": [{"pool": "whois"}]}),
+        json!({"email": "x@example.com", "subscriptions": [{"pool": "whois", "credits": -1}]}),
+        json!({"email": "x@example.com", "subscriptions": [{"pool": "whois", "credits": 1, "overage": "maybe"}]}),
+        json!({"email": "x@example.com", "subscriptions": [{"pool": "a b", "credits": 1}]}),
+        json!({"email": "x@example.com", "subscriptions": [{"pool": "w", "credits": 1}, {"pool": "w", "credits": 2}]}),
+        json!({"email": "x@example.com", "extra": 1}),
+    ] {
+        h.op(Method::POST, "/admin/v1/parents", bad.clone())
+            .await
+            .expect_error(400, "invalid_request");
+    }
+    h.ops(
+        Method::POST,
+        "/admin/v1/parents",
+        Some(OP_TOKEN),
+        Bytes::from_static(b"{oops"),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn patch_parent_team_and_limits() {
+    let h = Harness::new();
+    let (pid, pkey) = h.parent("p@example.com", false).await;
+    h.post("/v1/team/members", &pkey, json!({"email": "c@example.com"}))
+        .await
+        .expect_error(403, "team_not_enabled");
+    let uri = format!("/admin/v1/parents/{pid}");
+    let r = h.op(Method::PATCH, &uri, json!({"team": true})).await;
+    assert_eq!(r.expect(200)["team"], true);
+    // Switched on: the next invite works at once.
+    h.post("/v1/team/members", &pkey, json!({"email": "c@example.com"}))
+        .await
+        .expect(201);
+
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"parent": {"rps": 10, "burst": 20}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"],
+        json!({"parent": {"rps": 10, "burst": 20}, "child": null})
+    );
+    // Each field is optional: setting `child` keeps `parent`; `null` clears one.
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"child": {"rps": 1, "burst": 1}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"],
+        json!({"parent": {"rps": 10, "burst": 20}, "child": {"rps": 1, "burst": 1}})
+    );
+    let r = h
+        .op(Method::PATCH, &uri, json!({"limits": {"parent": null}}))
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"],
+        json!({"parent": null, "child": {"rps": 1, "burst": 1}})
+    );
+    assert_eq!(r.body["team"], true);
+
+    for bad in [
+        json!({"limits": {"parent": {"rps": 0, "burst": 1}}}),
+        json!({"limits": {"parent": {"rps": 1, "burst": 0}}}),
+        json!({"limits": {"parent": {"rps": 1}}}),
+        json!({"limits": {"parent": {"rps": 1, "burst": 5000000000u64}}}),
+        json!({"limits": {"other": {"rps": 1, "burst": 1}}}),
+        json!({"team": 1}),
+        json!({"email": "x@example.com"}),
+    ] {
+        h.op(Method::PATCH, &uri, bad)
+            .await
+            .expect_error(400, "invalid_request");
+    }
+
+    // Only live parents.
+    let (cid, _) = h.child(&pkey, "kid@example.com").await;
+    for id in [cid.as_str(), "acc_missing"] {
+        h.op(
+            Method::PATCH,
+            &format!("/admin/v1/parents/{id}"),
+            json!({"team": false}),
+        )
+        .await
+        .expect_error(404, "account_not_found");
+    }
+}
+
+#[tokio::test]
+async fn put_subscription_is_seen_at_once() {
+    let h = Harness::new();
+    let (pid, pkey) = h.parent("p@example.com", true).await;
+    // Cache the parent's entry first, so the change must reach it.
+    h.get("/v1/subscriptions", &pkey).await.expect(200);
+    let r = h
+        .op(
+            Method::PUT,
+            &format!("/admin/v1/parents/{pid}/subscriptions/brand-alert"),
+            json!({"credits": 500, "overage": "allow"}),
+        )
+        .await;
+    assert_eq!(
+        *r.expect(200),
+        json!({"parent_id": pid, "pool": "brand-alert", "credits": 500, "overage": "allow"})
+    );
+    let subs = h.get("/v1/subscriptions", &pkey).await;
+    let pools: Vec<&str> = subs.body["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pool"].as_str().unwrap())
+        .collect();
+    assert_eq!(pools, ["brand-alert", "drs", "whois"]);
+    match h.state.cache.lookup(&tollgate_core::KeyHash::of(&pkey)) {
+        tollgate_store::CacheLookup::Hit(p) => assert!(p.tenant.subscribed("brand-alert")),
+        other => panic!("expected a cached principal, got {other:?}"),
+    }
+    // Change an existing one.
+    let r = h
+        .op(
+            Method::PUT,
+            &format!("/admin/v1/parents/{pid}/subscriptions/whois"),
+            json!({"credits": 7}),
+        )
+        .await;
+    assert_eq!(r.expect(200)["overage"], "deny");
+
+    h.op(
+        Method::PUT,
+        "/admin/v1/parents/acc_missing/subscriptions/whois",
+        json!({"credits": 1}),
+    )
+    .await
+    .expect_error(404, "account_not_found");
+    h.op(
+        Method::PUT,
+        &format!("/admin/v1/parents/{pid}/subscriptions/whois"),
+        json!({}),
+    )
+    .await
+    .expect_error(400, "invalid_request");
+}
+
+#[tokio::test]
+async fn accounts_lifecycle_by_operator() {
+    let h = Harness::new();
+    let (pid, pkey) = h.parent("p@example.com", true).await;
+    let (cid, ckey) = h.child(&pkey, "c@example.com").await;
+
+    let a = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{pid}"),
+            Value::Null,
+        )
+        .await;
+    let children = a.expect(200)["children"].as_array().unwrap().clone();
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0]["id"], cid.as_str());
+    let c = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{cid}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(c.expect(200)["parent_id"], pid.as_str());
+    assert!(c.body.get("children").is_none());
+
+    let r = h
+        .op(
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/disable"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.expect(200)["status"], "disabled");
+    h.get("/v1/me", &ckey)
+        .await
+        .expect_error(403, "key_disabled");
+    let r = h
+        .op(
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/enable"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.expect(200)["status"], "active");
+    h.op(
+        Method::DELETE,
+        &format!("/admin/v1/accounts/{cid}"),
+        Value::Null,
+    )
+    .await
+    .expect(204);
+    h.get("/v1/me", &ckey)
+        .await
+        .expect_error(401, "key_unknown");
+    // The record stays readable for the operator; nothing more can be done to it.
+    let c = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{cid}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(c.expect(200)["status"], "deleted");
+    h.op(
+        Method::POST,
+        &format!("/admin/v1/accounts/{cid}/enable"),
+        Value::Null,
+    )
+    .await
+    .expect_error(404, "account_not_found");
+
+    for (m, uri) in [
+        (Method::GET, "/admin/v1/accounts/acc_missing"),
+        (Method::POST, "/admin/v1/accounts/acc_missing/disable"),
+        (Method::POST, "/admin/v1/accounts/acc_missing/enable"),
+        (Method::DELETE, "/admin/v1/accounts/acc_missing"),
+    ] {
+        h.op(m, uri, Value::Null)
+            .await
+            .expect_error(404, "account_not_found");
+    }
+    let r = h.op(Method::PUT, "/admin/v1/accounts/x", Value::Null).await;
+    r.expect_error(405, "method_not_allowed");
+    assert_eq!(r.headers["allow"], "GET, DELETE");
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let h = Harness::new();
+    let r = h.ops(Method::GET, "/metrics", None, Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert!(String::from_utf8_lossy(&r.raw).contains("tollgate_store_up"));
+
+    assert_eq!(
+        *h.ops(Method::GET, "/healthz", None, Bytes::new())
+            .await
+            .expect(200),
+        json!({"status": "ok"})
+    );
+    h.ops(Method::GET, "/readyz", None, Bytes::new())
+        .await
+        .expect(200);
+    assert_eq!(h.state.metrics.store_up.get(), 1);
+    h.ops(Method::POST, "/healthz", None, Bytes::new())
+        .await
+        .expect_error(405, "method_not_allowed");
+    h.ops(Method::GET, "/nothing", None, Bytes::new())
+        .await
+        .expect_error(404, "not_found");
+
+    h.state.routes_loaded.store(false, Ordering::Release);
+    let r = h.ops(Method::GET, "/readyz", None, Bytes::new()).await;
+    let b = r.expect(503);
+    assert!(b["reason"].as_str().unwrap().contains("routes"));
+}
