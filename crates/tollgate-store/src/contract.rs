@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accounts;
+mod credits;
 mod feed;
 mod invitations;
 mod usage;
@@ -35,6 +36,7 @@ pub use accounts::{
     ping_and_backend, rotate_key_replaces_key, status_lifecycle, subscriptions_put_replace_sorted,
     update_parent_team_and_limits,
 };
+pub use credits::credit_leases;
 pub use feed::{feed_events_for_every_write, feed_rejects_bogus_cursor, feed_wakes_waiting_reader};
 pub use invitations::{
     email_freed_after_delete, invitation_accept_single_use, invitation_expiry,
@@ -68,6 +70,7 @@ pub async fn run_all(store: &dyn Store) {
     record_usage_exact_and_idempotent(store).await;
     usage_range_filtering(store).await;
     pool_usage_rolls_up_children(store).await;
+    credit_leases(store).await;
     feed_events_for_every_write(store).await;
     feed_wakes_waiting_reader(store).await;
     feed_rejects_bogus_cursor(store).await;

@@ -21,10 +21,14 @@
 //! | `pool_usage` | (parent id, pool) | credits, the tenant's roll-up of all its members |
 //! | `batches` | usage batch id | unix seconds it was recorded |
 //! | `batches_by_time` | (unix seconds, batch id) | (), to prune ids past the retention in order |
+//! | `leases` | (parent id, pool) | credits reserved by [`Store::lease_credits`] and not released |
 //! | `meta` | name | counter (`child_seq`: the next creation sequence) |
 //!
 //! Seen batch ids are kept for [`EmbeddedOptions::batch_retention`] (2 days): far longer than any
 //! flusher retries a batch, and pruned by the same transactions that add new ones.
+//!
+//! Credit leases persist: a process killed without releasing its slices strands at most those
+//! slices (a graceful shutdown releases them), never more than it was granted.
 
 mod feed;
 mod tables;
@@ -46,7 +50,7 @@ use crate::{
 use feed::Feed;
 use tables::{
     get_account, get_subscriptions, put_account, put_subscription, Ctx, Tree, ACCOUNTS, BATCHES,
-    BATCHES_BY_TIME, CHILDREN, KEYS, POOL_USAGE, SUBSCRIPTIONS, USAGE,
+    BATCHES_BY_TIME, CHILDREN, KEYS, LEASES, POOL_USAGE, SUBSCRIPTIONS, USAGE,
 };
 
 /// Unix seconds; injectable so tests can age batch ids.
@@ -511,6 +515,62 @@ impl Inner {
         })
     }
 
+    fn lease_credits(
+        &self,
+        parent_id: &str,
+        pool: &str,
+        need: u64,
+        want: u64,
+    ) -> StoreResult<(u64, u64)> {
+        let txn = self.db.begin_write().ctx("begin lease")?;
+        let out = {
+            let subs = txn.open_table(SUBSCRIPTIONS).ctx("open subscriptions")?;
+            let credits = match subs.get((parent_id, pool)).ctx("read subscription")? {
+                Some(json) => {
+                    serde_json::from_str::<Subscription>(json.value())
+                        .ctx("decode subscription")?
+                        .credits
+                }
+                None => return Err(StoreError::NotFound(parent_id.to_owned())),
+            };
+            let mut leases = txn.open_table(LEASES).ctx("open leases")?;
+            let reserved = leases
+                .get((parent_id, pool))
+                .ctx("read lease")?
+                .map_or(0, |g| g.value());
+            // The subscription may have shrunk below what is out on lease already.
+            let avail = credits.saturating_sub(reserved);
+            let granted = if avail < need {
+                0
+            } else {
+                want.min(avail / 16).clamp(need, avail)
+            };
+            if granted > 0 {
+                leases
+                    .insert((parent_id, pool), reserved + granted)
+                    .ctx("write lease")?;
+            }
+            (granted, avail - granted)
+        };
+        txn.commit().ctx("commit lease")?;
+        Ok(out)
+    }
+
+    fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
+        let txn = self.db.begin_write().ctx("begin release")?;
+        {
+            let mut leases = txn.open_table(LEASES).ctx("open leases")?;
+            let reserved = leases
+                .get((parent_id, pool))
+                .ctx("read lease")?
+                .map_or(0, |g| g.value());
+            leases
+                .insert((parent_id, pool), reserved.saturating_sub(amount))
+                .ctx("write lease")?;
+        }
+        txn.commit().ctx("commit release")
+    }
+
     fn pool_usage(&self, parent_id: &str) -> StoreResult<Vec<(String, u64)>> {
         self.read(|txn| {
             let t = txn.open_table(POOL_USAGE).ctx("open pool_usage")?;
@@ -623,6 +683,24 @@ impl Store for EmbeddedStore {
     async fn pool_usage(&self, parent_id: &str) -> StoreResult<Vec<(String, u64)>> {
         let parent_id = parent_id.to_owned();
         self.blocking(move |s| s.pool_usage(&parent_id)).await
+    }
+
+    async fn lease_credits(
+        &self,
+        parent_id: &str,
+        pool: &str,
+        need: u64,
+        want: u64,
+    ) -> StoreResult<(u64, u64)> {
+        let (parent_id, pool) = (parent_id.to_owned(), pool.to_owned());
+        self.blocking(move |s| s.lease_credits(&parent_id, &pool, need, want))
+            .await
+    }
+
+    async fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
+        let (parent_id, pool) = (parent_id.to_owned(), pool.to_owned());
+        self.blocking(move |s| s.release_credits(&parent_id, &pool, amount))
+            .await
     }
 
     async fn feed_head(&self) -> StoreResult<String> {

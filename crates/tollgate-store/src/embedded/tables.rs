@@ -1,0 +1,222 @@
+//! The embedded store's redb tables (listed in the parent module's docs) and the helpers that read
+//! and write them inside a transaction.
+
+use std::fmt::Display;
+
+use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
+use tollgate_core::{normalize_email, Account, KeyHash, Role, Status, Subscription};
+
+use crate::{StoreError, StoreResult};
+
+pub(super) type Str = &'static str;
+pub(super) type Hash = &'static [u8; 32];
+pub(super) type UsageKey = (Str, i32, Str, Str);
+
+pub(super) const ACCOUNTS: TableDefinition<Str, Str> = TableDefinition::new("accounts");
+pub(super) const KEYS: TableDefinition<Hash, Str> = TableDefinition::new("keys");
+pub(super) const ACCOUNT_KEYS: TableDefinition<Str, Hash> = TableDefinition::new("account_keys");
+pub(super) const EMAILS: TableDefinition<Str, Str> = TableDefinition::new("emails");
+pub(super) const INVITATIONS: TableDefinition<Hash, (Str, u64)> =
+    TableDefinition::new("invitations");
+pub(super) const CHILDREN: TableDefinition<(Str, u64), Str> = TableDefinition::new("children");
+pub(super) const SUBSCRIPTIONS: TableDefinition<(Str, Str), Str> =
+    TableDefinition::new("subscriptions");
+pub(super) const USAGE: TableDefinition<UsageKey, (u64, u64)> = TableDefinition::new("usage");
+pub(super) const POOL_USAGE: TableDefinition<(Str, Str), u64> = TableDefinition::new("pool_usage");
+pub(super) const BATCHES: TableDefinition<Str, u64> = TableDefinition::new("batches");
+pub(super) const BATCHES_BY_TIME: TableDefinition<(u64, Str), ()> =
+    TableDefinition::new("batches_by_time");
+pub(super) const LEASES: TableDefinition<(Str, Str), u64> = TableDefinition::new("leases");
+pub(super) const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
+
+const CHILD_SEQ: &str = "child_seq";
+
+/// Turns any backend error into `Internal`, saying what was being done.
+pub(super) trait Ctx<T> {
+    fn ctx(self, what: impl Display) -> StoreResult<T>;
+}
+
+impl<T, E: Display> Ctx<T> for Result<T, E> {
+    fn ctx(self, what: impl Display) -> StoreResult<T> {
+        self.map_err(|e| StoreError::Internal(format!("embedded store: {what}: {e}")))
+    }
+}
+
+/// Created up front so a read transaction never meets a missing table.
+pub(super) fn create_all(db: &Database) -> StoreResult<()> {
+    let txn = db.begin_write().ctx("begin creating tables")?;
+    {
+        txn.open_table(ACCOUNTS).ctx("create accounts")?;
+        txn.open_table(KEYS).ctx("create keys")?;
+        txn.open_table(ACCOUNT_KEYS).ctx("create account_keys")?;
+        txn.open_table(EMAILS).ctx("create emails")?;
+        txn.open_table(INVITATIONS).ctx("create invitations")?;
+        txn.open_table(CHILDREN).ctx("create children")?;
+        txn.open_table(SUBSCRIPTIONS).ctx("create subscriptions")?;
+        txn.open_table(USAGE).ctx("create usage")?;
+        txn.open_table(POOL_USAGE).ctx("create pool_usage")?;
+        txn.open_table(BATCHES).ctx("create batches")?;
+        txn.open_table(BATCHES_BY_TIME)
+            .ctx("create batches_by_time")?;
+        txn.open_table(LEASES).ctx("create leases")?;
+        txn.open_table(META).ctx("create meta")?;
+    }
+    txn.commit().ctx("commit table creation")?;
+    Ok(())
+}
+
+// ---- table helpers shared by read and write transactions ----
+
+pub(super) fn get_account(
+    t: &impl ReadableTable<Str, Str>,
+    id: &str,
+) -> StoreResult<Option<Account>> {
+    match t.get(id).ctx("read account")? {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(json.value())
+            .ctx(format_args!("decode account `{id}`"))
+            .map(Some),
+    }
+}
+
+pub(super) fn put_account(t: &mut Table<'_, Str, Str>, account: &Account) -> StoreResult<()> {
+    let json = serde_json::to_string(account).ctx("encode account")?;
+    t.insert(account.id.as_str(), json.as_str())
+        .ctx("write account")?;
+    Ok(())
+}
+
+pub(super) fn get_subscriptions(
+    t: &impl ReadableTable<(Str, Str), Str>,
+    parent_id: &str,
+) -> StoreResult<Vec<Subscription>> {
+    let mut out = Vec::new();
+    for item in t.range((parent_id, "")..).ctx("scan subscriptions")? {
+        let (k, v) = item.ctx("scan subscriptions")?;
+        if k.value().0 != parent_id {
+            break;
+        }
+        out.push(serde_json::from_str(v.value()).ctx("decode subscription")?);
+    }
+    Ok(out)
+}
+
+pub(super) fn put_subscription(
+    t: &mut Table<'_, (Str, Str), Str>,
+    parent_id: &str,
+    sub: &Subscription,
+) -> StoreResult<()> {
+    let json = serde_json::to_string(sub).ctx("encode subscription")?;
+    t.insert((parent_id, sub.pool.as_str()), json.as_str())
+        .ctx("write subscription")?;
+    Ok(())
+}
+
+/// The key-tree tables of one write transaction.
+pub(super) struct Tree<'t> {
+    pub(super) accounts: Table<'t, Str, Str>,
+    pub(super) keys: Table<'t, Hash, Str>,
+    pub(super) account_keys: Table<'t, Str, Hash>,
+    pub(super) emails: Table<'t, Str, Str>,
+    pub(super) invitations: Table<'t, Hash, (Str, u64)>,
+    pub(super) children: Table<'t, (Str, u64), Str>,
+    pub(super) subscriptions: Table<'t, (Str, Str), Str>,
+    pub(super) meta: Table<'t, Str, u64>,
+}
+
+impl<'t> Tree<'t> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> StoreResult<Tree<'t>> {
+        Ok(Tree {
+            accounts: txn.open_table(ACCOUNTS).ctx("open accounts")?,
+            keys: txn.open_table(KEYS).ctx("open keys")?,
+            account_keys: txn.open_table(ACCOUNT_KEYS).ctx("open account_keys")?,
+            emails: txn.open_table(EMAILS).ctx("open emails")?,
+            invitations: txn.open_table(INVITATIONS).ctx("open invitations")?,
+            children: txn.open_table(CHILDREN).ctx("open children")?,
+            subscriptions: txn.open_table(SUBSCRIPTIONS).ctx("open subscriptions")?,
+            meta: txn.open_table(META).ctx("open meta")?,
+        })
+    }
+
+    /// The account unless it is missing or deleted (`NotFound` either way: a deleted account is
+    /// gone for every write).
+    pub(super) fn live(&self, id: &str) -> StoreResult<Account> {
+        match get_account(&self.accounts, id)? {
+            Some(a) if a.status != Status::Deleted => Ok(a),
+            _ => Err(StoreError::NotFound(id.to_owned())),
+        }
+    }
+
+    pub(super) fn live_parent(&self, id: &str) -> StoreResult<Account> {
+        let a = self.live(id)?;
+        if a.role != Role::Parent {
+            return Err(StoreError::NotFound(id.to_owned()));
+        }
+        Ok(a)
+    }
+
+    pub(super) fn check_email_free(&self, email: &str) -> StoreResult<String> {
+        let normalized = normalize_email(email);
+        if self
+            .emails
+            .get(normalized.as_str())
+            .ctx("read email index")?
+            .is_some()
+        {
+            return Err(StoreError::EmailTaken);
+        }
+        Ok(normalized)
+    }
+
+    pub(super) fn check_new_account(&self, id: &str) -> StoreResult<()> {
+        if self.accounts.get(id).ctx("read account")?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "account `{id}` exists already"
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_key_free(&self, key: &KeyHash) -> StoreResult<()> {
+        if self.keys.get(&key.0).ctx("read key")?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "key {} is in use already",
+                key.short()
+            )));
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_key(&mut self, id: &str, key: &KeyHash) -> StoreResult<()> {
+        self.keys.insert(&key.0, id).ctx("write key")?;
+        self.account_keys
+            .insert(id, &key.0)
+            .ctx("write account key")?;
+        Ok(())
+    }
+
+    /// Unmaps the account's current key, returning its hash.
+    pub(super) fn remove_key(&mut self, id: &str) -> StoreResult<Option<KeyHash>> {
+        let old = self
+            .account_keys
+            .remove(id)
+            .ctx("remove account key")?
+            .map(|g| KeyHash(*g.value()));
+        if let Some(old) = &old {
+            self.keys.remove(&old.0).ctx("remove key")?;
+        }
+        Ok(old)
+    }
+
+    pub(super) fn next_child_seq(&mut self) -> StoreResult<u64> {
+        let seq = self
+            .meta
+            .get(CHILD_SEQ)
+            .ctx("read child sequence")?
+            .map_or(0, |g| g.value());
+        self.meta
+            .insert(CHILD_SEQ, seq + 1)
+            .ctx("write child sequence")?;
+        Ok(seq)
+    }
+}
