@@ -68,8 +68,24 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .with_context(|| format!("opening the embedded store at {}", path.display()))?;
             Ok(Arc::new(store))
         }
-        StoreConfig::Redis { .. } => {
-            anyhow::bail!("store.backend = \"redis\" is not available in this build yet")
+        StoreConfig::Redis {
+            url,
+            cluster,
+            prefix,
+        } => {
+            // The URL is not repeated in the error: it may carry a password.
+            let what = match url {
+                Some(_) => "connecting to Redis (store.url)".to_owned(),
+                None => format!(
+                    "connecting to the Redis Cluster ({} seed nodes)",
+                    cluster.len()
+                ),
+            };
+            let store =
+                tollgate_store::redis_store::RedisStore::connect(url.as_deref(), cluster, prefix)
+                    .await
+                    .context(what)?;
+            Ok(Arc::new(store))
         }
     }
 }

@@ -1,0 +1,209 @@
+//! Redis key names (the data model in the parent module's docs) and the small values stored in the
+//! global indexes.
+
+use serde::{Deserialize, Serialize};
+use tollgate_core::{normalize_email, KeyHash};
+
+use crate::{StoreError, StoreResult};
+
+/// Separates the parts of a usage field (`<day>␟<product>␟<pool>`): product and pool names are
+/// configuration identifiers, which never contain control characters.
+pub(super) const FIELD_SEP: char = '\u{1f}';
+
+/// Builds every key from the configured prefix.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    // ---- global indexes, each key in its own slot ----
+
+    /// Key hash -> [`KeyOwner`] JSON.
+    pub(super) fn key_index(&self, key: &KeyHash) -> String {
+        format!("{}:k:{}", self.prefix, key.to_hex())
+    }
+
+    /// Account id -> its tenant's id (its own for a parent). Written before the tenant's records.
+    pub(super) fn account_index(&self, id: &str) -> String {
+        format!("{}:a:{id}", self.prefix)
+    }
+
+    /// Normalized email -> [`EmailClaim`] JSON.
+    pub(super) fn email_index(&self, email: &str) -> String {
+        format!("{}:e:{}", self.prefix, normalize_email(email))
+    }
+
+    /// Invitation token hash -> [`InvitationRecord`] JSON.
+    pub(super) fn invitation(&self, token: &KeyHash) -> String {
+        format!("{}:i:{}", self.prefix, token.to_hex())
+    }
+
+    /// The change feed (a stream).
+    pub(super) fn feed(&self) -> String {
+        format!("{}:feed", self.prefix)
+    }
+
+    // ---- one tenant's keys, all under the hash tag `{<prefix>:t:<tenant>}` ----
+
+    pub(super) fn tenant(&self, tenant: &str) -> TenantKeys {
+        TenantKeys {
+            tag: format!("{{{}:t:{tenant}}}", self.prefix),
+        }
+    }
+}
+
+/// The keys of one tenant; they share a hash tag, so one Lua script may touch them all in Cluster.
+#[derive(Debug, Clone)]
+pub(super) struct TenantKeys {
+    tag: String,
+}
+
+impl TenantKeys {
+    /// An account of the tenant (the parent or a child): its [`tollgate_core::Account`] JSON.
+    pub(super) fn account(&self, id: &str) -> String {
+        format!("{}:a:{id}", self.tag)
+    }
+
+    /// Hash: account id -> hex hash of its current key (no field for invited or deleted accounts).
+    /// The source of truth for "which key is this account's": the global key index only points here.
+    pub(super) fn key_of(&self) -> String {
+        format!("{}:keyof", self.tag)
+    }
+
+    /// List of child ids in creation order (deleted ones stay).
+    pub(super) fn children(&self) -> String {
+        format!("{}:children", self.tag)
+    }
+
+    /// Hash: pool -> [`tollgate_core::Subscription`] JSON.
+    pub(super) fn subscriptions(&self) -> String {
+        format!("{}:subs", self.tag)
+    }
+
+    /// Hash of one account's usage: `r␟<day>␟<product>␟<pool>` -> requests and
+    /// `c␟<day>␟<product>␟<pool>` -> credits (integers, so HINCRBY adds them exactly).
+    pub(super) fn usage(&self, account_id: &str) -> String {
+        format!("{}:u:{account_id}", self.tag)
+    }
+
+    /// Hash: pool -> all credits the tenant has ever used from it.
+    pub(super) fn pool_usage(&self) -> String {
+        format!("{}:pool", self.tag)
+    }
+
+    /// Hash: pool -> credits leased to nodes and not given back.
+    pub(super) fn leases(&self) -> String {
+        format!("{}:lease", self.tag)
+    }
+
+    /// Marker of a usage batch applied to this tenant (expires after the batch retention).
+    pub(super) fn batch(&self, batch_id: &str) -> String {
+        format!("{}:b:{batch_id}", self.tag)
+    }
+}
+
+/// The usage hash fields of one cell.
+pub(super) fn usage_fields(day: i32, product: &str, pool: &str) -> (String, String) {
+    let cell = format!("{day}{FIELD_SEP}{product}{FIELD_SEP}{pool}");
+    (format!("r{FIELD_SEP}{cell}"), format!("c{FIELD_SEP}{cell}"))
+}
+
+/// Splits a usage field into (is_credits, day, product, pool).
+pub(super) fn parse_usage_field(field: &str) -> Option<(bool, i32, &str, &str)> {
+    let mut parts = field.splitn(4, FIELD_SEP);
+    let credits = match parts.next()? {
+        "r" => false,
+        "c" => true,
+        _ => return None,
+    };
+    let day = parts.next()?.parse().ok()?;
+    Some((credits, day, parts.next()?, parts.next()?))
+}
+
+/// Value of the key index: which account of which tenant a key hash belongs to. Only a pointer:
+/// the key resolves only if the tenant's `keyof` hash agrees (see `RedisStore::account_by_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct KeyOwner {
+    #[serde(rename = "t")]
+    pub(super) tenant: String,
+    #[serde(rename = "a")]
+    pub(super) account: String,
+}
+
+/// Value of the email index: the account that claimed the email and when (unix ms). The time lets
+/// a later writer tell a claim whose creator crashed before writing the account from one whose
+/// creation is still under way (see `tree::claim_email`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct EmailClaim {
+    #[serde(rename = "a")]
+    pub(super) account: String,
+    #[serde(rename = "at")]
+    pub(super) at_ms: u64,
+}
+
+/// Value of an invitation: the invited child, its tenant and the expiry (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct InvitationRecord {
+    #[serde(rename = "c")]
+    pub(super) child: String,
+    #[serde(rename = "t")]
+    pub(super) tenant: String,
+    #[serde(rename = "x")]
+    pub(super) expires_at: u64,
+}
+
+pub(super) fn to_json<T: Serialize>(value: &T, what: &str) -> StoreResult<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Internal(format!("redis store: encode {what}: {e}")))
+}
+
+pub(super) fn from_json<'a, T: Deserialize<'a>>(json: &'a str, what: &str) -> StoreResult<T> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Internal(format!("redis store: decode {what}: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_keys_share_one_hash_tag() {
+        let k = Keys::new("tg");
+        let t = k.tenant("acc_1");
+        for key in [
+            t.account("acc_2"),
+            t.key_of(),
+            t.children(),
+            t.subscriptions(),
+            t.usage("acc_2"),
+            t.pool_usage(),
+            t.leases(),
+            t.batch("b1"),
+        ] {
+            assert!(key.starts_with("{tg:t:acc_1}:"), "{key}");
+        }
+        assert_eq!(k.email_index(" A@B.com "), "tg:e:a@b.com");
+    }
+
+    #[test]
+    fn usage_fields_round_trip() {
+        let (r, c) = usage_fields(-3, "reverse-whois", "drs");
+        assert_eq!(
+            parse_usage_field(&r),
+            Some((false, -3, "reverse-whois", "drs"))
+        );
+        assert_eq!(
+            parse_usage_field(&c),
+            Some((true, -3, "reverse-whois", "drs"))
+        );
+        assert_eq!(parse_usage_field("x"), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! The Lua scripts: every multi-key update of one tenant, and the few compare-and-set steps on the
+//! global indexes. Each runs atomically on the node that owns its keys (all of one script's keys
+//! share a slot), and is sent as EVALSHA, loaded on first use (`redis::Script` does both).
+//!
+//! Conventions: a script answers with a status word first (`ok`, `stale`, `exists`, `missing`), so
+//! expected outcomes are values, not Lua errors: a Lua error halfway would leave half a write, which
+//! is why the scripts also check everything before they write anything. Numbers that may exceed
+//! 2^53 (usage counts) are never added in Lua (its numbers are doubles): HINCRBY adds them as
+//! 64-bit integers inside Redis, and saturates instead of failing on overflow. Credit leases do
+//! their arithmetic in Lua, exact for subscriptions up to 2^53 credits.
+
+use redis::Script;
+
+/// Creates a parent: its record, its key and its subscriptions. KEYS: account, keyof, subs.
+/// ARGV: account JSON, id, key hex, then (pool, subscription JSON) pairs.
+const CREATE_PARENT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+return 'ok'
+";
+
+/// Adds an invited child under a parent that is still as the caller read it.
+/// KEYS: parent account, child account, children. ARGV: parent JSON as read, child id, child JSON.
+const INVITE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'stale' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'exists' end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('RPUSH', KEYS[3], ARGV[2])
+return 'ok'
+";
+
+/// Compare-and-set of an account record, with an optional change of its key.
+/// KEYS: account, keyof. ARGV: JSON as read, new JSON, id, key op (`keep`, `set`, `del`), new key hex.
+/// Returns {status, the key hex the account had before}.
+const UPDATE_ACCOUNT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', false} end
+if ARGV[2] ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+local old = redis.call('HGET', KEYS[2], ARGV[3])
+if ARGV[4] == 'set' then
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
+elseif ARGV[4] == 'del' then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+end
+return {'ok', old}
+";
+
+/// Sets a subscription of a parent that is still as the caller read it.
+/// KEYS: parent account, subs. ARGV: parent JSON as read, pool, subscription JSON.
+const PUT_SUBSCRIPTION: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'stale' end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 'ok'
+";
+
+/// The account JSON if the key is still the account's current one, else nil.
+/// KEYS: account, keyof. ARGV: id, key hex.
+const RESOLVE_KEY: &str = r"
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return false end
+return redis.call('GET', KEYS[1])
+";
+
+/// One tenant's part of a usage batch, at most once per batch id.
+/// KEYS: batch marker, pool usage, then the usage hash of each account.
+/// ARGV: marker lifetime in seconds, then per delta: (index into KEYS of its usage hash, requests
+/// field, credits field, pool, requests, credits). Returns 1 if applied, 0 if seen before.
+const RECORD_USAGE: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local function add(key, field, n)
+  local r = redis.pcall('HINCRBY', key, field, n)
+  if type(r) == 'table' and r.err then
+    redis.call('HSET', key, field, '9223372036854775807')
+  end
+end
+for i = 2, #ARGV, 6 do
+  local k = KEYS[tonumber(ARGV[i])]
+  add(k, ARGV[i + 1], ARGV[i + 4])
+  add(k, ARGV[i + 2], ARGV[i + 5])
+  add(KEYS[2], ARGV[i + 3], ARGV[i + 5])
+end
+return 1
+";
+
+/// Leases credits of a pool (the rule is on `Store::lease_credits`). KEYS: subs, leases.
+/// ARGV: pool, need, want. Returns {status, granted, avail - granted}.
+const LEASE: &str = r"
+local sub = redis.call('HGET', KEYS[1], ARGV[1])
+if not sub then return {'missing', 0, 0} end
+local credits = tonumber(cjson.decode(sub).credits) or 0
+local reserved = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') or 0
+local avail = credits - reserved
+if avail < 0 then avail = 0 end
+local need, want = tonumber(ARGV[2]), tonumber(ARGV[3])
+if avail < need then return {'ok', 0, avail} end
+local g = math.min(want, math.floor(avail / 16))
+if g < need then g = need end
+if g > avail then g = avail end
+if g > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], string.format('%d', g)) end
+return {'ok', g, avail - g}
+";
+
+/// Gives leased credits back, never below zero. KEYS: leases. ARGV: pool, amount.
+const RELEASE: &str = r"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0
+local left = cur - tonumber(ARGV[2])
+if left < 0 then left = 0 end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', left))
+return 1
+";
+
+/// Appends one write's changes contiguously. KEYS: feed. ARGV: max length, writer time (ms),
+/// then each change's JSON. Returns the last entry id.
+const FEED_APPEND: &str = r"
+local last = false
+for i = 3, #ARGV do
+  last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'c', ARGV[i], 't', ARGV[2])
+end
+return last
+";
+
+/// What `read_feed` needs to tell a trimmed cursor: {last generated id, oldest entry id held (the
+/// last id if none is), 1 if entries were ever removed}. Removal is known exactly from Redis 7's
+/// `entries-added`; older servers report no such field, and reaching the maximum length stands in.
+/// KEYS: feed. ARGV: max length.
+const FEED_STATE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'0-0', '0-0', 0} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last, added, len, first = '0-0', false, 0, false
+for i = 1, #info, 2 do
+  local k = info[i]
+  if k == 'last-generated-id' then last = info[i + 1]
+  elseif k == 'entries-added' then added = info[i + 1]
+  elseif k == 'length' then len = info[i + 1]
+  elseif k == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+end
+local removed
+if added then removed = added > len else removed = len >= tonumber(ARGV[1]) end
+return {last, first or last, removed and 1 or 0}
+";
+
+/// Compare-and-set of one string key: if it holds ARGV[1] (`''` = absent), set it to ARGV[2]
+/// (`''` = delete it). Returns 1 if it did.
+const CAS: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (cur or '') ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+";
+
+/// All scripts, hashed once.
+pub(super) struct Scripts {
+    pub(super) create_parent: Script,
+    pub(super) invite: Script,
+    pub(super) update_account: Script,
+    pub(super) put_subscription: Script,
+    pub(super) resolve_key: Script,
+    pub(super) record_usage: Script,
+    pub(super) lease: Script,
+    pub(super) release: Script,
+    pub(super) feed_append: Script,
+    pub(super) feed_state: Script,
+    pub(super) cas: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            create_parent: Script::new(CREATE_PARENT),
+            invite: Script::new(INVITE),
+            update_account: Script::new(UPDATE_ACCOUNT),
+            put_subscription: Script::new(PUT_SUBSCRIPTION),
+            resolve_key: Script::new(RESOLVE_KEY),
+            record_usage: Script::new(RECORD_USAGE),
+            lease: Script::new(LEASE),
+            release: Script::new(RELEASE),
+            feed_append: Script::new(FEED_APPEND),
+            feed_state: Script::new(FEED_STATE),
+            cas: Script::new(CAS),
+        }
+    }
+}
