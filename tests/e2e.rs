@@ -1,5 +1,6 @@
 //! End-to-end scenarios through the real `tollgate` binary on real sockets: a recording stub
 //! upstream, the operator and account APIs, the data plane, restart and shutdown.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
 

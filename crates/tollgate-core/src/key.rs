@@ -104,6 +104,20 @@ impl fmt::Debug for KeyHash {
     }
 }
 
+/// Serialized as 64 lowercase hex characters.
+impl serde::Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyHash, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        KeyHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,19 +165,5 @@ mod tests {
         let t = generate_token(&mut rng);
         assert!(t.expose().starts_with("inv_"));
         assert_eq!(t.expose().len(), 44);
-    }
-}
-
-/// Serialized as 64 lowercase hex characters.
-impl serde::Serialize for KeyHash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for KeyHash {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyHash, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        KeyHash::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex characters"))
     }
 }

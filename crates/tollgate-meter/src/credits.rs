@@ -34,10 +34,13 @@ pub enum Take {
     Refill,
 }
 
+/// (tenant, pool).
+type PoolKey = (Arc<str>, Arc<str>);
+
 /// See the module docs.
 pub struct Credits {
     store: Arc<dyn Store>,
-    slices: DashMap<(Arc<str>, Arc<str>), Arc<Slice>>,
+    slices: DashMap<PoolKey, Arc<Slice>>,
     epoch: Instant,
     /// Upper bound of one lease (credits).
     max_slice: u64,
@@ -145,7 +148,7 @@ impl Credits {
     /// Returns slices idle for [`IDLE_RELEASE`] (or all, with `all`) to the store.
     pub async fn release_idle(&self, all: bool) {
         let now = self.now_ms();
-        let idle: Vec<((Arc<str>, Arc<str>), Arc<Slice>)> = self
+        let idle: Vec<(PoolKey, Arc<Slice>)> = self
             .slices
             .iter()
             .filter(|e| {

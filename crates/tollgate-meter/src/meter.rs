@@ -55,6 +55,9 @@ struct Cell {
     flushed_credits: AtomicU64,
 }
 
+/// (account, parent, product): the labels of the per-account series.
+type SeriesKey = (Arc<str>, Arc<str>, Arc<str>);
+
 struct Pending {
     batch: UsageBatch,
     cells: Vec<(Arc<Cell>, u64, u64)>,
@@ -83,7 +86,7 @@ pub struct Meter {
     recorded_credits: AtomicU64,
     flushed_credits: AtomicU64,
     /// Totals of cells pruned after their day passed, so scrape-time counters stay monotonic.
-    retired: Mutex<HashMap<(Arc<str>, Arc<str>, Arc<str>), (u64, u64)>>,
+    retired: Mutex<HashMap<SeriesKey, (u64, u64)>>,
     max_unflushed: u64,
 }
 
@@ -282,8 +285,7 @@ impl Meter {
 
     /// Totals per (account, parent, product) since start, for the Prometheus series.
     pub fn totals(&self) -> Vec<SeriesTotal> {
-        let mut map: HashMap<(Arc<str>, Arc<str>, Arc<str>), (u64, u64)> =
-            self.retired.lock().clone();
+        let mut map: HashMap<SeriesKey, (u64, u64)> = self.retired.lock().clone();
         for entry in self.cells.iter() {
             let k = entry.key();
             let e = map

@@ -21,6 +21,7 @@ pub mod names {
     pub const KEY_CACHE_LOOKUPS_TOTAL: &str = "tollgate_key_cache_lookups_total";
     pub const STORE_UP: &str = "tollgate_store_up";
     pub const USAGE_UNFLUSHED_CREDITS: &str = "tollgate_usage_unflushed_credits";
+    pub const REVOCATION_LAG_SECONDS: &str = "tollgate_revocation_lag_seconds";
 }
 
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -35,6 +36,7 @@ pub struct Metrics {
     pub key_cache_lookups: IntCounterVec,
     pub store_up: IntGauge,
     pub usage_unflushed_credits: IntGauge,
+    pub revocation_lag: Histogram,
     pub account_requests: IntCounterVec,
     pub account_credits: IntCounterVec,
     pub parent_credits: IntCounterVec,
@@ -102,6 +104,14 @@ impl Metrics {
             "Credits metered but not yet written to the store.",
         )
         .expect("valid metric");
+        let revocation_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                names::REVOCATION_LAG_SECONDS,
+                "From a key-tree change's write (any node) to its application in this node's cache.",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        )
+        .expect("valid metric");
         let account_requests = IntCounterVec::new(
             Opts::new(
                 names::ACCOUNT_REQUESTS_TOTAL,
@@ -130,6 +140,7 @@ impl Metrics {
             Box::new(account_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(account_credits.clone()),
             Box::new(parent_credits.clone()),
+            Box::new(revocation_lag.clone()),
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
             Box::new(upstream_duration.clone()),
@@ -149,6 +160,7 @@ impl Metrics {
             key_cache_lookups,
             store_up,
             usage_unflushed_credits,
+            revocation_lag,
             account_requests,
             account_credits,
             parent_credits,

@@ -99,6 +99,8 @@ pub struct KeyCache {
     /// Millis since `epoch` when the feed follower last confirmed it had applied every change.
     feed_synced_ms: AtomicU64,
     store_up: AtomicBool,
+    /// Told the seconds between a change's write and its application here (revocation lag).
+    lag_observer: std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub negative_hits: AtomicU64,
@@ -124,10 +126,16 @@ impl KeyCache {
             epoch: Instant::now(),
             feed_synced_ms: AtomicU64::new(0),
             store_up: AtomicBool::new(true),
+            lag_observer: std::sync::OnceLock::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             negative_hits: AtomicU64::new(0),
         }
+    }
+
+    /// Installs the revocation-lag observer (once; later calls are ignored).
+    pub fn set_lag_observer(&self, observe: impl Fn(f64) + Send + Sync + 'static) {
+        let _ = self.lag_observer.set(Box::new(observe));
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -158,7 +166,8 @@ impl KeyCache {
     }
 
     fn is_fresh(&self, entry: &CachedAccount, now: Instant) -> bool {
-        let synced = self.epoch + Duration::from_millis(self.feed_synced_ms.load(Ordering::Relaxed));
+        let synced =
+            self.epoch + Duration::from_millis(self.feed_synced_ms.load(Ordering::Relaxed));
         let confirmed = entry.loaded_at.max(synced);
         now.saturating_duration_since(confirmed) <= self.config.max_staleness
     }
@@ -341,6 +350,21 @@ impl KeyCache {
         Ok(())
     }
 
+    /// Puts a loaded account under its key (and its tenant, for a child) without asking the store:
+    /// for bulk warm-up and benchmarks.
+    pub fn insert_loaded(
+        &self,
+        key: KeyHash,
+        account: Arc<CachedAccount>,
+        tenant: Option<Arc<CachedAccount>>,
+    ) {
+        if let Some(t) = tenant {
+            self.accounts.insert(t.id.clone(), t);
+        }
+        self.keys.insert(key, KeySlot::Known(account.id.clone()));
+        self.accounts.insert(account.id.clone(), account);
+    }
+
     /// Forgets everything (after the feed was trimmed past this node's cursor).
     pub fn clear(&self) {
         self.keys.clear();
@@ -360,7 +384,8 @@ impl KeyCache {
         tokio::pin!(shutdown);
         let mut cursor: Option<String> = None;
         let mut backoff = Duration::from_millis(50);
-        let wait = (self.config.max_staleness / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let wait = (self.config.max_staleness / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut last_sweep = Instant::now();
         loop {
             let step = async {
@@ -391,6 +416,9 @@ impl KeyCache {
                             tracing::warn!(error = %e, "could not apply a key-tree change; will retry");
                             ok = false;
                             break;
+                        }
+                        if let (Some(at), Some(observe)) = (ev.at_ms, self.lag_observer.get()) {
+                            observe(crate::store::unix_ms().saturating_sub(at) as f64 / 1000.0);
                         }
                         next = ev.cursor;
                     }

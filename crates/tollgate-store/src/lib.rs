@@ -12,6 +12,7 @@ pub mod store;
 
 pub use cache::{CacheConfig, CacheLookup, KeyCache, Principal};
 pub use embedded::EmbeddedStore;
+pub use redis_store::RedisStore;
 pub use store::{
     Change, FeedEvent, NewInvitation, NewParent, Store, StoreError, StoreResult, UsageBatch,
     UsageDelta,

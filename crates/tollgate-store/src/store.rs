@@ -71,6 +71,16 @@ pub enum Change {
 pub struct FeedEvent {
     pub cursor: String,
     pub change: Change,
+    /// When the writer appended it (unix ms, the writer's clock), if the backend records it.
+    pub at_ms: Option<u64>,
+}
+
+/// Now, as unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One metered cell to add: an account's requests and credits for a product, pool and day.
@@ -162,7 +172,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
 
     /// Usage rows of these accounts between the two days inclusive, sorted by account, day, product.
-    async fn usage(&self, account_ids: &[String], from: Day, to: Day) -> StoreResult<Vec<UsageRow>>;
+    async fn usage(&self, account_ids: &[String], from: Day, to: Day)
+        -> StoreResult<Vec<UsageRow>>;
 
     /// All credits a tenant has ever used from each pool (its own and its children's), by pool.
     async fn pool_usage(&self, parent_id: &str) -> StoreResult<Vec<(String, u64)>>;
@@ -182,13 +193,19 @@ pub trait Store: Send + Sync + 'static {
         want: u64,
     ) -> StoreResult<(u64, u64)> {
         let _ = (parent_id, pool, need, want);
-        Err(StoreError::Internal(format!("{} does not support credit leases", self.backend())))
+        Err(StoreError::Internal(format!(
+            "{} does not support credit leases",
+            self.backend()
+        )))
     }
 
     /// Gives back reserved credits this node did not spend.
     async fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
         let _ = (parent_id, pool, amount);
-        Err(StoreError::Internal(format!("{} does not support credit leases", self.backend())))
+        Err(StoreError::Internal(format!(
+            "{} does not support credit leases",
+            self.backend()
+        )))
     }
 
     // ---- change feed ----

@@ -21,7 +21,8 @@ struct Ring {
     /// Sequence number of the newest event (0 before the first).
     head: u64,
     /// Events `head - events.len() + 1 ..= head`, oldest first.
-    events: VecDeque<Change>,
+    /// With the wall-clock time of the append in ms, for the revocation-lag metric.
+    events: VecDeque<(Change, u64)>,
 }
 
 impl Ring {
@@ -57,13 +58,14 @@ impl Feed {
         if changes.is_empty() {
             return;
         }
+        let at_ms = crate::store::unix_ms();
         let head = {
             let mut ring = self.ring.lock();
             for change in changes {
                 if ring.events.len() == self.capacity {
                     ring.events.pop_front();
                 }
-                ring.events.push_back(change);
+                ring.events.push_back((change, at_ms));
                 ring.head += 1;
             }
             ring.head
@@ -89,9 +91,10 @@ impl Feed {
             .skip(skip)
             .take(MAX_READ)
             .zip(cursor + 1..)
-            .map(|(change, seq)| FeedEvent {
+            .map(|((change, at_ms), seq)| FeedEvent {
                 cursor: seq.to_string(),
                 change: change.clone(),
+                at_ms: Some(*at_ms),
             })
             .collect())
     }

@@ -130,9 +130,16 @@ impl Inner {
                     ))
                 }
             };
+            let at_ms = match entry.map.get("t") {
+                Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()),
+                Some(Value::SimpleString(s)) => s.parse().ok(),
+                Some(Value::Int(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            };
             events.push(FeedEvent {
                 cursor: entry.id,
                 change: from_json(&json, "change")?,
+                at_ms,
             });
         }
         Ok(events)

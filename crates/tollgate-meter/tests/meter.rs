@@ -1,0 +1,376 @@
+//! The meter against the real embedded store: exactness under concurrency, a flush whose reply is
+//! lost (retried, counted once), a store that is down mid-flush, rate limits on a fake clock, and
+//! pooled credits spent to the last one.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use governor::clock::FakeRelativeClock;
+use tollgate_core::*;
+use tollgate_meter::{CellKey, Credits, Meter, RateLimits};
+use tollgate_store::*;
+
+/// The real embedded store, with two faults a test can switch on: the store is unreachable
+/// (nothing written), or the write happens and its reply is lost.
+struct Faulty {
+    inner: EmbeddedStore,
+    down: AtomicBool,
+    lose_replies: AtomicU32,
+}
+
+#[async_trait]
+impl Store for Faulty {
+    fn backend(&self) -> &'static str {
+        "faulty-embedded"
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
+    async fn account(&self, id: &str) -> StoreResult<Option<Account>> {
+        self.inner.account(id).await
+    }
+    async fn account_by_key(&self, key: &KeyHash) -> StoreResult<Option<Account>> {
+        self.inner.account_by_key(key).await
+    }
+    async fn children(&self, p: &str) -> StoreResult<Vec<Account>> {
+        self.inner.children(p).await
+    }
+    async fn subscriptions(&self, p: &str) -> StoreResult<Vec<Subscription>> {
+        self.inner.subscriptions(p).await
+    }
+    async fn create_parent(&self, n: NewParent) -> StoreResult<Account> {
+        self.inner.create_parent(n).await
+    }
+    async fn update_parent(
+        &self,
+        id: &str,
+        t: Option<bool>,
+        l: Option<LimitOverrides>,
+    ) -> StoreResult<Account> {
+        self.inner.update_parent(id, t, l).await
+    }
+    async fn put_subscription(&self, p: &str, s: Subscription) -> StoreResult<()> {
+        self.inner.put_subscription(p, s).await
+    }
+    async fn invite(&self, n: NewInvitation) -> StoreResult<Account> {
+        self.inner.invite(n).await
+    }
+    async fn accept_invitation(&self, t: &KeyHash, k: KeyHash, now: u64) -> StoreResult<Account> {
+        self.inner.accept_invitation(t, k, now).await
+    }
+    async fn set_status(&self, id: &str, s: Status) -> StoreResult<Account> {
+        self.inner.set_status(id, s).await
+    }
+    async fn rotate_key(&self, id: &str, k: KeyHash) -> StoreResult<()> {
+        self.inner.rotate_key(id, k).await
+    }
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("injected: store down".into()));
+        }
+        self.inner.record_usage(batch).await?;
+        if self
+            .lose_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Unavailable(
+                "injected: reply lost after the write".into(),
+            ));
+        }
+        Ok(())
+    }
+    async fn usage(&self, ids: &[String], from: Day, to: Day) -> StoreResult<Vec<UsageRow>> {
+        self.inner.usage(ids, from, to).await
+    }
+    async fn pool_usage(&self, p: &str) -> StoreResult<Vec<(String, u64)>> {
+        self.inner.pool_usage(p).await
+    }
+    async fn lease_credits(
+        &self,
+        p: &str,
+        pool: &str,
+        need: u64,
+        want: u64,
+    ) -> StoreResult<(u64, u64)> {
+        self.inner.lease_credits(p, pool, need, want).await
+    }
+    async fn release_credits(&self, p: &str, pool: &str, amount: u64) -> StoreResult<()> {
+        self.inner.release_credits(p, pool, amount).await
+    }
+    async fn feed_head(&self) -> StoreResult<String> {
+        self.inner.feed_head().await
+    }
+    async fn read_feed(&self, c: &str, w: Duration) -> StoreResult<Vec<FeedEvent>> {
+        self.inner.read_feed(c, w).await
+    }
+}
+
+fn faulty() -> (Arc<Faulty>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = EmbeddedStore::open(&dir.path().join("t.db")).unwrap();
+    (
+        Arc::new(Faulty {
+            inner,
+            down: AtomicBool::new(false),
+            lose_replies: AtomicU32::new(0),
+        }),
+        dir,
+    )
+}
+
+fn key(account: &str, parent: &str, product: &str, day: i32) -> CellKey {
+    CellKey {
+        account: Arc::from(account),
+        parent: Arc::from(parent),
+        product: Arc::from(product),
+        pool: Arc::from(product),
+        day: Day(day),
+    }
+}
+
+async fn stored_totals(store: &dyn Store, ids: &[&str]) -> Totals {
+    let ids: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    store
+        .usage(&ids, Day(0), Day(100_000))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.totals)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_records_flush_exactly() {
+    let (store, _dir) = faulty();
+    let meter = Arc::new(Meter::new(store.clone(), u64::MAX));
+    let flusher = {
+        let m = meter.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                let _ = m.flush().await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let m = meter.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..2_000u64 {
+                let account = format!("acc_c{}", (t + i) % 4);
+                m.record(
+                    key(
+                        &account,
+                        "acc_p",
+                        if i % 3 == 0 { "dns" } else { "whois" },
+                        20_000,
+                    ),
+                    1 + i % 5,
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    flusher.await.unwrap();
+    assert_eq!(meter.flush_all(Duration::from_secs(5)).await, 0);
+    let expected_credits: u64 = (0..8u64)
+        .map(|_| (0..2_000u64).map(|i| 1 + i % 5).sum::<u64>())
+        .sum();
+    let got = stored_totals(&*store, &["acc_c0", "acc_c1", "acc_c2", "acc_c3"]).await;
+    assert_eq!(got.requests, 16_000);
+    assert_eq!(got.credits, expected_credits);
+    let pool: u64 = store
+        .pool_usage("acc_p")
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, c)| c)
+        .sum();
+    assert_eq!(
+        pool, expected_credits,
+        "the parent's roll-up equals the sum of its members"
+    );
+    assert_eq!(meter.unflushed_credits(), 0);
+}
+
+#[tokio::test]
+async fn a_lost_reply_is_retried_and_counted_once() {
+    let (store, _dir) = faulty();
+    let meter = Meter::new(store.clone(), u64::MAX);
+    for _ in 0..10 {
+        meter.record(key("acc_a", "acc_p", "whois", 20_000), 3);
+    }
+    store.lose_replies.store(1, Ordering::SeqCst);
+    assert!(meter.flush().await.is_err(), "the reply was lost");
+    assert_eq!(meter.unflushed_credits(), 30, "not known to be written yet");
+    // More usage arrives before the retry; the retry resends the same batch, then the rest.
+    meter.record(key("acc_a", "acc_p", "whois", 20_000), 3);
+    assert_eq!(meter.flush_all(Duration::from_secs(5)).await, 0);
+    let got = stored_totals(&*store, &["acc_a"]).await;
+    assert_eq!((got.requests, got.credits), (11, 33));
+}
+
+#[tokio::test]
+async fn store_down_mid_flush_then_back() {
+    let (store, _dir) = faulty();
+    let meter = Meter::new(store.clone(), 50);
+    meter.record(key("acc_a", "acc_p", "whois", 20_000), 20);
+    store.down.store(true, Ordering::SeqCst);
+    assert!(meter.flush().await.is_err());
+    meter.record(key("acc_b", "acc_p", "whois", 20_001), 20);
+    assert!(!meter.backlog_full());
+    meter.record(key("acc_b", "acc_p", "whois", 20_001), 20);
+    assert!(
+        meter.backlog_full(),
+        "the backlog bound is reached at 50 credits"
+    );
+    assert_eq!(
+        meter.flush_all(Duration::from_millis(100)).await,
+        60,
+        "nothing lost while down"
+    );
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(meter.flush_all(Duration::from_secs(5)).await, 0);
+    assert!(!meter.backlog_full());
+    let got = stored_totals(&*store, &["acc_a", "acc_b"]).await;
+    assert_eq!((got.requests, got.credits), (3, 60));
+}
+
+#[tokio::test]
+async fn pruned_cells_keep_metric_totals() {
+    let (store, _dir) = faulty();
+    let meter = Meter::new(store.clone(), u64::MAX);
+    meter.record(key("acc_a", "acc_p", "whois", 100), 5);
+    meter.record(key("acc_a", "acc_p", "whois", 20_000), 7);
+    meter.flush_all(Duration::from_secs(5)).await;
+    meter.prune(Day(20_000));
+    let t = meter.totals();
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].requests, t[0].credits), (2, 12));
+}
+
+fn principal(role: Role, limits: LimitOverrides) -> Principal {
+    let parent = Account {
+        id: "acc_p".into(),
+        role: Role::Parent,
+        status: Status::Active,
+        email: "p@x.example".into(),
+        parent_id: None,
+        team: true,
+        limits,
+        created_at: 0,
+    };
+    let mut me = parent.clone();
+    if role == Role::Child {
+        me.id = "acc_c".into();
+        me.role = Role::Child;
+        me.parent_id = Some("acc_p".into());
+    }
+    let tenant = Arc::new(tollgate_store::cache::CachedAccount::new(parent, vec![]));
+    let account = if role == Role::Child {
+        Arc::new(tollgate_store::cache::CachedAccount::new(me, vec![]))
+    } else {
+        tenant.clone()
+    };
+    Principal { account, tenant }
+}
+
+#[test]
+fn rate_limits_follow_gcra_on_a_fake_clock() {
+    let clock = FakeRelativeClock::default();
+    let limits = RateLimits::with_clock(
+        Limit {
+            rps: 200,
+            burst: 400,
+        },
+        Limit { rps: 2, burst: 3 },
+        clock.clone(),
+    );
+    let child = principal(Role::Child, LimitOverrides::default());
+    for expect_remaining in [2, 1, 0] {
+        assert_eq!(limits.check(&child).unwrap().remaining, expect_remaining);
+    }
+    let retry = limits.check(&child).unwrap_err();
+    assert_eq!(retry, 1, "retry-after rounds up to whole seconds");
+    clock.advance(Duration::from_millis(500));
+    assert!(
+        limits.check(&child).is_ok(),
+        "one request regained after 1/rps"
+    );
+    assert!(limits.check(&child).is_err());
+    // An operator override for the tenant's children takes effect on the next check.
+    let overridden = principal(
+        Role::Child,
+        LimitOverrides {
+            parent: None,
+            child: Some(Limit { rps: 1, burst: 10 }),
+        },
+    );
+    assert_eq!(limits.check(&overridden).unwrap().remaining, 9);
+}
+
+#[tokio::test]
+async fn pooled_credits_are_spent_to_the_last_one_across_nodes() {
+    let (store, _dir) = faulty();
+    let mut rng = rand::rng();
+    let parent = store
+        .create_parent(NewParent {
+            account: Account {
+                id: generate_id(&mut rng, "acc_"),
+                role: Role::Parent,
+                status: Status::Active,
+                email: format!("{}@x.example", generate_id(&mut rng, "p")),
+                parent_id: None,
+                team: true,
+                limits: LimitOverrides::default(),
+                created_at: 0,
+            },
+            key_hash: generate_key(&mut rng).hash(),
+            subscriptions: vec![Subscription {
+                pool: "whois".into(),
+                credits: 1_000,
+                overage: Overage::Deny,
+            }],
+        })
+        .await
+        .unwrap();
+    let tenant: Arc<str> = Arc::from(parent.id.as_str());
+    let pool: Arc<str> = Arc::from("whois");
+    // Two "nodes" (two Credits on one store) spend in turns; node B stops half way, and its
+    // slice goes back when released, so node A can spend the pool to its last credit.
+    let a = Credits::new(store.clone(), 100);
+    let b = Credits::new(store.clone(), 100);
+    let mut spent = 0u64;
+    for i in 0..2_000u64 {
+        let node = if i % 2 == 0 || spent > 500 { &a } else { &b };
+        if node.take(&tenant, &pool, 3) != tollgate_meter::credits::Take::Refill {
+            spent += 3;
+            continue;
+        }
+        if spent > 500 {
+            b.release_idle(true).await;
+        }
+        if !node.refill(&tenant, &pool, 3).await.unwrap() {
+            break;
+        }
+        assert!(matches!(
+            node.take(&tenant, &pool, 3),
+            tollgate_meter::credits::Take::Taken { .. }
+        ));
+        spent += 3;
+    }
+    assert_eq!(
+        spent, 999,
+        "every whole request the pool can pay for was admitted"
+    );
+    a.release_idle(true).await;
+    // One credit is left, and a 1-credit request gets it; then nothing.
+    assert!(a.refill(&tenant, &pool, 1).await.unwrap());
+    assert!(!a.refill(&tenant, &pool, 2).await.unwrap());
+}
