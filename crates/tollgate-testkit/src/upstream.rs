@@ -43,17 +43,48 @@ pub struct Script {
 struct Shared {
     seen: Mutex<Vec<Recorded>>,
     scripts: Mutex<BTreeMap<String, Script>>,
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 /// See the module docs. Stops on drop.
 pub struct StubUpstream {
     pub addr: SocketAddr,
+    /// For an HTTPS stub: its self-signed certificate (PEM), for the client to trust.
+    pub ca_pem: Option<String>,
     shared: Arc<Shared>,
     task: JoinHandle<()>,
 }
 
 impl StubUpstream {
     pub async fn start() -> StubUpstream {
+        Self::start_with(None).await
+    }
+
+    /// An HTTPS stub on 127.0.0.1 with a fresh self-signed certificate for that address.
+    pub async fn start_tls() -> StubUpstream {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .expect("self-signed certificate");
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
+            .expect("key der");
+        #[allow(deprecated)]
+        let provider = rustls::crypto::ring::default_provider();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut stub = Self::start_with(Some(acceptor)).await;
+        stub.ca_pem = Some(ck.cert.pem());
+        stub
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> StubUpstream {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind stub upstream");
@@ -66,6 +97,8 @@ impl StubUpstream {
                     continue;
                 };
                 let s = s.clone();
+                s.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let s = s.clone();
@@ -115,18 +148,41 @@ impl StubUpstream {
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    }
                 });
             }
         });
-        StubUpstream { addr, shared, task }
+        StubUpstream {
+            addr,
+            ca_pem: None,
+            shared,
+            task,
+        }
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://` for a TLS stub.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Answer requests whose path starts with `prefix` this way (longest prefix wins).
@@ -144,6 +200,11 @@ impl StubUpstream {
     /// Everything received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.seen.lock().clone()
+    }
+
+    /// TCP connections accepted so far (keep-alive reuse shows as fewer connections than requests).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {
