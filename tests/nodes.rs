@@ -252,3 +252,35 @@ async fn two_nodes_share_a_deny_pool_and_meter_exactly() {
     assert_eq!(sum, 300);
     assert_eq!(t["pools"]["whois"]["overage"].as_u64(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_redis_cluster() {
+    let up = StubUpstream::start().await;
+    let cluster = tollgate_testkit::TestRedisCluster::start();
+    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let cfg = config(&up.url(), "unused").replace(
+        "url = \"unused\"",
+        &format!("cluster = [{}]", seeds.join(", ")),
+    );
+    let a = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let b = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let subs = json!([{"pool": "whois", "credits": 1000, "overage": "deny"}]);
+    let (_, pkey) = parent(&a, "admin@cluster.example", subs).await;
+    let (cid, ckey, _) = child(&a, &pkey, "kid@cluster.example").await;
+    assert_eq!(product(&b, &ckey).await.status, 200);
+    assert_eq!(op(&a, Method::POST, &format!("/admin/v1/accounts/{cid}/disable")).await, 200);
+    until_status(&b, &ckey, 403, Duration::from_secs(2)).await;
+    assert_eq!(op(&b, Method::POST, &format!("/admin/v1/accounts/{cid}/enable")).await, 200);
+    until_status(&a, &ckey, 200, Duration::from_secs(2)).await;
+    // Usage written by both nodes into the tenant's slot is exact.
+    let (_, c2key, _) = child(&b, &pkey, "kid2@cluster.example").await;
+    for node in [&a, &b, &a, &b] {
+        assert_eq!(product(node, &c2key).await.status, 200);
+    }
+    wait_until("usage from both nodes in the cluster", Duration::from_secs(10), || async {
+        let u = get(&format!("{}/v1/usage", a.account), &[("x-api-key", &c2key)]).await.unwrap().json();
+        u["total"]["credits"].as_u64() == Some(4)
+    })
+    .await;
+    drop(cluster); // the cluster outlives both gateways
+}
