@@ -9,7 +9,7 @@ use tollgate_core::Limit;
 
 use crate::model::{
     CacheConfig, ChargeOn, InvitationsConfig, KeySource, KeysConfig, LimitsConfig, ListenConfig,
-    MeteringConfig, MetricsConfig, OnStoreDown, ProxyConfig, StoreConfig,
+    LogFormat, LoggingConfig, MeteringConfig, MetricsConfig, OnStoreDown, ProxyConfig, StoreConfig,
 };
 
 /// `[[routes]] timeout`: upstream response timeout, then 504.
@@ -125,6 +125,18 @@ impl Default for InvitationsConfig {
     fn default() -> Self {
         InvitationsConfig {
             ttl: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl Default for LoggingConfig {
+    /// Every admitted request logged, as nginx, Envoy and Kong do out of the box; busy nodes
+    /// sample (README "Operating Tollgate").
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Text,
+            access_sample: 1.0,
+            refusals_per_second: 100,
         }
     }
 }

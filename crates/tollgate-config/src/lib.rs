@@ -68,6 +68,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         metrics: sections::metrics(&mut r, &root),
         limits: sections::limits(&mut r, &root),
         invitations: sections::invitations(&mut r, &root),
+        logging: sections::logging(&mut r, &root),
         routes: routes::routes(&mut r, &root),
     };
     if r.errors.is_empty() {

@@ -18,6 +18,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub limits: LimitsConfig,
     pub invitations: InvitationsConfig,
+    pub logging: LoggingConfig,
     pub routes: Vec<Route>,
 }
 
@@ -127,6 +128,26 @@ pub struct LimitsConfig {
 pub struct InvitationsConfig {
     /// How long an invitation token works (default 7 days).
     pub ttl: Duration,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (tracing's default format).
+    Text,
+    /// One JSON object per line, fields at the top level, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoggingConfig {
+    /// `format`; the `TOLLGATE_LOG_FORMAT` environment variable overrides it.
+    pub format: LogFormat,
+    /// Fraction (0..=1) of admitted requests that get an access-log line (default 1: all).
+    pub access_sample: f64,
+    /// Most refusal lines written per second by one process (default 100); the rest are counted
+    /// and reported as one "suppressed" line per second.
+    pub refusals_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -247,6 +247,36 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A number in `0..=1` (`0`, `1`, `0.25`, `1e-3`): a share of something.
+    pub(crate) fn fraction(&self, r: &mut Report, key: &str) -> Option<f64> {
+        let v = self.get(key)?;
+        let f = match v {
+            Value::Float(f) => *f,
+            // `1` and `0` are integers in TOML; they are the obvious way to say all and none.
+            Value::Integer(i) => *i as f64,
+            v => {
+                self.wrong_type(
+                    r,
+                    key,
+                    v,
+                    "a number",
+                    "write a number from 0 to 1, without quotes, e.g. 0.01",
+                );
+                return None;
+            }
+        };
+        if (0.0..=1.0).contains(&f) {
+            Some(f)
+        } else {
+            r.push(
+                self.at(key),
+                format!("{f} is not between 0 and 1"),
+                "write a share from 0 (none) to 1 (all), e.g. 0.01 for one in a hundred",
+            );
+            None
+        }
+    }
+
     /// A duration string no shorter than `min`.
     pub(crate) fn duration(&self, r: &mut Report, key: &str, min: Duration) -> Option<Duration> {
         let v = self.get(key)?;

@@ -11,7 +11,8 @@ use toml::Value;
 use crate::defaults::{REDIS_PREFIX, STORE_PATH};
 use crate::model::{
     CacheConfig, ChargeOn, InvitationsConfig, KeySource, KeysConfig, LimitsConfig, ListenConfig,
-    MeteringConfig, MetricsConfig, OnStoreDown, ProxyConfig, StoreConfig, TlsConfig,
+    LogFormat, LoggingConfig, MeteringConfig, MetricsConfig, OnStoreDown, ProxyConfig, StoreConfig,
+    TlsConfig,
 };
 use crate::raw::{index, show, suggest, Obj, Report};
 
@@ -27,6 +28,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "metrics",
     "limits",
     "invitations",
+    "logging",
     "routes",
 ];
 
@@ -525,6 +527,40 @@ pub(crate) fn invitations(r: &mut Report, root: &Obj<'_>) -> InvitationsConfig {
     let d = InvitationsConfig::default();
     InvitationsConfig {
         ttl: t.duration(r, "ttl", POSITIVE).unwrap_or(d.ttl),
+    }
+}
+
+pub(crate) fn logging(r: &mut Report, root: &Obj<'_>) -> LoggingConfig {
+    let t = root.section(r, "logging");
+    t.deny_unknown(r, &["format", "access_sample", "refusals_per_second"]);
+    let d = LoggingConfig::default();
+    let format = match t.string(r, "format") {
+        None => d.format,
+        Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            let mut fix = String::new();
+            if let Some(near) = suggest(other, &["text", "json"]) {
+                fix.push_str(&format!("did you mean {near:?}? "));
+            }
+            fix.push_str(
+                "use \"text\" (for people) or \"json\" (one object a line, for log shippers)",
+            );
+            r.push(
+                t.at("format"),
+                format!("{other:?} is not a log format"),
+                fix,
+            );
+            d.format
+        }
+    };
+    LoggingConfig {
+        format,
+        access_sample: t.fraction(r, "access_sample").unwrap_or(d.access_sample),
+        refusals_per_second: t
+            .uint(r, "refusals_per_second", 0, 1_000_000)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(d.refusals_per_second),
     }
 }
 

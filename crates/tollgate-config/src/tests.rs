@@ -90,6 +90,9 @@ fn every_default() {
         }
     );
     assert_eq!(c.invitations.ttl, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(c.logging.format, LogFormat::Text);
+    assert_eq!(c.logging.access_sample, 1.0);
+    assert_eq!(c.logging.refusals_per_second, 100);
 
     let r = &c.routes[0];
     assert_eq!(r.name, "whois");
@@ -107,7 +110,7 @@ fn every_default() {
 #[test]
 fn empty_tables_mean_defaults_too() {
     let text = "[proxy]\n[account_api]\n[ops]\n[store]\n[cache]\n[keys]\n[metering]\n[metrics]\n\
-                [limits]\n[invitations]\n";
+                [limits]\n[invitations]\n[logging]\n";
     assert_eq!(section_ok(text), ok(ROUTE));
 }
 
@@ -195,7 +198,7 @@ upstream_auth = { header = "x-api-key", env = "K", envv = "K" }
         errors(text),
         vec![
             "colour: unknown key; remove it; the keys here are proxy, account_api, ops, store, \
-             cache, keys, metering, metrics, limits, invitations, routes",
+             cache, keys, metering, metrics, limits, invitations, logging, routes",
             r#"cache.max_stalenes: unknown key; did you mean "max_staleness"?"#,
             r#"limits.parent.rsp: unknown key; did you mean "rps"?"#,
             r#"routes[0].prodcut: unknown key; did you mean "product"?"#,

@@ -16,6 +16,7 @@ use tollgate_core::{admit, cost, is_well_formed_key, Access, Decision, DenyReaso
 use tollgate_meter::{Charge, Check, Metering, Metrics, Standing};
 use tollgate_store::{CacheLookup, KeyCache, Principal, StoreError};
 
+use crate::access_log::{AccessLog, Entry, Trace};
 use crate::extract::{self, Found};
 use crate::forward::{self, UpstreamClient};
 use crate::respond::{refusal, Refusal};
@@ -59,7 +60,8 @@ struct Unmatched {
     duration: Histogram,
 }
 
-/// The data plane's shared state; one per process, used by every connection.
+/// The data plane's shared state for one configuration, used by every connection; a reload
+/// builds a new one (see [`crate::server::ProxySlot`]).
 pub struct Proxy {
     router: Router,
     runtime: Vec<RouteRuntime>,
@@ -74,6 +76,7 @@ pub struct Proxy {
     charge_on: ChargeOn,
     client: UpstreamClient,
     metering: Option<Arc<Metering>>,
+    access: Arc<AccessLog>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -174,7 +177,15 @@ impl Proxy {
             charge_on: config.metering.charge_on,
             client,
             metering,
+            access: Arc::new(AccessLog::default()),
         })
+    }
+
+    /// Writes the access log through `access` (shared across config reloads) instead of a
+    /// default one.
+    pub fn with_access_log(mut self, access: Arc<AccessLog>) -> Proxy {
+        self.access = access;
+        self
     }
 
     /// Serves one request end to end. Never fails: every problem becomes a response.
@@ -185,18 +196,35 @@ impl Proxy {
         let Some(idx) = self.router.find(host, req.uri().path()) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
             self.unmatched.outcomes[r.index()].inc();
-            self.unmatched
-                .duration
-                .observe(started.elapsed().as_secs_f64());
+            let elapsed = started.elapsed();
+            self.unmatched.duration.observe(elapsed.as_secs_f64());
+            let entry = Entry {
+                request_id: &request_id,
+                account: None,
+                parent: None,
+                route: "_unmatched",
+                status: r.status().as_u16(),
+                outcome: r.code(),
+                credits: 0,
+                duration: elapsed,
+                upstream: None,
+            };
+            self.access.refused(&entry, started + elapsed);
             return finish(refusal(r).map(Either::Right), request_id);
         };
         let rt = &self.runtime[idx];
-        let resp = match self.admit_and_forward(idx, req, remote, &request_id).await {
+        let mut trace = Trace::default();
+        let (mut admitted, mut outcome) = (true, "admitted");
+        let resp = match self
+            .admit_and_forward(idx, req, remote, &request_id, &mut trace)
+            .await
+        {
             Ok(resp) => {
                 rt.admitted.inc();
                 resp
             }
             Err((r, retry_after)) => {
+                (admitted, outcome) = (false, r.code());
                 rt.outcomes[r.index()].inc();
                 let mut resp = refusal(r).map(Either::Right);
                 if let Some(secs) = retry_after {
@@ -206,7 +234,26 @@ impl Proxy {
                 resp
             }
         };
-        rt.duration.observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        rt.duration.observe(elapsed.as_secs_f64());
+        if !admitted || self.access.sampled() {
+            let entry = Entry {
+                request_id: &request_id,
+                account: trace.principal.as_ref().map(|p| &*p.account.id),
+                parent: trace.principal.as_ref().map(|p| &*p.tenant.id),
+                route: &self.router.routes()[idx].name,
+                status: resp.status().as_u16(),
+                outcome,
+                credits: trace.credits,
+                duration: elapsed,
+                upstream: trace.upstream,
+            };
+            if admitted {
+                self.access.admitted(&entry);
+            } else {
+                self.access.refused(&entry, started + elapsed);
+            }
+        }
         finish(resp, request_id)
     }
 
@@ -216,6 +263,7 @@ impl Proxy {
         req: Request<Incoming>,
         remote: SocketAddr,
         request_id: &HeaderValue,
+        trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, (Refusal, Option<u64>)> {
         let route = &self.router.routes()[idx];
         let rt = &self.runtime[idx];
@@ -271,6 +319,8 @@ impl Proxy {
                 }
             },
         };
+        // Moved, not cloned: the access log reads it after the response is built.
+        let principal = &*trace.principal.insert(principal);
 
         // 3. May it call this route?
         let access = Access {
@@ -293,7 +343,7 @@ impl Proxy {
             0
         };
         let standing = match &self.metering {
-            Some(m) => Some(self.limits_and_credits(m, rt, &principal, credits).await?),
+            Some(m) => Some(self.limits_and_credits(m, rt, principal, credits).await?),
             None => None,
         };
 
@@ -308,12 +358,14 @@ impl Proxy {
         })
         .map_err(|_| (Refusal::BadRequest, None))?;
         parts.version = http::Version::HTTP_11;
-        self.prepare_headers(&mut parts.headers, rt, &principal, remote, request_id);
+        self.prepare_headers(&mut parts.headers, rt, principal, remote, request_id);
         let upstream_req = Request::from_parts(parts, body);
 
         let sent = Instant::now();
         let result = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;
-        rt.upstream_duration.observe(sent.elapsed().as_secs_f64());
+        let upstream_time = sent.elapsed();
+        rt.upstream_duration.observe(upstream_time.as_secs_f64());
+        trace.upstream = Some(upstream_time);
         let resp = match result {
             Err(_) => Err(Refusal::UpstreamTimeout),
             Ok(Err(e)) => {
@@ -332,7 +384,8 @@ impl Proxy {
                     ChargeOn::Success => r.status().is_success(),
                 },
             };
-            m.settle(&principal, charge, credits, standing, charged);
+            m.settle(principal, charge, credits, standing, charged);
+            trace.credits = if charged { credits } else { 0 };
         }
         let resp = resp.map_err(|r| (r, None))?;
         let (mut rparts, rbody) = resp.into_parts();

@@ -1,37 +1,94 @@
-//! The proxy listener: HTTP/1.1 and h2c on one port (hyper-util's auto builder), graceful drain.
+//! The proxy listener: HTTP/1.1 and h2c on one port (hyper-util's auto builder), or TLS with HTTP/2
+//! by ALPN; the [`Proxy`] in force swapped atomically on a config reload; a listener that a second
+//! process can bind too (`SO_REUSEPORT`), and a drain that hands clients over to it without a
+//! failed request.
+//!
+//! Draining, in order: (1) every HTTP/1 response carries `Connection: close`, so each client leaves
+//! its keep-alive connection after the response it is waiting for, instead of having an idle
+//! connection closed under a request it is sending; (2) the connections the kernel already queued on
+//! this listener are accepted and served, then the listener is closed (a queued connection would be
+//! reset by the close); (3) up to [`KEEPALIVE_LINGER`] for clients to notice, then hyper's graceful
+//! shutdown (GOAWAY for HTTP/2, close for idle HTTP/1) and up to `drain` for in-flight requests.
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONNECTION};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
+use crate::tls::TlsTerminator;
 use crate::Proxy;
 
-/// Accepts connections until `shutdown` resolves, then stops accepting and waits up to `drain` for
-/// in-flight requests to finish.
+/// The proxy in force: requests load it once at their start, a reload stores a new one.
+pub type ProxySlot = ArcSwap<Proxy>;
+
+/// How long a draining listener waits for keep-alive clients to take their `Connection: close`
+/// before closing idle connections under them.
+pub const KEEPALIVE_LINGER: Duration = Duration::from_secs(1);
+
+/// A TLS handshake slower than this is dropped (a client that connects and sends nothing must not
+/// hold a task, or the drain, for long).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pending-connection queue of each listener (what `TcpListener::bind` uses too).
+const BACKLOG: i32 = 1024;
+
+/// Binds `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so a new gateway process can bind the same
+/// port while the old one drains (the kernel spreads new connections over both; only processes of
+/// the same user may join). Must run inside the tokio runtime.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// What [`serve`] needs besides the listener and the proxy.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest request head (at least 8 KiB: hyper's floor).
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub drain: Duration,
+    /// Terminate TLS with this certificate (replaceable at run time).
+    pub tls: Option<Arc<TlsTerminator>>,
+}
+
+struct Shared {
+    proxy: Arc<ProxySlot>,
+    draining: AtomicBool,
+}
+
+static CLOSE: HeaderValue = HeaderValue::from_static("close");
+
+/// Accepts connections until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
-    max_header_bytes: usize,
-    drain: Duration,
+    proxy: Arc<ProxySlot>,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .max_buf_size(max_header_bytes.max(8192))
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_bytes.max(8192) as u32);
+    let builder = builder(options.max_header_bytes);
     let graceful = GracefulShutdown::new();
+    let shared = Arc::new(Shared {
+        proxy,
+        draining: AtomicBool::new(false),
+    });
+    let tls = options.tls.as_ref();
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -46,27 +103,136 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, remote).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "client connection ended with an error");
-            }
-        });
+        start(&builder, &graceful, &shared, tls, stream, remote);
     }
-    drop(listener);
+
+    shared.draining.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + options.drain;
+    // The kernel may have completed handshakes this process has not accepted yet: serve them
+    // rather than reset them by closing the listener.
+    match listener.into_std() {
+        Ok(std_listener) => loop {
+            match std_listener.accept() {
+                Ok((stream, remote)) => {
+                    let stream = stream
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpStream::from_std(stream));
+                    match stream {
+                        Ok(s) => start(&builder, &graceful, &shared, tls, s, remote),
+                        Err(e) => tracing::debug!(error = %e, "dropping a queued connection"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock: the queue is empty; dropping the listener closes it now.
+                Err(_) => break,
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "could not take the listener's last connections"),
+    }
+
+    let linger_end = Instant::now() + KEEPALIVE_LINGER.min(options.drain);
+    while graceful.count() > 0 && Instant::now() < linger_end {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => {
+        _ = tokio::time::sleep_until(deadline) => {
             tracing::warn!("drain timeout passed with requests still in flight");
         }
+    }
+}
+
+fn builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(max_header_bytes.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes.max(8192) as u32);
+    builder
+}
+
+/// Serves one accepted connection on its own task (the TLS handshake too, so a slow client never
+/// holds up the accept loop).
+fn start(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    shared: &Arc<Shared>,
+    tls: Option<&Arc<TlsTerminator>>,
+    stream: TcpStream,
+    remote: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let shared = shared.clone();
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let shared = shared.clone();
+        async move {
+            // Loaded once per request: a reload in the meantime does not change this request's
+            // routes, limits or prices.
+            let proxy = shared.proxy.load_full();
+            let http1 = req.version() < http::Version::HTTP_2;
+            let mut resp = proxy.handle(req, remote).await;
+            if http1 && shared.draining.load(Ordering::Relaxed) {
+                resp.headers_mut().insert(CONNECTION, CLOSE.clone());
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    match tls {
+        None => {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::trace!(error = %e, "client connection ended with an error");
+                }
+            });
+        }
+        Some(tls) => {
+            // Watched from before the handshake, so the drain waits for it too.
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
+            let acceptor = tls.acceptor();
+            tokio::spawn(async move {
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%remote, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::trace!(error = %e, "client connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_listener_binds_the_same_port() {
+        let first = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let second = bind(addr).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        // A plain bind (no SO_REUSEPORT) is still refused: only gateways share the port.
+        assert!(std::net::TcpListener::bind(addr).is_err());
     }
 }

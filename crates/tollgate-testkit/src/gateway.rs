@@ -1,5 +1,6 @@
 //! `TestGateway`: the real `tollgate` binary, on free ports, with its own temp dir for config and
-//! data. Stopped with SIGTERM (graceful) or killed on drop.
+//! data. Stopped with SIGTERM (graceful) or killed on drop; SIGHUP reloads its config file; a
+//! sibling process can share its ports (`SO_REUSEPORT`), as in a rolling restart.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,6 +21,8 @@ pub struct TestGateway {
     env: Vec<(String, String)>,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Shares its ports with another process: its own `/healthz` cannot tell that it is up.
+    sibling: bool,
 }
 
 impl TestGateway {
@@ -56,6 +59,26 @@ impl TestGateway {
                 .collect(),
             child: None,
             dir,
+            sibling: false,
+        };
+        g.spawn().await;
+        g
+    }
+
+    /// A second process on the same config file, hence the same ports and store, as the new node of
+    /// a rolling restart. Its log is its own; it is up once the log says it is listening. The
+    /// config file lives in `self`'s temp dir: keep `self` (stopped or not) alive as long.
+    pub async fn start_sibling(&self) -> TestGateway {
+        let mut g = TestGateway {
+            proxy: self.proxy.clone(),
+            account: self.account.clone(),
+            ops: self.ops.clone(),
+            bin: self.bin.clone(),
+            config_path: self.config_path.clone(),
+            env: self.env.clone(),
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            sibling: true,
         };
         g.spawn().await;
         g
@@ -98,7 +121,11 @@ impl TestGateway {
             {
                 panic!("tollgate exited early ({status}):\n{}", self.log());
             }
-            if let Ok(r) = crate::http::get(&format!("{}/healthz", self.ops), &[]).await {
+            if self.sibling {
+                if self.log().contains("tollgate is listening") {
+                    return;
+                }
+            } else if let Ok(r) = crate::http::get(&format!("{}/healthz", self.ops), &[]).await {
                 if r.status.is_success() {
                     return;
                 }
@@ -138,6 +165,21 @@ impl TestGateway {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Sends `signal` (a name such as `HUP`) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// SIGHUP: re-read the config file. Returns at once; wait on the effect.
+    pub fn reload(&self) {
+        self.signal("HUP");
     }
 
     /// SIGKILL, no chance to flush: what a crash looks like.

@@ -1,7 +1,9 @@
 //! The `tollgate` binary: a thin command line (`run`, `dev`, `check`) over the library crates, the
-//! wiring of store, cache, proxy and APIs, signals and graceful shutdown.
+//! wiring of store, cache, proxy and APIs, signals (SIGHUP reloads, SIGTERM drains), logging and
+//! graceful shutdown.
 
 mod dev;
+mod reload;
 mod run;
 
 use std::path::PathBuf;
@@ -46,9 +48,12 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config } => {
-            run::init_logging();
             match tollgate_config::load(&config) {
-                Ok(cfg) => run::exit(run::run(cfg, None)),
+                Ok(cfg) => {
+                    // After the config is read: it says how to log.
+                    run::init_logging(cfg.logging.format);
+                    run::exit(run::run(cfg, config))
+                }
                 Err(errors) => {
                     eprintln!(
                         "{}: {} problem(s):\n{errors}",
@@ -60,7 +65,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Dev { config } => {
-            run::init_logging();
+            run::init_logging(tollgate_config::LogFormat::Text);
             run::exit(dev::dev(config))
         }
     }

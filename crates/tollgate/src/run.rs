@@ -1,37 +1,58 @@
 //! Wiring: open the store, build the cache, proxy and APIs, bind the three listeners, follow the
-//! change feed, and shut everything down in order on SIGTERM or SIGINT.
+//! change feed, reload the config on SIGHUP, and shut everything down in order on SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate_api::{ApiKind, ApiState};
-use tollgate_config::{Config, OnStoreDown, StoreConfig};
+use tollgate_config::{Config, LogFormat, OnStoreDown, StoreConfig};
 use tollgate_meter::{Credits, Meter, Metering, Metrics, RateLimits};
-use tollgate_proxy::Proxy;
+use tollgate_proxy::{AccessLog, Proxy, ProxySlot, ServeOptions, TlsTerminator};
 use tollgate_store::{CacheConfig, EmbeddedStore, KeyCache, Store};
+
+use crate::reload::Reloader;
 
 /// Upper bound of one credit lease (see `tollgate_meter::credits`).
 const LEASE_SLICE: u64 = 100;
 /// How long shutdown keeps retrying the last usage flush.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(20);
 
-pub fn init_logging() {
+/// Logs to stderr in `format` (`[logging] format`), unless `TOLLGATE_LOG_FORMAT` (`text` or
+/// `json`) says otherwise; `RUST_LOG` filters (default `info`).
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let env = std::env::var("TOLLGATE_LOG_FORMAT").ok();
+    let format = match env.as_deref() {
+        Some("json") => LogFormat::Json,
+        Some("text") => LogFormat::Text,
+        _ => format,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        // Fields at the top level of each object, where log shippers look for them.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+    if let Some(other) = env.filter(|v| v != "json" && v != "text") {
+        tracing::warn!(
+            value = %other,
+            "TOLLGATE_LOG_FORMAT is neither \"text\" nor \"json\"; using [logging] format"
+        );
     }
 }
 
@@ -52,12 +73,12 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-/// `tollgate run`.
-pub fn run(config: Config, _reserved: Option<()>) -> anyhow::Result<()> {
+/// `tollgate run`: `path` is re-read on SIGHUP.
+pub fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let store = open_store(&config).await?;
         let gateway = Gateway::start(config, store).await?;
-        gateway.run_until_signal().await
+        gateway.reload_from(path).run_until_signal().await
     })
 }
 
@@ -90,10 +111,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({what})"))
+/// Every listener joins its port's `SO_REUSEPORT` group, so a rolling restart can start the new
+/// process on the same ports before the old one stops.
+fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    tollgate_proxy::bind(addr).with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 /// A running gateway: its listeners' addresses and the handles to stop it.
@@ -106,6 +127,27 @@ pub struct Gateway {
     flusher: JoinHandle<()>,
     metering: Arc<Metering>,
     background: Vec<JoinHandle<()>>,
+    access: Arc<AccessLog>,
+    reloader: Reloader,
+    signals: Signals,
+}
+
+/// Installed before the gateway reports itself listening, so a signal sent as soon as it is up is
+/// never met by the default action (SIGHUP's would end the process).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
 }
 
 fn shutdown_signal(
@@ -176,13 +218,25 @@ impl Gateway {
                 m.export_usage(&meter.totals(), per_key, max_series);
             });
         }
-        let proxy = Arc::new(Proxy::new(
+        let access = Arc::new(AccessLog::new(
+            config.logging.access_sample,
+            config.logging.refusals_per_second,
+        ));
+        let tls = match &config.proxy.tls {
+            None => None,
+            Some(t) => Some(Arc::new(
+                TlsTerminator::load(&t.cert, &t.key).context("[proxy.tls]")?,
+            )),
+        };
+        let proxy = Proxy::new(
             &config,
             cache.clone(),
             &metrics,
             Some(metering.clone()),
-            client,
-        )?);
+            client.clone(),
+        )?
+        .with_access_log(access.clone());
+        let proxy: Arc<ProxySlot> = Arc::new(ProxySlot::from_pointee(proxy));
 
         let operator_token = std::env::var("TOLLGATE_OPERATOR_TOKEN")
             .ok()
@@ -206,9 +260,9 @@ impl Gateway {
         let routes_loaded = api.routes_loaded.clone();
         let api = Arc::new(api);
 
-        let proxy_l = bind("proxy", config.proxy.listen).await?;
-        let account_l = bind("account_api", config.account_api.listen).await?;
-        let ops_l = bind("ops", config.ops.listen).await?;
+        let proxy_l = bind("proxy", config.proxy.listen)?;
+        let account_l = bind("account_api", config.account_api.listen)?;
+        let ops_l = bind("ops", config.ops.listen)?;
         let (proxy_addr, account_addr, ops_addr) = (
             proxy_l.local_addr()?,
             account_l.local_addr()?,
@@ -219,9 +273,12 @@ impl Gateway {
         let mut servers = Vec::new();
         servers.push(tokio::spawn(tollgate_proxy::serve(
             proxy_l,
-            proxy,
-            config.proxy.max_header_bytes,
-            config.proxy.drain_timeout,
+            proxy.clone(),
+            ServeOptions {
+                max_header_bytes: config.proxy.max_header_bytes,
+                drain: config.proxy.drain_timeout,
+                tls: tls.clone(),
+            },
             shutdown_signal(rx.clone()),
         )));
         servers.push(tokio::spawn(tollgate_api::serve(
@@ -246,6 +303,7 @@ impl Gateway {
         );
         {
             let metering = metering.clone();
+            let access = access.clone();
             let stop = shutdown_signal(rx.clone());
             tokio::spawn(async move {
                 tokio::pin!(stop);
@@ -253,17 +311,33 @@ impl Gateway {
                 loop {
                     tokio::select! {
                         _ = &mut stop => return,
-                        _ = tick.tick() => metering.credits.release_idle(false).await,
+                        _ = tick.tick() => {
+                            access.report_suppressed();
+                            metering.credits.release_idle(false).await;
+                        }
                     }
                 }
             });
         }
+        let signals = Signals::install()?;
         routes_loaded.store(true, Ordering::Relaxed);
         tracing::info!(
             proxy = %proxy_addr, account_api = %account_addr, ops = %ops_addr,
             store = store.backend(), routes = config.routes.len(),
+            tls = tls.is_some(),
             "tollgate is listening"
         );
+        let reloader = Reloader {
+            path: None,
+            running: config,
+            slot: proxy,
+            cache,
+            metrics,
+            metering: metering.clone(),
+            client,
+            access: access.clone(),
+            tls,
+        };
         Ok(Gateway {
             proxy_addr,
             account_addr,
@@ -274,12 +348,35 @@ impl Gateway {
             flusher,
             metering,
             background,
+            access,
+            reloader,
+            signals,
         })
     }
 
-    /// Waits for SIGTERM or SIGINT, then drains and stops.
-    pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        wait_for_signal().await?;
+    /// SIGHUP re-reads this file (see `reload.rs`).
+    pub fn reload_from(mut self, path: PathBuf) -> Gateway {
+        self.reloader.path = Some(path);
+        self
+    }
+
+    /// Re-reads the config file now, as SIGHUP does. `false`: the running config stayed.
+    pub fn reload(&mut self) -> bool {
+        self.reloader.reload()
+    }
+
+    /// Reloads on SIGHUP; on SIGTERM or SIGINT drains and stops.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.signals.term.recv() => break,
+                _ = self.signals.int.recv() => break,
+                _ = self.signals.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    self.reload();
+                }
+            }
+        }
         tracing::info!("signal received: draining in-flight requests");
         self.stop().await
     }
@@ -291,6 +388,7 @@ impl Gateway {
         }
         // Every request has been answered: now nothing more can be metered.
         let _ = self.flusher.await;
+        self.access.report_suppressed();
         let left = self.metering.meter.flush_all(FINAL_FLUSH).await;
         self.metering.credits.release_idle(true).await;
         for b in self.background {
@@ -306,15 +404,4 @@ impl Gateway {
         tracing::info!("stopped; all usage flushed");
         Ok(())
     }
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }

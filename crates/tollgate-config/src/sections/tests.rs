@@ -326,3 +326,58 @@ fn invitations_ttl() {
         ]
     );
 }
+
+#[test]
+fn logging_values() {
+    let c =
+        section_ok("[logging]\nformat = \"json\"\naccess_sample = 0.01\nrefusals_per_second = 0\n");
+    assert_eq!(c.logging.format, LogFormat::Json);
+    assert_eq!(c.logging.access_sample, 0.01);
+    assert_eq!(c.logging.refusals_per_second, 0);
+    // Whole numbers are the natural way to write all and none.
+    assert_eq!(
+        section_ok("[logging]\naccess_sample = 0\n")
+            .logging
+            .access_sample,
+        0.0
+    );
+    assert_eq!(
+        section_ok("[logging]\naccess_sample = 1\n")
+            .logging
+            .access_sample,
+        1.0
+    );
+}
+
+#[test]
+fn logging_errors() {
+    assert_eq!(
+        section_errors(
+            "[logging]\nformat = \"jsno\"\naccess_sample = 1.5\nrefusals_per_second = -1\nlevel = \"info\"\n"
+        ),
+        vec![
+            "logging.level: unknown key; remove it; the keys here are format, access_sample, \
+             refusals_per_second",
+            "logging.format: \"jsno\" is not a log format; did you mean \"json\"? use \"text\" (for \
+             people) or \"json\" (one object a line, for log shippers)",
+            "logging.access_sample: 1.5 is not between 0 and 1; write a share from 0 (none) to 1 \
+             (all), e.g. 0.01 for one in a hundred",
+            "logging.refusals_per_second: -1 is negative; use 0 or more",
+        ]
+    );
+    assert_eq!(
+        section_errors("[logging]\naccess_sample = \"1%\"\nrefusals_per_second = 2000000\n"),
+        vec![
+            "logging.access_sample: expected a number, found string \"1%\"; write a number from 0 \
+             to 1, without quotes, e.g. 0.01",
+            "logging.refusals_per_second: 2000000 is too large; use 1000000 or less",
+        ]
+    );
+    assert_eq!(
+        section_errors("[logging]\naccess_sample = nan\n"),
+        vec![
+            "logging.access_sample: NaN is not between 0 and 1; write a share from 0 (none) to 1 \
+             (all), e.g. 0.01 for one in a hundred"
+        ]
+    );
+}
