@@ -150,14 +150,10 @@ impl Signals {
     }
 }
 
-fn shutdown_signal(
-    mut rx: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    async move {
-        while !*rx.borrow() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -173,6 +169,10 @@ impl Gateway {
                 serve_stale_when_down: config.cache.on_store_down == OnStoreDown::ServeCached,
             },
         ));
+        {
+            let lag = metrics.revocation_lag.clone();
+            cache.set_lag_observer(move |secs| lag.observe(secs));
+        }
         {
             let cache = cache.clone();
             metrics.on_scrape(move |m| {
@@ -270,29 +270,30 @@ impl Gateway {
         );
 
         let (tx, rx) = watch::channel(false);
-        let mut servers = Vec::new();
-        servers.push(tokio::spawn(tollgate_proxy::serve(
-            proxy_l,
-            proxy.clone(),
-            ServeOptions {
-                max_header_bytes: config.proxy.max_header_bytes,
-                drain: config.proxy.drain_timeout,
-                tls: tls.clone(),
-            },
-            shutdown_signal(rx.clone()),
-        )));
-        servers.push(tokio::spawn(tollgate_api::serve(
-            account_l,
-            ApiKind::Account,
-            api.clone(),
-            shutdown_signal(rx.clone()),
-        )));
-        servers.push(tokio::spawn(tollgate_api::serve(
-            ops_l,
-            ApiKind::Ops,
-            api.clone(),
-            shutdown_signal(rx.clone()),
-        )));
+        let servers = vec![
+            tokio::spawn(tollgate_proxy::serve(
+                proxy_l,
+                proxy.clone(),
+                ServeOptions {
+                    max_header_bytes: config.proxy.max_header_bytes,
+                    drain: config.proxy.drain_timeout,
+                    tls: tls.clone(),
+                },
+                shutdown_signal(rx.clone()),
+            )),
+            tokio::spawn(tollgate_api::serve(
+                account_l,
+                ApiKind::Account,
+                api.clone(),
+                shutdown_signal(rx.clone()),
+            )),
+            tokio::spawn(tollgate_api::serve(
+                ops_l,
+                ApiKind::Ops,
+                api.clone(),
+                shutdown_signal(rx.clone()),
+            )),
+        ];
         let background = vec![tokio::spawn(
             cache.clone().follow_feed(shutdown_signal(rx.clone())),
         )];
