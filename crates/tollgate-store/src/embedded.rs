@@ -65,6 +65,9 @@ pub struct EmbeddedOptions {
     pub batch_retention: Duration,
     /// The time batch ids are stamped with (the system clock).
     pub clock: Clock,
+    /// Bulk loading (the load-test seeder): commit without fsync; nothing written is durable
+    /// until [`EmbeddedStore::make_durable`] returns. Never for serving (false).
+    pub bulk_load: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -77,6 +80,7 @@ impl Default for EmbeddedOptions {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())
             }),
+            bulk_load: false,
         }
     }
 }
@@ -86,6 +90,7 @@ impl std::fmt::Debug for EmbeddedOptions {
         f.debug_struct("EmbeddedOptions")
             .field("feed_capacity", &self.feed_capacity)
             .field("batch_retention", &self.batch_retention)
+            .field("bulk_load", &self.bulk_load)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +143,17 @@ impl EmbeddedStore {
         &self.inner.path
     }
 
+    /// One durable commit, which makes every earlier [`EmbeddedOptions::bulk_load`] write durable.
+    pub async fn make_durable(&self) -> StoreResult<()> {
+        self.blocking(|inner| {
+            let mut txn = inner.db.begin_write().ctx("begin durable commit")?;
+            txn.set_durability(redb::Durability::Immediate)
+                .ctx("set durability")?;
+            txn.commit().ctx("durable commit")
+        })
+        .await
+    }
+
     async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
@@ -155,6 +171,15 @@ impl Inner {
         (self.options.clock)()
     }
 
+    fn begin_write(&self, what: &str) -> StoreResult<redb::WriteTransaction> {
+        let mut txn = self.db.begin_write().ctx(what)?;
+        if self.options.bulk_load {
+            txn.set_durability(redb::Durability::None)
+                .ctx("set durability")?;
+        }
+        Ok(txn)
+    }
+
     fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
         let txn = self.db.begin_read().ctx("begin read")?;
         f(&txn)
@@ -166,7 +191,7 @@ impl Inner {
         &self,
         f: impl FnOnce(&mut Tree<'_>) -> StoreResult<(T, Vec<Change>)>,
     ) -> StoreResult<T> {
-        let txn = self.db.begin_write().ctx("begin write")?;
+        let txn = self.begin_write("begin write")?;
         let (out, changes) = {
             let mut tree = Tree::open(&txn)?;
             f(&mut tree)?
@@ -418,7 +443,7 @@ impl Inner {
 
     fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
         let now = self.now();
-        let txn = self.db.begin_write().ctx("begin usage write")?;
+        let txn = self.begin_write("begin usage write")?;
         {
             let mut batches = txn.open_table(BATCHES).ctx("open batches")?;
             if batches
@@ -522,7 +547,7 @@ impl Inner {
         need: u64,
         want: u64,
     ) -> StoreResult<(u64, u64)> {
-        let txn = self.db.begin_write().ctx("begin lease")?;
+        let txn = self.begin_write("begin lease")?;
         let out = {
             let subs = txn.open_table(SUBSCRIPTIONS).ctx("open subscriptions")?;
             let credits = match subs.get((parent_id, pool)).ctx("read subscription")? {
@@ -557,7 +582,7 @@ impl Inner {
     }
 
     fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
-        let txn = self.db.begin_write().ctx("begin release")?;
+        let txn = self.begin_write("begin release")?;
         {
             let mut leases = txn.open_table(LEASES).ctx("open leases")?;
             let reserved = leases
