@@ -532,14 +532,23 @@ async fn https_upstreams_work_over_pooled_connections() {
         "[[routes]]\nprefix = \"/whoisserver/WhoisService\"\nupstream = \"{}\"\nproduct = \"whois\"\n",
         up.url()
     );
-    let g = TestGateway::start_with_env(BIN.as_ref(), &cfg, &[("TOLLGATE_UPSTREAM_CA", ca.to_str().unwrap())]).await;
+    let g = TestGateway::start_with_env(
+        BIN.as_ref(),
+        &cfg,
+        &[("TOLLGATE_UPSTREAM_CA", ca.to_str().unwrap())],
+    )
+    .await;
     let (pid, key) = create_parent(&g, "owner@tls.example", &["whois"]).await;
     for _ in 0..3 {
         let r = whois(&g, &key).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
     assert_eq!(up.count(), 3);
-    assert_eq!(up.connections(), 1, "sequential requests reuse one pooled TLS connection");
+    assert_eq!(
+        up.connections(),
+        1,
+        "sequential requests reuse one pooled TLS connection"
+    );
     let rec = up.last().unwrap();
     assert_eq!(rec.header("x-tollgate-account"), Some(pid.as_str()));
     assert_eq!(rec.header("host"), Some(up.addr.to_string().as_str()));
@@ -548,5 +557,8 @@ async fn https_upstreams_work_over_pooled_connections() {
     let g2 = TestGateway::start(BIN.as_ref(), &cfg).await;
     let (_, key2) = create_parent(&g2, "owner2@tls.example", &["whois"]).await;
     let r = whois(&g2, &key2).await;
-    assert_eq!((r.status.as_u16(), r.code()), (502, "upstream_unavailable".into()));
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (502, "upstream_unavailable".into())
+    );
 }

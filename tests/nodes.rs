@@ -54,43 +54,69 @@ async fn parent(g: &TestGateway, email: &str, subs: Value) -> (String, String) {
     .unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let v = r.json();
-    (v["id"].as_str().unwrap().into(), v["api_key"].as_str().unwrap().into())
+    (
+        v["id"].as_str().unwrap().into(),
+        v["api_key"].as_str().unwrap().into(),
+    )
 }
 
 async fn child(g: &TestGateway, parent_key: &str, email: &str) -> (String, String, String) {
-    let r = post_json(&format!("{}/v1/team/members", g.account), &[("x-api-key", parent_key)], &json!({ "email": email }))
-        .await
-        .unwrap();
+    let r = post_json(
+        &format!("{}/v1/team/members", g.account),
+        &[("x-api-key", parent_key)],
+        &json!({ "email": email }),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let token = r.json()["invitation_token"].as_str().unwrap().to_owned();
-    let r = send(Method::POST, &format!("{}/v1/invitations/{token}/accept", g.account), &[], "")
-        .await
-        .unwrap();
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/invitations/{token}/accept", g.account),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     let v = r.json();
-    (v["id"].as_str().unwrap().into(), v["api_key"].as_str().unwrap().into(), token)
+    (
+        v["id"].as_str().unwrap().into(),
+        v["api_key"].as_str().unwrap().into(),
+        token,
+    )
 }
 
 async fn product(g: &TestGateway, key: &str) -> Reply {
-    get(&format!("{}/whoisserver/WhoisService?domainName=x.example", g.proxy), &[("x-api-key", key)])
-        .await
-        .unwrap()
+    get(
+        &format!("{}/whoisserver/WhoisService?domainName=x.example", g.proxy),
+        &[("x-api-key", key)],
+    )
+    .await
+    .unwrap()
 }
 
 async fn op(g: &TestGateway, method: Method, path: &str) -> u16 {
-    send(method, &format!("{}{path}", g.ops), &[("authorization", &TestGateway::operator_auth())], "")
-        .await
-        .unwrap()
-        .status
-        .as_u16()
+    send(
+        method,
+        &format!("{}{path}", g.ops),
+        &[("authorization", &TestGateway::operator_auth())],
+        "",
+    )
+    .await
+    .unwrap()
+    .status
+    .as_u16()
 }
 
 /// Waits until `node` answers `want` for `key`; returns how long it took.
 async fn until_status(node: &TestGateway, key: &str, want: u16, bound: Duration) -> Duration {
     let start = Instant::now();
-    wait_until(&format!("status {want} on the other node"), bound, || async {
-        product(node, key).await.status == want
-    })
+    wait_until(
+        &format!("status {want} on the other node"),
+        bound,
+        || async { product(node, key).await.status == want },
+    )
     .await;
     start.elapsed()
 }
@@ -106,62 +132,132 @@ async fn changes_through_one_node_are_enforced_by_the_other() {
 
     // Created through A, used through B (B has never seen the key).
     assert_eq!(product(&b, &ckey).await.status, 200);
-    assert_eq!(up.last().unwrap().header("x-tollgate-account"), Some(cid.as_str()));
+    assert_eq!(
+        up.last().unwrap().header("x-tollgate-account"),
+        Some(cid.as_str())
+    );
 
     // Disabled through A's account API: B refuses it within the bound, and back.
     let bound = Duration::from_secs(2);
-    let r = send(Method::POST, &format!("{}/v1/team/members/{cid}/disable", a.account), &[("x-api-key", &pkey)], "")
-        .await
-        .unwrap();
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/team/members/{cid}/disable", a.account),
+        &[("x-api-key", &pkey)],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     let lag = until_status(&b, &ckey, 403, bound).await;
     println!("disable via A seen by B after {lag:?}");
-    assert_eq!(product(&a, &ckey).await.status, 403, "the writing node enforces it at once");
-    assert_eq!(op(&b, Method::POST, &format!("/admin/v1/accounts/{cid}/enable")).await, 200);
+    assert_eq!(
+        product(&a, &ckey).await.status,
+        403,
+        "the writing node enforces it at once"
+    );
+    assert_eq!(
+        op(
+            &b,
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/enable")
+        )
+        .await,
+        200
+    );
     until_status(&a, &ckey, 200, bound).await;
     // The parent disabled through the operator API on B stops the child on A.
-    assert_eq!(op(&b, Method::POST, &format!("/admin/v1/accounts/{pid}/disable")).await, 200);
+    assert_eq!(
+        op(
+            &b,
+            Method::POST,
+            &format!("/admin/v1/accounts/{pid}/disable")
+        )
+        .await,
+        200
+    );
     let r = {
         until_status(&a, &ckey, 403, bound).await;
         product(&a, &ckey).await
     };
     assert_eq!(r.code(), "parent_disabled");
-    assert_eq!(op(&a, Method::POST, &format!("/admin/v1/accounts/{pid}/enable")).await, 200);
+    assert_eq!(
+        op(
+            &a,
+            Method::POST,
+            &format!("/admin/v1/accounts/{pid}/enable")
+        )
+        .await,
+        200
+    );
     until_status(&b, &ckey, 200, bound).await;
     // The revocation lag is exported.
-    let m = String::from_utf8_lossy(&get(&format!("{}/metrics", b.ops), &[]).await.unwrap().body).into_owned();
+    let m = String::from_utf8_lossy(&get(&format!("{}/metrics", b.ops), &[]).await.unwrap().body)
+        .into_owned();
     assert!(m.contains("tollgate_revocation_lag_seconds_count"), "{m}");
 
     // Redis goes away.
     let unknown = "at_zzzzzzzzzzzzzzzzzzzzzzzzzzzzz";
     redis.stop();
-    wait_until("readyz to report the store down", Duration::from_secs(10), || async {
-        get(&format!("{}/readyz", b.ops), &[]).await.map(|r| r.status == 503).unwrap_or(false)
-    })
+    wait_until(
+        "readyz to report the store down",
+        Duration::from_secs(10),
+        || async {
+            get(&format!("{}/readyz", b.ops), &[])
+                .await
+                .map(|r| r.status == 503)
+                .unwrap_or(false)
+        },
+    )
     .await;
     // A cached key keeps being judged as last known (serve_cached), past max_staleness too.
     tokio::time::sleep(Duration::from_millis(2500)).await; // let max_staleness (2 s) pass on purpose
     assert_eq!(product(&b, &ckey).await.status, 200);
     let r = product(&b, unknown).await;
-    assert_eq!((r.status.as_u16(), r.code()), (503, "store_unavailable".into()));
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "store_unavailable".into())
+    );
     // A change during the outage is refused with a 5xx, not lost silently.
-    let r = send(Method::POST, &format!("{}/v1/team/members/{cid}/disable", a.account), &[("x-api-key", &pkey)], "")
-        .await
-        .unwrap();
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/team/members/{cid}/disable", a.account),
+        &[("x-api-key", &pkey)],
+        "",
+    )
+    .await
+    .unwrap();
     assert!(r.status.is_server_error(), "got {}", r.status);
 
     // Redis returns: the nodes reconnect by themselves, and a change made now reaches both.
     redis.restart();
     wait_until("readyz to recover", Duration::from_secs(15), || async {
-        get(&format!("{}/readyz", b.ops), &[]).await.map(|r| r.status == 200).unwrap_or(false)
+        get(&format!("{}/readyz", b.ops), &[])
+            .await
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
     })
     .await;
-    assert_eq!(op(&a, Method::POST, &format!("/admin/v1/accounts/{cid}/disable")).await, 200);
+    assert_eq!(
+        op(
+            &a,
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/disable")
+        )
+        .await,
+        200
+    );
     until_status(&b, &ckey, 403, Duration::from_secs(5)).await;
     until_status(&a, &ckey, 403, Duration::from_secs(5)).await;
     assert_eq!(product(&b, unknown).await.code(), "key_unknown");
     // The accepted token cannot be reused, on either node.
-    let r = send(Method::POST, &format!("{}/v1/invitations/{token}/accept", b.account), &[], "").await.unwrap();
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/invitations/{token}/accept", b.account),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 404);
 
     // Nothing in Redis holds a plaintext key or token.
@@ -182,7 +278,10 @@ async fn changes_through_one_node_are_enforced_by_the_other() {
     }
     assert!(dump.len() > 100, "the scan found the data");
     for secret in [&pkey, &ckey, &token] {
-        assert!(!dump.contains(secret.as_str()), "a secret is stored in plaintext");
+        assert!(
+            !dump.contains(secret.as_str()),
+            "a secret is stored in plaintext"
+        );
     }
 }
 
@@ -240,15 +339,39 @@ async fn two_nodes_share_a_deny_pool_and_meter_exactly() {
         assert!(Instant::now() < deadline, "the pool did not settle");
         tokio::time::sleep(Duration::from_millis(50)).await; // pacing, not synchronisation
     }
-    assert_eq!(admitted, 300, "every credit of the pool was spendable, none twice");
+    assert_eq!(
+        admitted, 300,
+        "every credit of the pool was spendable, none twice"
+    );
     // After both nodes flushed, the team view says exactly 300 credits were used, by both children.
-    wait_until("usage to be flushed from both nodes", Duration::from_secs(10), || async {
-        let t = get(&format!("{}/v1/team/usage", b.account), &[("x-api-key", &pkey)]).await.unwrap().json();
-        t["total"]["credits"].as_u64() == Some(300)
-    })
+    wait_until(
+        "usage to be flushed from both nodes",
+        Duration::from_secs(10),
+        || async {
+            let t = get(
+                &format!("{}/v1/team/usage", b.account),
+                &[("x-api-key", &pkey)],
+            )
+            .await
+            .unwrap()
+            .json();
+            t["total"]["credits"].as_u64() == Some(300)
+        },
+    )
     .await;
-    let t = get(&format!("{}/v1/team/usage", b.account), &[("x-api-key", &pkey)]).await.unwrap().json();
-    let sum: u64 = t["members"].as_array().unwrap().iter().map(|m| m["total"]["credits"].as_u64().unwrap()).sum();
+    let t = get(
+        &format!("{}/v1/team/usage", b.account),
+        &[("x-api-key", &pkey)],
+    )
+    .await
+    .unwrap()
+    .json();
+    let sum: u64 = t["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["total"]["credits"].as_u64().unwrap())
+        .sum();
     assert_eq!(sum, 300);
     assert_eq!(t["pools"]["whois"]["overage"].as_u64(), Some(0));
 }
@@ -268,18 +391,41 @@ async fn two_nodes_on_a_redis_cluster() {
     let (_, pkey) = parent(&a, "admin@cluster.example", subs).await;
     let (cid, ckey, _) = child(&a, &pkey, "kid@cluster.example").await;
     assert_eq!(product(&b, &ckey).await.status, 200);
-    assert_eq!(op(&a, Method::POST, &format!("/admin/v1/accounts/{cid}/disable")).await, 200);
+    assert_eq!(
+        op(
+            &a,
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/disable")
+        )
+        .await,
+        200
+    );
     until_status(&b, &ckey, 403, Duration::from_secs(2)).await;
-    assert_eq!(op(&b, Method::POST, &format!("/admin/v1/accounts/{cid}/enable")).await, 200);
+    assert_eq!(
+        op(
+            &b,
+            Method::POST,
+            &format!("/admin/v1/accounts/{cid}/enable")
+        )
+        .await,
+        200
+    );
     until_status(&a, &ckey, 200, Duration::from_secs(2)).await;
     // Usage written by both nodes into the tenant's slot is exact.
     let (_, c2key, _) = child(&b, &pkey, "kid2@cluster.example").await;
     for node in [&a, &b, &a, &b] {
         assert_eq!(product(node, &c2key).await.status, 200);
     }
-    wait_until("usage from both nodes in the cluster", Duration::from_secs(10), || async {
-        let u = get(&format!("{}/v1/usage", a.account), &[("x-api-key", &c2key)]).await.unwrap().json();
-        u["total"]["credits"].as_u64() == Some(4)
-    })
+    wait_until(
+        "usage from both nodes in the cluster",
+        Duration::from_secs(10),
+        || async {
+            let u = get(&format!("{}/v1/usage", a.account), &[("x-api-key", &c2key)])
+                .await
+                .unwrap()
+                .json();
+            u["total"]["credits"].as_u64() == Some(4)
+        },
+    )
     .await;
 }

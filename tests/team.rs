@@ -47,31 +47,53 @@ async fn parent(g: &TestGateway, email: &str) -> (String, String) {
     .unwrap();
     assert_eq!(r.status, 201);
     let v = r.json();
-    (v["id"].as_str().unwrap().into(), v["api_key"].as_str().unwrap().into())
+    (
+        v["id"].as_str().unwrap().into(),
+        v["api_key"].as_str().unwrap().into(),
+    )
 }
 
 async fn invite(g: &TestGateway, key: &str, email: &str) -> Reply {
-    post_json(&format!("{}/v1/team/members", g.account), &[("x-api-key", key)], &json!({ "email": email }))
-        .await
-        .unwrap()
+    post_json(
+        &format!("{}/v1/team/members", g.account),
+        &[("x-api-key", key)],
+        &json!({ "email": email }),
+    )
+    .await
+    .unwrap()
 }
 
 async fn accept(g: &TestGateway, token: &str) -> Reply {
-    send(Method::POST, &format!("{}/v1/invitations/{token}/accept", g.account), &[], "")
-        .await
-        .unwrap()
+    send(
+        Method::POST,
+        &format!("{}/v1/invitations/{token}/accept", g.account),
+        &[],
+        "",
+    )
+    .await
+    .unwrap()
 }
 
 async fn member_call(g: &TestGateway, key: &str, method: Method, path: &str) -> Reply {
-    send(method, &format!("{}{path}", g.account), &[("x-api-key", key)], "").await.unwrap()
+    send(
+        method,
+        &format!("{}{path}", g.account),
+        &[("x-api-key", key)],
+        "",
+    )
+    .await
+    .unwrap()
 }
 
 async fn product(g: &TestGateway, key: &str) -> u16 {
-    get(&format!("{}/whoisserver/WhoisService?domainName=x.example", g.proxy), &[("x-api-key", key)])
-        .await
-        .unwrap()
-        .status
-        .as_u16()
+    get(
+        &format!("{}/whoisserver/WhoisService?domainName=x.example", g.proxy),
+        &[("x-api-key", key)],
+    )
+    .await
+    .unwrap()
+    .status
+    .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +118,10 @@ async fn a_parent_runs_its_team() {
         assert_eq!(id, v["id"].as_str().unwrap());
         // The token is single use.
         let again = accept(&g, &token).await;
-        assert_eq!((again.status.as_u16(), again.code()), (404, "invitation_unknown".into()));
+        assert_eq!(
+            (again.status.as_u16(), again.code()),
+            (404, "invitation_unknown".into())
+        );
         children.push((id, key));
     }
     // The same email cannot be invited twice, in any case, nor a parent's email.
@@ -114,21 +139,42 @@ async fn a_parent_runs_its_team() {
     let (c1_id, c1_key) = children[0].clone();
     let before = up.count();
     for path in ["/billing/invoices", "/subscriptions/buy"] {
-        let r = get(&format!("{}{path}", g.proxy), &[("x-api-key", &c1_key)]).await.unwrap();
-        assert_eq!((r.status.as_u16(), r.code()), (403, "permission_denied".into()), "{path}");
+        let r = get(&format!("{}{path}", g.proxy), &[("x-api-key", &c1_key)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (403, "permission_denied".into()),
+            "{path}"
+        );
     }
-    assert_eq!(up.count(), before, "the upstream never saw the refused requests");
-    let r = get(&format!("{}/newsletter", g.proxy), &[("x-api-key", &c1_key)]).await.unwrap();
+    assert_eq!(
+        up.count(),
+        before,
+        "the upstream never saw the refused requests"
+    );
+    let r = get(
+        &format!("{}/newsletter", g.proxy),
+        &[("x-api-key", &c1_key)],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     // Parent-only account endpoints refuse a child.
     let r = member_call(&g, &c1_key, Method::GET, "/v1/team/members").await;
-    assert_eq!((r.status.as_u16(), r.code()), (403, "permission_denied".into()));
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "permission_denied".into())
+    );
 
     // The list shows both members with their status.
     let r = member_call(&g, &a_key, Method::GET, "/v1/team/members").await;
     let list: Value = r.json();
     let text = list.to_string();
-    assert!(text.contains(&c1_id) && text.contains(&children[1].0), "{text}");
+    assert!(
+        text.contains(&c1_id) && text.contains(&children[1].0),
+        "{text}"
+    );
 
     // B can neither list, disable, enable nor delete A's children.
     for (method, path) in [
@@ -138,21 +184,68 @@ async fn a_parent_runs_its_team() {
         (Method::POST, format!("/v1/team/members/{a_id}/disable")),
     ] {
         let r = member_call(&g, &b_key, method.clone(), &path).await;
-        assert_eq!((r.status.as_u16(), r.code()), (404, "member_not_found".into()), "{method} {path}");
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (404, "member_not_found".into()),
+            "{method} {path}"
+        );
     }
-    let b_list = member_call(&g, &b_key, Method::GET, "/v1/team/members").await.json().to_string();
+    let b_list = member_call(&g, &b_key, Method::GET, "/v1/team/members")
+        .await
+        .json()
+        .to_string();
     assert!(!b_list.contains(&c1_id));
-    assert_eq!(product(&g, &c1_key).await, 200, "B's attempts changed nothing");
+    assert_eq!(
+        product(&g, &c1_key).await,
+        200,
+        "B's attempts changed nothing"
+    );
 
     // Disable: refused on the very next request; enable: admitted; delete: unknown.
-    let r = member_call(&g, &a_key, Method::POST, &format!("/v1/team/members/{c1_id}/disable")).await;
+    let r = member_call(
+        &g,
+        &a_key,
+        Method::POST,
+        &format!("/v1/team/members/{c1_id}/disable"),
+    )
+    .await;
     assert_eq!(r.status, 200);
-    let r = get(&format!("{}/whoisserver/WhoisService", g.proxy), &[("x-api-key", &c1_key)]).await.unwrap();
+    let r = get(
+        &format!("{}/whoisserver/WhoisService", g.proxy),
+        &[("x-api-key", &c1_key)],
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status.as_u16(), r.code()), (403, "key_disabled".into()));
-    assert_eq!(member_call(&g, &a_key, Method::POST, &format!("/v1/team/members/{c1_id}/enable")).await.status, 200);
+    assert_eq!(
+        member_call(
+            &g,
+            &a_key,
+            Method::POST,
+            &format!("/v1/team/members/{c1_id}/enable")
+        )
+        .await
+        .status,
+        200
+    );
     assert_eq!(product(&g, &c1_key).await, 200);
-    assert_eq!(member_call(&g, &a_key, Method::DELETE, &format!("/v1/team/members/{c1_id}")).await.status, 204);
-    let r = get(&format!("{}/whoisserver/WhoisService", g.proxy), &[("x-api-key", &c1_key)]).await.unwrap();
+    assert_eq!(
+        member_call(
+            &g,
+            &a_key,
+            Method::DELETE,
+            &format!("/v1/team/members/{c1_id}")
+        )
+        .await
+        .status,
+        204
+    );
+    let r = get(
+        &format!("{}/whoisserver/WhoisService", g.proxy),
+        &[("x-api-key", &c1_key)],
+    )
+    .await
+    .unwrap();
     assert_eq!((r.status.as_u16(), r.code()), (401, "key_unknown".into()));
     // The email is free again.
     assert_eq!(invite(&g, &a_key, "ann@a.example").await.status, 201);
@@ -167,7 +260,14 @@ async fn a_parent_runs_its_team() {
     assert_eq!(product(&g, &new_key).await, 200);
 
     // A's own usage view includes the deleted member, marked deleted.
-    let team = member_call(&g, &a_key, Method::GET, "/v1/team/usage").await.json();
-    let deleted = team["members"].as_array().unwrap().iter().find(|m| m["account_id"] == c1_id.as_str()).unwrap();
+    let team = member_call(&g, &a_key, Method::GET, "/v1/team/usage")
+        .await
+        .json();
+    let deleted = team["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["account_id"] == c1_id.as_str())
+        .unwrap();
     assert_eq!(deleted["status"], "deleted");
 }

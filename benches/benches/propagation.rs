@@ -18,7 +18,8 @@ fn binary() -> std::path::PathBuf {
     if let Ok(p) = std::env::var("TOLLGATE_BIN") {
         return p.into();
     }
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into());
     std::path::Path::new(&target).join("release/tollgate")
 }
 
@@ -29,7 +30,10 @@ async fn until(node: &TestGateway, key: &str, want: u16) -> Duration {
         if get(&url, &[("x-api-key", key)]).await.unwrap().status == want {
             return start.elapsed();
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "no propagation within 10 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no propagation within 10 s"
+        );
     }
 }
 
@@ -43,8 +47,15 @@ async fn main() {
         return; // `cargo bench -- --list` compatibility
     }
     let bin = binary();
-    assert!(bin.exists(), "build the gateway first: cargo build --release -p tollgate ({})", bin.display());
-    let cycles: usize = std::env::var("CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(200);
+    assert!(
+        bin.exists(),
+        "build the gateway first: cargo build --release -p tollgate ({})",
+        bin.display()
+    );
+    let cycles: usize = std::env::var("CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(200);
     let redis = TestRedis::start();
     let up = StubUpstream::start().await;
     let cfg = format!(
@@ -62,11 +73,22 @@ async fn main() {
     .await
     .unwrap();
     let pkey = r.json()["api_key"].as_str().unwrap().to_owned();
-    let r = post_json(&format!("{}/v1/team/members", a.account), &[("x-api-key", &pkey)], &json!({"email": "kid@p.example"}))
-        .await
-        .unwrap();
+    let r = post_json(
+        &format!("{}/v1/team/members", a.account),
+        &[("x-api-key", &pkey)],
+        &json!({"email": "kid@p.example"}),
+    )
+    .await
+    .unwrap();
     let token = r.json()["invitation_token"].as_str().unwrap().to_owned();
-    let r = send(Method::POST, &format!("{}/v1/invitations/{token}/accept", a.account), &[], "").await.unwrap();
+    let r = send(
+        Method::POST,
+        &format!("{}/v1/invitations/{token}/accept", a.account),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
     let cid = r.json()["id"].as_str().unwrap().to_owned();
     let ckey = r.json()["api_key"].as_str().unwrap().to_owned();
     until(&b, &ckey, 200).await;
@@ -75,7 +97,9 @@ async fn main() {
     for _ in 0..cycles {
         for (action, want) in [("disable", 403), ("enable", 200)] {
             let url = format!("{}/v1/team/members/{cid}/{action}", a.account);
-            let r = send(Method::POST, &url, &[("x-api-key", &pkey)], "").await.unwrap();
+            let r = send(Method::POST, &url, &[("x-api-key", &pkey)], "")
+                .await
+                .unwrap();
             assert_eq!(r.status, 200);
             // Measured from the API call's return: the change is then committed and on the feed.
             lags.push(until(&b, &ckey, want).await);
@@ -93,7 +117,10 @@ async fn main() {
         ms(*lags.last().unwrap()),
     );
     let m = get(&format!("{}/metrics", b.ops), &[]).await.unwrap();
-    for line in String::from_utf8_lossy(&m.body).lines().filter(|l| l.starts_with("tollgate_revocation_lag_seconds")) {
+    for line in String::from_utf8_lossy(&m.body)
+        .lines()
+        .filter(|l| l.starts_with("tollgate_revocation_lag_seconds"))
+    {
         println!("  B {line}");
     }
 }

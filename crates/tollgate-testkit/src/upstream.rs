@@ -97,7 +97,8 @@ impl StubUpstream {
                     continue;
                 };
                 let s = s.clone();
-                s.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                s.connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -204,7 +205,9 @@ impl StubUpstream {
 
     /// TCP connections accepted so far (keep-alive reuse shows as fewer connections than requests).
     pub fn connections(&self) -> usize {
-        self.shared.connections.load(std::sync::atomic::Ordering::SeqCst)
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn count(&self) -> usize {

@@ -131,7 +131,9 @@ impl Inner {
                 }
             };
             let at_ms = match entry.map.get("t") {
-                Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()),
+                Some(Value::BulkString(bytes)) => {
+                    std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok())
+                }
                 Some(Value::SimpleString(s)) => s.parse().ok(),
                 Some(Value::Int(n)) => u64::try_from(*n).ok(),
                 _ => None,
