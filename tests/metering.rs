@@ -117,10 +117,26 @@ async fn wait_flushed(g: &TestGateway) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_credit_is_attributed_and_rolled_up_exactly() {
+async fn every_credit_is_attributed_and_rolled_up_exactly_embedded() {
+    exactness(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_credit_is_attributed_and_rolled_up_exactly_on_redis() {
+    let redis = tollgate_testkit::TestRedis::start();
+    exactness(Some(&redis.url())).await;
+}
+
+/// N concurrent requests of different costs by a parent and three children, some answered 503 by
+/// the upstream: the store, the team view and /metrics agree with the expected sums to the credit.
+async fn exactness(redis: Option<&str>) {
     let up = StubUpstream::start().await;
     up.script("/whoisserver/WhoisService/fail", 503, Duration::ZERO);
-    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let mut cfg = routes(&up.url());
+    if let Some(url) = redis {
+        cfg = format!("[store]\nbackend = \"redis\"\nurl = \"{url}\"\n{cfg}");
+    }
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
     let subs = json!([{"pool": "whois", "credits": 1000000, "overage": "allow"},
                       {"pool": "drs", "credits": 1000000, "overage": "allow"}]);
     let (pid, pkey) = create_parent(&g, subs).await;

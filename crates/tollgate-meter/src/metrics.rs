@@ -258,3 +258,65 @@ pub fn set_counter(c: &IntCounter, value: u64) {
         c.inc_by(value - cur);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::SeriesTotal;
+
+    fn t(account: &str, parent: &str, credits: u64) -> SeriesTotal {
+        SeriesTotal {
+            account: Arc::from(account),
+            parent: Arc::from(parent),
+            product: Arc::from("whois"),
+            requests: 1,
+            credits,
+        }
+    }
+
+    #[test]
+    fn accounts_beyond_the_series_limit_are_summed_and_parents_stay_exact() {
+        let m = Metrics::new();
+        let totals = [
+            t("a1", "p1", 5),
+            t("a2", "p1", 7),
+            t("a3", "p2", 11),
+            t("a4", "p2", 13),
+        ];
+        m.export_usage(&totals, true, 2);
+        let text = m.render();
+        assert!(text.contains(
+            r#"tollgate_account_credits_total{account="a1",parent="p1",product="whois"} 5"#
+        ));
+        assert!(text.contains(
+            r#"tollgate_account_credits_total{account="a2",parent="p1",product="whois"} 7"#
+        ));
+        assert!(!text.contains(r#"account="a3""#), "{text}");
+        assert!(text.contains(
+            r#"tollgate_account_credits_total{account="_other",parent="_other",product="whois"} 24"#
+        ));
+        assert!(text.contains(r#"tollgate_parent_credits_total{parent="p1",product="whois"} 12"#));
+        assert!(text.contains(r#"tollgate_parent_credits_total{parent="p2",product="whois"} 24"#));
+        // Later scrapes keep the same accounts in their own series and only move counters up.
+        let grown = [
+            t("a1", "p1", 6),
+            t("a2", "p1", 7),
+            t("a3", "p2", 20),
+            t("a4", "p2", 13),
+            t("a5", "p3", 1),
+        ];
+        m.export_usage(&grown, true, 2);
+        let text = m.render();
+        assert!(text.contains(
+            r#"tollgate_account_credits_total{account="a1",parent="p1",product="whois"} 6"#
+        ));
+        assert!(text.contains(
+            r#"tollgate_account_credits_total{account="_other",parent="_other",product="whois"} 34"#
+        ));
+        assert!(text.contains(r#"tollgate_parent_credits_total{parent="p3",product="whois"} 1"#));
+        // No per-account series at all when per_key is off.
+        let off = Metrics::new();
+        off.export_usage(&totals, false, 10);
+        assert!(!off.render().contains("tollgate_account_credits_total{"));
+    }
+}
