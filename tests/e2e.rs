@@ -55,46 +55,7 @@ async fn create_parent(g: &TestGateway, email: &str, pools: &[&str]) -> (String,
         .iter()
         .map(|p| json!({"pool": p, "credits": 1000, "overage": "allow"}))
         .collect();
-    let r = post_json(
-        &format!("{}/admin/v1/parents", g.ops),
-        &[("authorization", &op())],
-        &json!({"email": email, "team": true, "subscriptions": subs}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
-}
-
-/// Invites and accepts a child through the account API; returns (id, key).
-async fn create_child(g: &TestGateway, parent_key: &str, email: &str) -> (String, String) {
-    let r = post_json(
-        &format!("{}/v1/team/members", g.account),
-        &[("x-api-key", parent_key)],
-        &json!({ "email": email }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let token = r.json()["invitation_token"].as_str().unwrap().to_owned();
-    let r = send(
-        Method::POST,
-        &format!("{}/v1/invitations/{token}/accept", g.account),
-        &[],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
+    g.create_parent(email, json!(subs)).await
 }
 
 async fn whois(g: &TestGateway, key: &str) -> Reply {
@@ -243,8 +204,8 @@ async fn every_refusal_has_its_status_and_code() {
     up.script("/slow", 200, Duration::from_secs(3));
     let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
     let (pid, pkey) = create_parent(&g, "owner@b.example", &["whois"]).await;
-    let (cid, ckey) = create_child(&g, &pkey, "member@b.example").await;
-    let (_, ckey2) = create_child(&g, &pkey, "member2@b.example").await;
+    let (cid, ckey) = g.create_child(&pkey, "member@b.example").await;
+    let (_, ckey2) = g.create_child(&pkey, "member2@b.example").await;
 
     let r = whois(&g, &ckey).await;
     assert_eq!(r.status, 200);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
-use tollgate_testkit::http::{get, post_json, send};
+use tollgate_testkit::http::{get, send};
 use tollgate_testkit::{free_port, wait_until, StubUpstream, TestGateway};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -43,46 +43,8 @@ cost_rules = [{{ query = "mode=preview", set = 0 }}]
 }
 
 async fn create_parent(g: &TestGateway, subs: Value) -> (String, String) {
-    let email = format!("owner-{}@m.example", free_port());
-    let r = post_json(
-        &format!("{}/admin/v1/parents", g.ops),
-        &[("authorization", &TestGateway::operator_auth())],
-        &json!({"email": email, "team": true, "subscriptions": subs}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
-}
-
-async fn create_child(g: &TestGateway, parent_key: &str, email: &str) -> (String, String) {
-    let r = post_json(
-        &format!("{}/v1/team/members", g.account),
-        &[("x-api-key", parent_key)],
-        &json!({ "email": email }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let token = r.json()["invitation_token"].as_str().unwrap().to_owned();
-    let r = send(
-        Method::POST,
-        &format!("{}/v1/invitations/{token}/accept", g.account),
-        &[],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200);
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
+    g.create_parent(&format!("owner-{}@m.example", free_port()), subs)
+        .await
 }
 
 /// The value of one series in a Prometheus text exposition.
@@ -142,7 +104,10 @@ async fn exactness(redis: Option<&str>) {
     let (pid, pkey) = create_parent(&g, subs).await;
     let mut members = vec![(pid.clone(), pkey.clone())];
     for i in 0..3 {
-        members.push(create_child(&g, &pkey, &format!("m{i}-{}@m.example", free_port())).await);
+        members.push(
+            g.create_child(&pkey, &format!("m{i}-{}@m.example", free_port()))
+                .await,
+        );
     }
 
     // Requests of several kinds by every member, concurrently: (path, credits charged).
@@ -336,7 +301,9 @@ async fn deny_pool_is_spent_to_the_last_credit_then_402() {
     let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
     let subs = json!([{"pool": "whois", "credits": 10, "overage": "deny"}]);
     let (_, pkey) = create_parent(&g, subs).await;
-    let (_, ckey) = create_child(&g, &pkey, &format!("c-{}@m.example", free_port())).await;
+    let (_, ckey) = g
+        .create_child(&pkey, &format!("c-{}@m.example", free_port()))
+        .await;
     let url = format!("{}/whoisserver/WhoisService", g.proxy);
     let hard = format!("{url}?_hardRefresh=1");
     // 5 + 1 + 1 + 1 + 1 + 1 = 10 credits, from two members of the pool.
@@ -402,7 +369,9 @@ async fn rate_limits_answer_429_with_retry_after() {
         json!([{"pool": "whois", "credits": 1000, "overage": "allow"}]),
     )
     .await;
-    let (_, ckey) = create_child(&g, &pkey, &format!("r-{}@m.example", free_port())).await;
+    let (_, ckey) = g
+        .create_child(&pkey, &format!("r-{}@m.example", free_port()))
+        .await;
     let url = format!("{}/whoisserver/WhoisService", g.proxy);
     let mut statuses = Vec::new();
     for _ in 0..4 {
@@ -433,7 +402,9 @@ async fn a_real_prometheus_scrapes_per_child_credits() {
         json!([{"pool": "whois", "credits": 1000, "overage": "allow"}]),
     )
     .await;
-    let (cid, ckey) = create_child(&g, &pkey, &format!("p-{}@m.example", free_port())).await;
+    let (cid, ckey) = g
+        .create_child(&pkey, &format!("p-{}@m.example", free_port()))
+        .await;
     for q in ["a=1", "_hardRefresh=1", "b=2"] {
         let r = get(
             &format!("{}/whoisserver/WhoisService?{q}", g.proxy),

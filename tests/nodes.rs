@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use http::Method;
-use serde_json::{json, Value};
-use tollgate_testkit::http::{get, post_json, send, Reply};
+use serde_json::json;
+use tollgate_testkit::http::{get, send, Reply};
 use tollgate_testkit::{wait_until, StubUpstream, TestGateway, TestRedis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -44,47 +44,11 @@ async fn two_nodes(up: &StubUpstream, redis: &TestRedis) -> (TestGateway, TestGa
     (a, b)
 }
 
-async fn parent(g: &TestGateway, email: &str, subs: Value) -> (String, String) {
-    let r = post_json(
-        &format!("{}/admin/v1/parents", g.ops),
-        &[("authorization", &TestGateway::operator_auth())],
-        &json!({"email": email, "team": true, "subscriptions": subs}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
-}
-
+/// Invites and accepts a child; `(id, key, invitation token)`.
 async fn child(g: &TestGateway, parent_key: &str, email: &str) -> (String, String, String) {
-    let r = post_json(
-        &format!("{}/v1/team/members", g.account),
-        &[("x-api-key", parent_key)],
-        &json!({ "email": email }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let token = r.json()["invitation_token"].as_str().unwrap().to_owned();
-    let r = send(
-        Method::POST,
-        &format!("{}/v1/invitations/{token}/accept", g.account),
-        &[],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200);
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-        token,
-    )
+    let token = g.invite(parent_key, email).await;
+    let (id, key) = g.accept(&token).await;
+    (id, key, token)
 }
 
 async fn product(g: &TestGateway, key: &str) -> Reply {
@@ -127,7 +91,7 @@ async fn changes_through_one_node_are_enforced_by_the_other() {
     let mut redis = TestRedis::start();
     let (a, b) = two_nodes(&up, &redis).await;
     let subs = json!([{"pool": "whois", "credits": 100000, "overage": "allow"}]);
-    let (pid, pkey) = parent(&a, "admin@n.example", subs).await;
+    let (pid, pkey) = a.create_parent("admin@n.example", subs).await;
     let (cid, ckey, token) = child(&a, &pkey, "kid@n.example").await;
 
     // Created through A, used through B (B has never seen the key).
@@ -291,7 +255,7 @@ async fn two_nodes_share_a_deny_pool_and_meter_exactly() {
     let redis = TestRedis::start();
     let (a, b) = two_nodes(&up, &redis).await;
     let subs = json!([{"pool": "whois", "credits": 300, "overage": "deny"}]);
-    let (_, pkey) = parent(&a, "admin@pool.example", subs).await;
+    let (_, pkey) = a.create_parent("admin@pool.example", subs).await;
     let (_, c1, _) = child(&a, &pkey, "one@pool.example").await;
     let (_, c2, _) = child(&b, &pkey, "two@pool.example").await;
 
@@ -388,7 +352,7 @@ async fn two_nodes_on_a_redis_cluster() {
     let a = TestGateway::start(BIN.as_ref(), &cfg).await;
     let b = TestGateway::start(BIN.as_ref(), &cfg).await;
     let subs = json!([{"pool": "whois", "credits": 1000, "overage": "deny"}]);
-    let (_, pkey) = parent(&a, "admin@cluster.example", subs).await;
+    let (_, pkey) = a.create_parent("admin@cluster.example", subs).await;
     let (cid, ckey, _) = child(&a, &pkey, "kid@cluster.example").await;
     assert_eq!(product(&b, &ckey).await.status, 200);
     assert_eq!(

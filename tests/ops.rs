@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Method;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tollgate_testkit::http::{get, post_json, send, Reply};
+use tollgate_testkit::http::{get, Reply};
 use tollgate_testkit::{wait_until, StubUpstream, TestGateway, TestRedis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -42,47 +41,8 @@ credits = 1
 }
 
 async fn create_parent(g: &TestGateway, email: &str) -> (String, String) {
-    let r = post_json(
-        &format!("{}/admin/v1/parents", g.ops),
-        &[("authorization", &TestGateway::operator_auth())],
-        &json!({"email": email, "team": true,
-                "subscriptions": [{"pool": "whois", "credits": 100000000, "overage": "allow"}]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
-}
-
-/// Invites and accepts a child through the account API; returns (id, key).
-async fn create_child(g: &TestGateway, parent_key: &str, email: &str) -> (String, String) {
-    let r = post_json(
-        &format!("{}/v1/team/members", g.account),
-        &[("x-api-key", parent_key)],
-        &json!({ "email": email }),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let token = r.json()["invitation_token"].as_str().unwrap().to_owned();
-    let r = send(
-        Method::POST,
-        &format!("{}/v1/invitations/{token}/accept", g.account),
-        &[],
-        "",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
+    let subs = json!([{"pool": "whois", "credits": 100000000, "overage": "allow"}]);
+    g.create_parent(email, subs).await
 }
 
 async fn call(g: &TestGateway, path: &str, key: &str) -> Reply {
@@ -214,7 +174,7 @@ async fn sighup_reloads_routes_prices_and_limits_under_load_and_refuses_a_broken
     let base = config(&up.url());
     let mut g = TestGateway::start(BIN.as_ref(), &base).await;
     let (_, pkey) = create_parent(&g, "reload@ops.example").await;
-    let (_, ckey) = create_child(&g, &pkey, "member@ops.example").await;
+    let (_, ckey) = g.create_child(&pkey, "member@ops.example").await;
     let history = "/whois-history/api/v1?domainName=example.com";
     assert_eq!(call(&g, history, &pkey).await.code(), "route_not_found");
     // The child has a rate limiter at the old default before the reload.
@@ -488,7 +448,7 @@ async fn access_log_has_ids_never_keys_and_caps_refusals() {
     );
     let g = TestGateway::start(BIN.as_ref(), &cfg).await;
     let (pid, pkey) = create_parent(&g, "logs@ops.example").await;
-    let (cid, ckey) = create_child(&g, &pkey, "member@logs.example").await;
+    let (cid, ckey) = g.create_child(&pkey, "member@logs.example").await;
     let unknown = "at_0000000000000000000000000000z";
 
     let url = format!("{}{WHOIS}", g.proxy);

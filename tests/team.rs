@@ -38,19 +38,8 @@ permission = "newsletter.manage"
 }
 
 async fn parent(g: &TestGateway, email: &str) -> (String, String) {
-    let r = post_json(
-        &format!("{}/admin/v1/parents", g.ops),
-        &[("authorization", &TestGateway::operator_auth())],
-        &json!({"email": email, "team": true, "subscriptions": [{"pool": "whois", "credits": 1000, "overage": "allow"}]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201);
-    let v = r.json();
-    (
-        v["id"].as_str().unwrap().into(),
-        v["api_key"].as_str().unwrap().into(),
-    )
+    let subs = json!([{"pool": "whois", "credits": 1000, "overage": "allow"}]);
+    g.create_parent(email, subs).await
 }
 
 async fn invite(g: &TestGateway, key: &str, email: &str) -> Reply {

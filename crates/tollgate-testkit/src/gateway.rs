@@ -8,6 +8,17 @@ use std::time::{Duration, Instant};
 
 use crate::free_port;
 
+/// `(id, api_key)` of a 201/200 body.
+fn id_and_key(r: &crate::http::Reply) -> (String, String) {
+    let v = r.json();
+    let field = |f: &str| {
+        v[f].as_str()
+            .unwrap_or_else(|| panic!("no `{f}` in {v}"))
+            .to_owned()
+    };
+    (field("id"), field("api_key"))
+}
+
 /// The operator token every test gateway is started with.
 pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
 
@@ -206,6 +217,74 @@ impl TestGateway {
     /// `Authorization` header value for the operator API.
     pub fn operator_auth() -> String {
         format!("Bearer {OPERATOR_TOKEN}")
+    }
+
+    /// A team-enabled parent created through the operator API; `(id, key)`. Panics unless 201.
+    pub async fn create_parent(
+        &self,
+        email: &str,
+        subscriptions: serde_json::Value,
+    ) -> (String, String) {
+        let r = crate::http::post_json(
+            &format!("{}/admin/v1/parents", self.ops),
+            &[("authorization", &Self::operator_auth())],
+            &serde_json::json!({"email": email, "team": true, "subscriptions": subscriptions}),
+        )
+        .await
+        .expect("operator API reachable");
+        assert_eq!(
+            r.status,
+            201,
+            "create parent: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        id_and_key(&r)
+    }
+
+    /// The parent invites `email` through the account API; returns the invitation token.
+    pub async fn invite(&self, parent_key: &str, email: &str) -> String {
+        let r = crate::http::post_json(
+            &format!("{}/v1/team/members", self.account),
+            &[("x-api-key", parent_key)],
+            &serde_json::json!({ "email": email }),
+        )
+        .await
+        .expect("account API reachable");
+        assert_eq!(
+            r.status,
+            201,
+            "invite: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r.json()["invitation_token"]
+            .as_str()
+            .expect("invitation_token")
+            .to_owned()
+    }
+
+    /// Accepts an invitation; `(id, key)` of the new child. Panics unless 200.
+    pub async fn accept(&self, token: &str) -> (String, String) {
+        let r = crate::http::send(
+            http::Method::POST,
+            &format!("{}/v1/invitations/{token}/accept", self.account),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("account API reachable");
+        assert_eq!(
+            r.status,
+            200,
+            "accept: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        id_and_key(&r)
+    }
+
+    /// Invites and accepts a child; `(id, key)`.
+    pub async fn create_child(&self, parent_key: &str, email: &str) -> (String, String) {
+        let token = self.invite(parent_key, email).await;
+        self.accept(&token).await
     }
 }
 
