@@ -17,7 +17,7 @@ use tollgate_meter::{Charge, Check, Metering, Metrics, Standing};
 use tollgate_store::{CacheLookup, KeyCache, Principal, StoreError};
 
 use crate::access_log::{AccessLog, Entry, Trace};
-use crate::extract::{self, Found};
+use crate::extract;
 use crate::forward::{self, UpstreamClient};
 use crate::respond::{refusal, Refusal};
 use crate::router::{request_host, Router};
@@ -270,18 +270,11 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
 
         // 1. The key: head sources first; the JSON body only if they had none.
-        let mut body: ProxyBody = Either::Left(body);
-        let (key, found) = match extract::from_head(&parts, &self.sources) {
-            Some((k, f)) => (k, f),
+        let (key, body): (Vec<u8>, ProxyBody) = match extract::from_head(&parts, &self.sources) {
+            Some((k, _)) => (k, Either::Left(body)),
             None => match (&self.json_field, extract::is_json(&parts)) {
                 (Some(field), true) => {
-                    let Either::Left(incoming) = body else {
-                        unreachable!("body is the client's until here")
-                    };
-                    let bytes = match Limited::new(incoming, extract::JSON_BODY_LIMIT)
-                        .collect()
-                        .await
-                    {
+                    let bytes = match Limited::new(body, extract::JSON_BODY_LIMIT).collect().await {
                         Ok(c) => c.to_bytes(),
                         // Too large to hold a key we would parse, or the client broke off.
                         Err(_) => return Err((Refusal::Deny(DenyReason::KeyMissing), None)),
@@ -292,8 +285,7 @@ impl Proxy {
                             parts
                                 .headers
                                 .insert(header::CONTENT_LENGTH, HeaderValue::from(new.len()));
-                            body = Either::Right(Full::new(new));
-                            (k, Found::Json(field.as_str()))
+                            (k, Either::Right(Full::new(new)))
                         }
                         None => return Err((Refusal::Deny(DenyReason::KeyMissing), None)),
                     }
@@ -301,7 +293,6 @@ impl Proxy {
                 _ => return Err((Refusal::Deny(DenyReason::KeyMissing), None)),
             },
         };
-        let _ = found;
 
         // 2. Who is it? A malformed key never reaches the hash or the store.
         if !is_well_formed_key(&key) {
