@@ -317,6 +317,8 @@ start_tollgate() {
   cat >"$dir/gateway.toml" <<EOF
 [proxy]
 listen = "127.0.0.1:$TG_PORT"
+# One data-plane thread on the one core Tollgate is pinned to, as nginx runs one worker.
+workers = 1
 [account_api]
 listen = "127.0.0.1:$account_port"
 [ops]
@@ -327,6 +329,9 @@ $2
 flush_interval = "250ms"
 [metrics]
 per_key = true
+# nginx runs with access_log off; Tollgate's refusal log stays on (capped per second).
+[logging]
+access_sample = 0
 # The limiter runs on every request; the limits are set high enough that the load is never refused.
 [limits]
 parent = { rps = 1000000000, burst = 1000000000 }

@@ -29,6 +29,7 @@ impl Default for ProxyConfig {
             listen: addr(0, 0, 0, 0, 8080),
             tls: None,
             max_header_bytes: 64 * 1024,
+            workers: 0,
             upstream_idle_per_host: 64,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),

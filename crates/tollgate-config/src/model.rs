@@ -29,6 +29,9 @@ pub struct ProxyConfig {
     pub tls: Option<TlsConfig>,
     /// Largest request head accepted (default 64 KiB); beyond it, 431.
     pub max_header_bytes: usize,
+    /// Data-plane threads, each with its own runtime and listener (default 0: one per core this
+    /// process may run on).
+    pub workers: usize,
     /// Keep-alive connections to each upstream kept idle per worker (default 64).
     pub upstream_idle_per_host: usize,
     /// Upstream connect timeout (default 5s); then 502.

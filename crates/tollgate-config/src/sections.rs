@@ -96,6 +96,7 @@ pub(crate) fn proxy(r: &mut Report, root: &Obj<'_>) -> ProxyConfig {
             "listen",
             "tls",
             "max_header_bytes",
+            "workers",
             "upstream_idle_per_host",
             "connect_timeout",
             "drain_timeout",
@@ -109,6 +110,7 @@ pub(crate) fn proxy(r: &mut Report, root: &Obj<'_>) -> ProxyConfig {
         max_header_bytes: t
             .uint(r, "max_header_bytes", 8 * 1024, 16 * 1024 * 1024)
             .map_or(d.max_header_bytes, to_usize),
+        workers: t.uint(r, "workers", 0, 1024).map_or(d.workers, to_usize),
         upstream_idle_per_host: t
             .uint(r, "upstream_idle_per_host", 0, 1_000_000)
             .map_or(d.upstream_idle_per_host, to_usize),

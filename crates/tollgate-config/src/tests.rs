@@ -46,6 +46,7 @@ fn every_default() {
     assert_eq!(c.proxy.tls, None);
     assert_eq!(c.proxy.max_header_bytes, 65_536);
     assert_eq!(c.proxy.upstream_idle_per_host, 64);
+    assert_eq!(c.proxy.workers, 0);
     assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
     assert_eq!(c.proxy.drain_timeout, Duration::from_secs(30));
     assert_eq!(c.account_api.listen, addr("127.0.0.1:8081"));

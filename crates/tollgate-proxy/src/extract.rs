@@ -91,6 +91,14 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// Whether the query string has a parameter named in `names` (so [`strip_query`] would change it).
+pub fn has_param(query: &str, names: &[String]) -> bool {
+    query.split('&').any(|pair| {
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        names.iter().any(|n| n == k)
+    })
+}
+
 /// The query string less every parameter named in `names`; `None` if nothing is left.
 pub fn strip_query(query: &str, names: &[&str]) -> Option<String> {
     let kept: Vec<&str> = query
@@ -176,6 +184,10 @@ mod tests {
             Some("a=1&b=2")
         );
         assert_eq!(strip_query("apiKey=k", &["apiKey"]), None);
+        let names = ["apiKey".to_owned()];
+        assert!(has_param("a=1&apiKey=k", &names));
+        assert!(has_param("apiKey", &names));
+        assert!(!has_param("a=1&apiKeyX=k&b=apiKey", &names));
         assert_eq!(
             strip_query("apiKeyX=1", &["apiKey"]).as_deref(),
             Some("apiKeyX=1")

@@ -17,5 +17,5 @@ pub mod tls;
 
 pub use access_log::AccessLog;
 pub use proxy::{Proxy, ProxyError};
-pub use server::{bind, serve, ProxySlot, ServeOptions};
+pub use server::{bind, bind_std, serve, ProxySlot, ServeOptions, Workers};
 pub use tls::TlsTerminator;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -18,12 +18,16 @@ use tollgate_store::{CacheLookup, KeyCache, Principal, StoreError};
 
 use crate::access_log::{AccessLog, Entry, Trace};
 use crate::extract;
-use crate::forward::{self, UpstreamClient};
+use crate::forward::{self, Origin, UpstreamBody, Upstreams};
 use crate::respond::{refusal, Refusal};
 use crate::router::{request_host, Router};
 
-/// Bodies in both directions: passed through from the peer, or built here.
+/// Request bodies to the upstream: the client's, passed through, or rebuilt here (a JSON body
+/// without its key field).
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Response bodies to the client: the upstream's, passed through, or built here (refusals).
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 static X_TOLLGATE_ACCOUNT: HeaderName = HeaderName::from_static("x-tollgate-account");
 static X_TOLLGATE_PARENT: HeaderName = HeaderName::from_static("x-tollgate-parent");
@@ -43,8 +47,7 @@ pub enum ProxyError {
 
 /// Per-route state resolved once: the upstream origin and the metric series.
 struct RouteRuntime {
-    scheme: Scheme,
-    authority: Authority,
+    origin: Arc<Origin>,
     host_header: HeaderValue,
     auth: Option<(UpstreamAuthTarget, String)>,
     charge: Option<Charge>,
@@ -74,7 +77,7 @@ pub struct Proxy {
     json_field: Option<String>,
     forward_key: bool,
     charge_on: ChargeOn,
-    client: UpstreamClient,
+    upstreams: Upstreams,
     metering: Option<Arc<Metering>>,
     access: Arc<AccessLog>,
 }
@@ -100,7 +103,7 @@ impl Proxy {
         cache: Arc<KeyCache>,
         metrics: &Metrics,
         metering: Option<Arc<Metering>>,
-        client: UpstreamClient,
+        upstreams: Upstreams,
     ) -> Result<Proxy, ProxyError> {
         let mut runtime = Vec::with_capacity(config.routes.len());
         for r in &config.routes {
@@ -108,13 +111,10 @@ impl Proxy {
                 route: r.name.clone(),
                 what: what.into(),
             };
-            let scheme = match r.upstream.scheme {
-                tollgate_config::Scheme::Http => Scheme::HTTP,
-                tollgate_config::Scheme::Https => Scheme::HTTPS,
-            };
-            let authority: Authority = format!("{}:{}", bracket(&r.upstream.host), r.upstream.port)
-                .parse()
-                .map_err(|_| bad("authority"))?;
+            let https = r.upstream.scheme == tollgate_config::Scheme::Https;
+            let origin = upstreams
+                .origin(https, &r.upstream.host, r.upstream.port)
+                .ok_or_else(|| bad("host"))?;
             let host_header =
                 HeaderValue::from_str(&r.upstream.authority).map_err(|_| bad("host"))?;
             let auth = match &r.upstream_auth {
@@ -128,8 +128,7 @@ impl Proxy {
                 }
             };
             runtime.push(RouteRuntime {
-                scheme,
-                authority,
+                origin,
                 host_header,
                 auth,
                 charge: match (&r.product, &r.pool) {
@@ -175,7 +174,7 @@ impl Proxy {
             strip_query,
             forward_key: config.keys.forward,
             charge_on: config.metering.charge_on,
-            client,
+            upstreams,
             metering,
             access: Arc::new(AccessLog::default()),
         })
@@ -189,7 +188,7 @@ impl Proxy {
     }
 
     /// Serves one request end to end. Never fails: every problem becomes a response.
-    pub async fn handle(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
         let host = request_host(req.uri(), req.headers());
@@ -216,7 +215,7 @@ impl Proxy {
         let mut trace = Trace::default();
         let (mut admitted, mut outcome) = (true, "admitted");
         let resp = match self
-            .admit_and_forward(idx, req, remote, &request_id, &mut trace)
+            .admit_and_forward(idx, req, client, &request_id, &mut trace)
             .await
         {
             Ok(resp) => {
@@ -261,10 +260,10 @@ impl Proxy {
         &self,
         idx: usize,
         req: Request<Incoming>,
-        remote: SocketAddr,
+        client: &Client,
         request_id: &HeaderValue,
         trace: &mut Trace,
-    ) -> Result<Response<ProxyBody>, (Refusal, Option<u64>)> {
+    ) -> Result<Response<ResponseBody>, (Refusal, Option<u64>)> {
         let route = &self.router.routes()[idx];
         let rt = &self.runtime[idx];
         let (mut parts, body) = req.into_parts();
@@ -338,22 +337,19 @@ impl Proxy {
             None => None,
         };
 
-        // 5. Forward.
-        let pq = self.upstream_path_and_query(&parts.uri, rt)?;
-        parts.uri = Uri::from_parts({
-            let mut u = http::uri::Parts::default();
-            u.scheme = Some(rt.scheme.clone());
-            u.authority = Some(rt.authority.clone());
-            u.path_and_query = Some(pq);
-            u
-        })
-        .map_err(|_| (Refusal::BadRequest, None))?;
+        // 5. Forward, in origin form; the client's path and query as they came unless a key or
+        // the upstream's credential is taken out or put in.
+        if let Some(pq) = self.upstream_path_and_query(&parts.uri, rt)? {
+            parts.uri = Uri::from(pq);
+        }
         parts.version = http::Version::HTTP_11;
-        self.prepare_headers(&mut parts.headers, rt, principal, remote, request_id);
+        self.prepare_headers(&mut parts.headers, rt, principal, client, request_id);
         let upstream_req = Request::from_parts(parts, body);
 
         let sent = Instant::now();
-        let result = tokio::time::timeout(route.timeout, self.client.request(upstream_req)).await;
+        let result =
+            tokio::time::timeout(route.timeout, self.upstreams.send(&rt.origin, upstream_req))
+                .await;
         let upstream_time = sent.elapsed();
         rt.upstream_duration.observe(upstream_time.as_secs_f64());
         trace.upstream = Some(upstream_time);
@@ -421,17 +417,23 @@ impl Proxy {
         Err((Refusal::Deny(DenyReason::CreditsExhausted), None))
     }
 
+    /// The upstream request target when it differs from the client's (`None`: pass it through;
+    /// an HTTP/2 client's absolute URI is reduced to origin form too).
     fn upstream_path_and_query(
         &self,
         uri: &Uri,
         rt: &RouteRuntime,
-    ) -> Result<PathAndQuery, (Refusal, Option<u64>)> {
+    ) -> Result<Option<PathAndQuery>, (Refusal, Option<u64>)> {
         let path = uri.path();
         let mut query: Option<std::borrow::Cow<'_, str>> = uri.query().map(Into::into);
+        let mut changed = false;
         if !self.forward_key && !self.strip_query.is_empty() {
             if let Some(q) = uri.query() {
-                let names: Vec<&str> = self.strip_query.iter().map(String::as_str).collect();
-                query = extract::strip_query(q, &names).map(Into::into);
+                if extract::has_param(q, &self.strip_query) {
+                    let names: Vec<&str> = self.strip_query.iter().map(String::as_str).collect();
+                    query = extract::strip_query(q, &names).map(Into::into);
+                    changed = true;
+                }
             }
         }
         if let Some((UpstreamAuthTarget::Query(name), value)) = &rt.auth {
@@ -448,17 +450,23 @@ impl Proxy {
                 None => format!("{name}={enc}"),
             };
             query = Some(q.into());
+            changed = true;
+        }
+        if !changed {
+            if uri.scheme().is_none() && uri.authority().is_none() {
+                return Ok(None);
+            }
+            return Ok(Some(
+                uri.path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            ));
         }
         let pq = match query {
-            None if uri.query().is_none() => match uri.path_and_query() {
-                Some(pq) => return Ok(pq.clone()),
-                None => PathAndQuery::from_static("/"),
-            },
-            None => PathAndQuery::try_from(path).map_err(|_| (Refusal::BadRequest, None))?,
-            Some(q) => PathAndQuery::try_from(format!("{path}?{q}"))
-                .map_err(|_| (Refusal::BadRequest, None))?,
+            None => PathAndQuery::try_from(path),
+            Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
         };
-        Ok(pq)
+        pq.map(Some).map_err(|_| (Refusal::BadRequest, None))
     }
 
     fn prepare_headers(
@@ -466,7 +474,7 @@ impl Proxy {
         h: &mut http::HeaderMap,
         rt: &RouteRuntime,
         principal: &Principal,
-        remote: SocketAddr,
+        client: &Client,
         request_id: &HeaderValue,
     ) {
         forward::strip_hop_by_hop(h);
@@ -490,12 +498,18 @@ impl Proxy {
         }
         h.insert(X_REQUEST_ID.clone(), request_id.clone());
         h.insert(header::HOST, rt.host_header.clone());
-        let ip = remote.ip().to_string();
-        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+        let xff = match h.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+            Some(prev) => {
+                let ip = client.ip.as_bytes();
+                let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                v.extend_from_slice(prev);
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip);
+                HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+            }
+            None => Some(client.ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             h.insert(X_FORWARDED_FOR.clone(), v);
         }
         if let Some((UpstreamAuthTarget::Header(name), value)) = &rt.auth {
@@ -513,51 +527,57 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
-/// the account's rate (quota per 1 s window, with its burst) and its pool's credits.
+/// the account's rate (quota per 1 s window, with its burst) and its pool's credits. Written
+/// straight into the bytes each field keeps (no intermediate strings).
 fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
-    let mut policy = String::new();
-    let mut state = String::new();
+    let mut policy = Vec::with_capacity(64);
+    let mut state = Vec::with_capacity(48);
     if let Some(r) = s.rate {
-        policy.push_str(&format!(
-            "\"rate\";q={};w=1;burst={}",
-            r.limit.rps, r.limit.burst
-        ));
-        state.push_str(&format!(
-            "\"rate\";r={};t={}",
-            r.remaining,
-            u8::from(r.remaining == 0)
-        ));
+        policy.extend_from_slice(b"\"rate\";q=");
+        push_u64(&mut policy, r.limit.rps.into());
+        policy.extend_from_slice(b";w=1;burst=");
+        push_u64(&mut policy, r.limit.burst.into());
+        state.extend_from_slice(b"\"rate\";r=");
+        push_u64(&mut state, r.remaining.into());
+        state.extend_from_slice(if r.remaining == 0 { b";t=1" } else { b";t=0" });
     }
     if let Some((included, remaining)) = s.credits {
         if !policy.is_empty() {
-            policy.push_str(", ");
+            policy.extend_from_slice(b", ");
         }
-        policy.push_str(&format!("\"credits\";q={included}"));
+        policy.extend_from_slice(b"\"credits\";q=");
+        push_u64(&mut policy, included);
         if let Some(rem) = remaining {
             if !state.is_empty() {
-                state.push_str(", ");
+                state.extend_from_slice(b", ");
             }
-            state.push_str(&format!("\"credits\";r={rem}"));
+            state.extend_from_slice(b"\"credits\";r=");
+            push_u64(&mut state, rem);
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        if !policy.is_empty() {
-            h.insert(RATELIMIT_POLICY.clone(), v);
+    for (name, value) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, state)] {
+        if value.is_empty() {
+            continue;
         }
-    }
-    if let Ok(v) = HeaderValue::from_str(&state) {
-        if !state.is_empty() {
-            h.insert(RATELIMIT.clone(), v);
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            h.insert(name.clone(), v);
         }
     }
 }
 
-fn bracket(host: &str) -> std::borrow::Cow<'_, str> {
-    if host.contains(':') {
-        format!("[{host}]").into()
-    } else {
-        host.into()
+/// Appends `n` in decimal.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
     }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The client's `x-request-id` if it is sane, else a new random one.
@@ -568,10 +588,30 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         }
     }
     let n: u128 = rand::random();
-    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut hex = [0u8; 32];
+    for (i, d) in hex.iter_mut().enumerate() {
+        let nibble = (n >> (124 - 4 * i)) & 0xf;
+        *d = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn finish(mut resp: Response<ProxyBody>, request_id: HeaderValue) -> Response<ProxyBody> {
+/// The client end of a connection, with its address pre-rendered once for `x-forwarded-for`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    ip: HeaderValue,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Client { addr, ip }
+    }
+}
+
+fn finish(mut resp: Response<ResponseBody>, request_id: HeaderValue) -> Response<ResponseBody> {
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp
 }

@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use crate::proxy::Client;
 use crate::tls::TlsTerminator;
 use crate::Proxy;
 
@@ -47,6 +48,11 @@ const BACKLOG: i32 = 1024;
 /// port while the old one drains (the kernel spreads new connections over both; only processes of
 /// the same user may join). Must run inside the tokio runtime.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_std(addr)?)
+}
+
+/// [`bind`], for a listener to hand to another thread's runtime.
+pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -54,7 +60,84 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
+}
+
+/// The data plane's threads: each runs its own single-threaded tokio runtime with its own
+/// `SO_REUSEPORT` listener on the proxy address, so the kernel spreads connections over them and a
+/// connection's requests, its upstream connections and their pool stay on one core, with no
+/// cross-thread wake-up, work stealing or shared pool lock per request. (Measured against one
+/// work-stealing runtime: see the README's performance section.)
+pub struct Workers {
+    addr: SocketAddr,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Workers {
+    /// Binds `workers` listeners on `addr` (port 0: one free port for all) and starts a thread
+    /// for each; they serve until `shutdown` turns `true`, then drain as [`serve`] does.
+    pub fn start(
+        addr: SocketAddr,
+        workers: usize,
+        proxy: Arc<ProxySlot>,
+        options: ServeOptions,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> io::Result<Workers> {
+        let first = bind_std(addr)?;
+        let addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..workers.max(1) {
+            listeners.push(bind_std(addr)?);
+        }
+        let mut done = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (proxy, options, mut shutdown) = (proxy.clone(), options.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name(format!("tollgate-w{i}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(error = %e, "data-plane worker cannot listen");
+                                return;
+                            }
+                        };
+                        let sweeper = tokio::spawn(async {
+                            let mut tick = tokio::time::interval(crate::forward::IDLE_SWEEP);
+                            loop {
+                                tick.tick().await;
+                                crate::forward::Upstreams::sweep_idle();
+                            }
+                        });
+                        let stop = async move {
+                            let _ = shutdown.wait_for(|stop| *stop).await;
+                        };
+                        serve(listener, proxy, options, stop).await;
+                        sweeper.abort();
+                    });
+                    let _ = tx.send(());
+                })?;
+            done.push(rx);
+        }
+        Ok(Workers { addr, done })
+    }
+
+    /// The address every worker listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resolves when every worker has drained and stopped.
+    pub async fn join(self) {
+        for d in self.done {
+            let _ = d.await;
+        }
+    }
 }
 
 /// What [`serve`] needs besides the listener and the proxy.
@@ -167,15 +250,17 @@ fn start(
     remote: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    let shared = shared.clone();
+    // One allocation per connection; each request clones one `Arc`.
+    let conn = Arc::new((shared.clone(), Client::new(remote)));
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
+        let conn = conn.clone();
         async move {
+            let (shared, client) = &*conn;
             // Loaded once per request: a reload in the meantime does not change this request's
             // routes, limits or prices.
             let proxy = shared.proxy.load_full();
             let http1 = req.version() < http::Version::HTTP_2;
-            let mut resp = proxy.handle(req, remote).await;
+            let mut resp = proxy.handle(req, client).await;
             if http1 && shared.draining.load(Ordering::Relaxed) {
                 resp.headers_mut().insert(CONNECTION, CLOSE.clone());
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tollgate_config::Config;
 use tollgate_meter::{Metering, Metrics};
-use tollgate_proxy::forward::UpstreamClient;
+use tollgate_proxy::forward::Upstreams;
 use tollgate_proxy::{AccessLog, Proxy, ProxySlot, TlsTerminator};
 use tollgate_store::KeyCache;
 
@@ -24,7 +24,7 @@ pub(crate) struct Reloader {
     pub cache: Arc<KeyCache>,
     pub metrics: Arc<Metrics>,
     pub metering: Arc<Metering>,
-    pub client: UpstreamClient,
+    pub client: Upstreams,
     pub access: Arc<AccessLog>,
     pub tls: Option<Arc<TlsTerminator>>,
 }
@@ -121,6 +121,7 @@ pub(crate) fn reloadable(running: &Config, new: Config) -> (Config, Vec<&'static
     keep!(proxy.listen, "proxy.listen");
     keep!(proxy.max_header_bytes, "proxy.max_header_bytes");
     keep!(proxy.upstream_idle_per_host, "proxy.upstream_idle_per_host");
+    keep!(proxy.workers, "proxy.workers");
     keep!(proxy.connect_timeout, "proxy.connect_timeout");
     keep!(proxy.drain_timeout, "proxy.drain_timeout");
     // The certificate files may change (they are re-read); TLS on or off is a new listener.

@@ -193,7 +193,7 @@ impl Gateway {
                 m.store_up.set(i64::from(cache.store_up()));
             });
         }
-        let client = tollgate_proxy::forward::upstream_client(
+        let client = tollgate_proxy::forward::upstreams(
             config.proxy.connect_timeout,
             config.proxy.upstream_idle_per_host,
             std::env::var_os("TOLLGATE_UPSTREAM_CA")
@@ -260,27 +260,33 @@ impl Gateway {
         let routes_loaded = api.routes_loaded.clone();
         let api = Arc::new(api);
 
-        let proxy_l = bind("proxy", config.proxy.listen)?;
+        let workers = match config.proxy.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let (tx, rx) = watch::channel(false);
+        let data_plane = tollgate_proxy::Workers::start(
+            config.proxy.listen,
+            workers,
+            proxy.clone(),
+            ServeOptions {
+                max_header_bytes: config.proxy.max_header_bytes,
+                drain: config.proxy.drain_timeout,
+                tls: tls.clone(),
+            },
+            rx.clone(),
+        )
+        .with_context(|| format!("cannot listen on {} (proxy)", config.proxy.listen))?;
         let account_l = bind("account_api", config.account_api.listen)?;
         let ops_l = bind("ops", config.ops.listen)?;
         let (proxy_addr, account_addr, ops_addr) = (
-            proxy_l.local_addr()?,
+            data_plane.local_addr(),
             account_l.local_addr()?,
             ops_l.local_addr()?,
         );
 
-        let (tx, rx) = watch::channel(false);
         let servers = vec![
-            tokio::spawn(tollgate_proxy::serve(
-                proxy_l,
-                proxy.clone(),
-                ServeOptions {
-                    max_header_bytes: config.proxy.max_header_bytes,
-                    drain: config.proxy.drain_timeout,
-                    tls: tls.clone(),
-                },
-                shutdown_signal(rx.clone()),
-            )),
+            tokio::spawn(data_plane.join()),
             tokio::spawn(tollgate_api::serve(
                 account_l,
                 ApiKind::Account,
@@ -324,7 +330,7 @@ impl Gateway {
         routes_loaded.store(true, Ordering::Relaxed);
         tracing::info!(
             proxy = %proxy_addr, account_api = %account_addr, ops = %ops_addr,
-            store = store.backend(), routes = config.routes.len(),
+            store = store.backend(), routes = config.routes.len(), workers,
             tls = tls.is_some(),
             "tollgate is listening"
         );
