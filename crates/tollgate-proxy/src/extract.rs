@@ -93,10 +93,28 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
 
 /// Whether the query string has a parameter named in `names` (so [`strip_query`] would change it).
 pub fn has_param(query: &str, names: &[String]) -> bool {
-    query.split('&').any(|pair| {
-        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
-        names.iter().any(|n| n == k)
+    let q = query.as_bytes();
+    names.iter().any(|name| {
+        let n = name.as_bytes();
+        // Each place the name starts a parameter and is followed by `=`, `&` or the end.
+        let mut from = 0;
+        while let Some(at) = find(&q[from..], n).map(|i| i + from) {
+            let starts = at == 0 || q[at - 1] == b'&';
+            let ends = matches!(q.get(at + n.len()), None | Some(b'=') | Some(b'&'));
+            if starts && ends {
+                return true;
+            }
+            from = at + 1;
+        }
+        false
     })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > haystack.len() {
+        return None;
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The query string less every parameter named in `names`; `None` if nothing is left.
@@ -188,6 +206,9 @@ mod tests {
         assert!(has_param("a=1&apiKey=k", &names));
         assert!(has_param("apiKey", &names));
         assert!(!has_param("a=1&apiKeyX=k&b=apiKey", &names));
+        assert!(has_param("xapiKey=1&apiKey&b=2", &names));
+        assert!(!has_param("", &names));
+        assert!(!has_param("apiKe", &names));
         assert_eq!(
             strip_query("apiKeyX=1", &["apiKey"]).as_deref(),
             Some("apiKeyX=1")

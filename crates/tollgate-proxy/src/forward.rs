@@ -383,24 +383,42 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// Removes hop-by-hop fields, including every field the `Connection` header names. One pass over
-/// the (usually few) fields when there is none to remove, which is the common case.
+/// the (usually few) fields finds which are there; only those are removed, and the common
+/// `Connection: keep-alive` / `close` costs no parsing or allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
+    if present & 1 != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            for token in v.as_bytes().split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(token) {
+                    named.push(n);
+                }
+            }
+        }
         for n in named {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
@@ -555,5 +573,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // Every Connection field counts, names in any case; keep-alive itself goes too.
+        let mut h = HeaderMap::new();
+        h.append("connection", "Keep-Alive".parse().unwrap());
+        h.append("connection", "X-Other ,, close".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert("close", "not hop-by-hop".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["close", "x-kept"]);
+
+        // Nothing to remove: nothing changes.
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 }

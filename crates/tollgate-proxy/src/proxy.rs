@@ -478,17 +478,31 @@ impl Proxy {
         request_id: &HeaderValue,
     ) {
         forward::strip_hop_by_hop(h);
+        // One pass finds what there is to take out (usually just the key's own field), so a
+        // field that is not there costs no hashed removal.
+        let (mut keys, mut spoofed) = (false, false);
+        for k in h.keys() {
+            if k == X_TOLLGATE_ACCOUNT || k == X_TOLLGATE_PARENT {
+                spoofed = true;
+            } else if self.strip_headers.contains(k) {
+                keys = true;
+            }
+        }
         if !self.forward_key {
-            for name in &self.strip_headers {
-                h.remove(name);
+            if keys {
+                for name in &self.strip_headers {
+                    h.remove(name);
+                }
             }
             if self.strip_bearer && extract::bearer(h.get(header::AUTHORIZATION)).is_some() {
                 h.remove(header::AUTHORIZATION);
             }
         }
         // Nothing the client sends may pose as Tollgate's own attribution.
-        h.remove(&X_TOLLGATE_ACCOUNT);
-        h.remove(&X_TOLLGATE_PARENT);
+        if spoofed {
+            h.remove(&X_TOLLGATE_ACCOUNT);
+            h.remove(&X_TOLLGATE_PARENT);
+        }
         let account = &principal.account.account;
         if let Ok(v) = HeaderValue::from_str(&account.id) {
             h.insert(X_TOLLGATE_ACCOUNT.clone(), v);
@@ -527,57 +541,87 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
 /// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
-/// the account's rate (quota per 1 s window, with its burst) and its pool's credits. Written
-/// straight into the bytes each field keeps (no intermediate strings).
+/// the account's rate (quota per 1 s window, with its burst) and its pool's credits. Written on
+/// the stack, then copied once into each field's value.
 fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
-    let mut policy = Vec::with_capacity(64);
-    let mut state = Vec::with_capacity(48);
+    let mut policy = Buf::new();
+    let mut state = Buf::new();
     if let Some(r) = s.rate {
-        policy.extend_from_slice(b"\"rate\";q=");
-        push_u64(&mut policy, r.limit.rps.into());
-        policy.extend_from_slice(b";w=1;burst=");
-        push_u64(&mut policy, r.limit.burst.into());
-        state.extend_from_slice(b"\"rate\";r=");
-        push_u64(&mut state, r.remaining.into());
-        state.extend_from_slice(if r.remaining == 0 { b";t=1" } else { b";t=0" });
+        policy.push(b"\"rate\";q=");
+        policy.num(r.limit.rps.into());
+        policy.push(b";w=1;burst=");
+        policy.num(r.limit.burst.into());
+        state.push(b"\"rate\";r=");
+        state.num(r.remaining.into());
+        state.push(if r.remaining == 0 { b";t=1" } else { b";t=0" });
     }
     if let Some((included, remaining)) = s.credits {
         if !policy.is_empty() {
-            policy.extend_from_slice(b", ");
+            policy.push(b", ");
         }
-        policy.extend_from_slice(b"\"credits\";q=");
-        push_u64(&mut policy, included);
+        policy.push(b"\"credits\";q=");
+        policy.num(included);
         if let Some(rem) = remaining {
             if !state.is_empty() {
-                state.extend_from_slice(b", ");
+                state.push(b", ");
             }
-            state.extend_from_slice(b"\"credits\";r=");
-            push_u64(&mut state, rem);
+            state.push(b"\"credits\";r=");
+            state.num(rem);
         }
     }
     for (name, value) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, state)] {
         if value.is_empty() {
             continue;
         }
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+        if let Ok(v) = HeaderValue::from_bytes(value.bytes()) {
             h.insert(name.clone(), v);
         }
     }
 }
 
-/// Appends `n` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A field value built on the stack: the longest `RateLimit-Policy` is under 100 bytes.
+struct Buf {
+    bytes: [u8; 128],
+    len: usize,
+}
+
+impl Buf {
+    fn new() -> Buf {
+        Buf {
+            bytes: [0; 128],
+            len: 0,
         }
     }
-    out.extend_from_slice(&digits[i..]);
+
+    fn push(&mut self, b: &[u8]) {
+        let end = (self.len + b.len()).min(self.bytes.len());
+        let n = end - self.len;
+        self.bytes[self.len..end].copy_from_slice(&b[..n]);
+        self.len = end;
+    }
+
+    /// Appends `n` in decimal.
+    fn num(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// The client's `x-request-id` if it is sane, else a new random one.
