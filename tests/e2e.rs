@@ -500,15 +500,17 @@ async fn https_upstreams_work_over_pooled_connections() {
     )
     .await;
     let (pid, key) = create_parent(&g, "owner@tls.example", &["whois"]).await;
-    for _ in 0..3 {
+    for _ in 0..10 {
         let r = whois(&g, &key).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     }
-    assert_eq!(up.count(), 3);
-    assert_eq!(
-        up.connections(),
-        1,
-        "sequential requests reuse one pooled TLS connection"
+    assert_eq!(up.count(), 10);
+    // Each data-plane worker (one per core by default) keeps its own pool.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        up.connections() <= workers,
+        "sequential requests reuse pooled TLS connections: {} connections for 10 requests on {workers} workers",
+        up.connections()
     );
     let rec = up.last().unwrap();
     assert_eq!(rec.header("x-tollgate-account"), Some(pid.as_str()));

@@ -1,15 +1,16 @@
 //! Forwarding: Tollgate's own keep-alive pool of upstream HTTP/1.1 connections (plain TCP or
 //! rustls), one per data-plane worker thread, and header hygiene.
 //!
-//! Why not hyper-util's pooled `Client`: every checkout there goes through a shared mutex, a
-//! waiter queue and a re-built absolute URI, which measured about 7k instructions per request
-//! here. This pool is a thread-local stack of `hyper::client::conn::http1::SendRequest` per
-//! upstream origin: a worker pops the most recently used connection, sends the request in origin
-//! form, and the connection goes back on the stack when the response body has been read to its
-//! end (dropped earlier, hyper closes it instead). A connection the upstream closed while idle is
-//! skipped at checkout; one that turns out closed when the request is handed to it gives the
-//! request back unsent and it is retried on a fresh connection. Idle connections are dropped after
-//! two sweeps ([`Upstreams::sweep_idle`], every [`IDLE_SWEEP`]) without use.
+//! Why not hyper's client: each request there crosses a channel to its connection's own task and
+//! the response crosses back (two wake-ups, a mutex-guarded pool in hyper-util's `Client`), which
+//! measured as a quarter of the data plane's instructions. Here the request's own task writes the
+//! head and reads the response on the connection ([`crate::wire`]). The pool is a thread-local
+//! stack of connections per upstream origin: a worker pops the most recently used one and the
+//! connection goes back when its response body has been read to the end (dropped earlier, it is
+//! closed). An idempotent request that finds its kept-alive connection closed by the upstream
+//! before any response byte is sent again on a fresh connection; for other methods an idle
+//! connection is checked before use instead. Idle connections are dropped after two sweeps
+//! ([`Upstreams::sweep_idle`], every [`IDLE_SWEEP`]) without use.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -23,15 +24,13 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::proxy::ProxyBody;
+use crate::wire::{self, Checkin, Conn, ResponseBody};
 
 /// How often each worker drops connections that stayed idle since the sweep before.
 pub const IDLE_SWEEP: Duration = Duration::from_secs(30);
@@ -64,7 +63,7 @@ pub enum ForwardError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Http(#[from] hyper::Error),
+    Io(#[from] std::io::Error),
 }
 
 /// One upstream origin (scheme, host, port), shared by every route and config generation that
@@ -108,7 +107,7 @@ impl std::fmt::Debug for Upstreams {
 }
 
 struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: Conn,
     /// The worker's sweep count when this connection was last put back.
     epoch: u64,
 }
@@ -196,45 +195,34 @@ impl Upstreams {
         origin: &Arc<Origin>,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, ForwardError> {
+        let idempotent = req.method().is_idempotent();
         loop {
-            let (mut sender, reused) = match checkout(origin.id) {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match checkout(origin.id, !idempotent) {
+                Some(c) => (c, true),
                 None => (self.connect(origin).await?, false),
             };
-            // A connection put back as its last response ended is idle by now or a moment later.
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
-                }
-                return Err(ForwardError::Http(e));
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    let body = UpstreamBody {
-                        inner: body,
-                        lease: (self.inner.max_idle > 0).then_some(Lease {
-                            sender,
-                            origin: origin.id,
-                            max_idle: self.inner.max_idle,
-                        }),
+            match wire::exchange(&mut conn, &mut req).await {
+                Ok((head, framing)) => {
+                    let checkin = (self.inner.max_idle > 0).then_some(Checkin {
+                        give: checkin,
+                        origin: origin.id,
+                        max_idle: self.inner.max_idle,
+                    });
+                    let mut body = ResponseBody::new(conn, framing, checkin);
+                    let body = match body.try_complete() {
+                        Some(all) => UpstreamBody::Whole(Some(all)),
+                        None => UpstreamBody::Streaming(body),
                     };
-                    return Ok(Response::from_parts(parts, body));
+                    return Ok(head.map(|()| body));
                 }
-                Err(mut e) => match e.take_message() {
-                    // Closed under us before a byte was written: the request is intact; a pooled
-                    // connection may have gone stale, so try another one.
-                    Some(r) if reused => req = r,
-                    _ => return Err(ForwardError::Http(e.into_error())),
-                },
+                // The upstream closed a kept-alive connection before answering: send again.
+                Err(e) if e.retryable && reused && idempotent => continue,
+                Err(e) => return Err(ForwardError::Io(e.error)),
             }
         }
     }
 
-    async fn connect(
-        &self,
-        origin: &Origin,
-    ) -> Result<http1::SendRequest<ProxyBody>, ForwardError> {
+    async fn connect(&self, origin: &Origin) -> Result<Conn, ForwardError> {
         let connect = TcpStream::connect((&*origin.host, origin.port));
         let tcp = match tokio::time::timeout(self.inner.connect_timeout, connect).await {
             Err(_) => return Err(ForwardError::ConnectTimeout(origin.label())),
@@ -248,20 +236,19 @@ impl Upstreams {
         };
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp).set_keepalive(true);
-        if origin.https {
-            let tls = self
-                .inner
-                .tls
-                .connect(origin.server_name.clone(), tcp)
-                .await
-                .map_err(|source| ForwardError::Tls {
-                    origin: origin.label(),
-                    source,
-                })?;
-            handshake(tls).await
-        } else {
-            handshake(tcp).await
+        if !origin.https {
+            return Ok(Conn::plain(tcp));
         }
+        let tls = self
+            .inner
+            .tls
+            .connect(origin.server_name.clone(), tcp)
+            .await
+            .map_err(|source| ForwardError::Tls {
+                origin: origin.label(),
+                source,
+            })?;
+        Ok(Conn::tls(tls))
     }
 
     /// Drops this worker's connections that stayed idle for a whole [`IDLE_SWEEP`] period. Each
@@ -271,7 +258,7 @@ impl Upstreams {
             let mut p = p.borrow_mut();
             let epoch = p.epoch;
             for stack in &mut p.idle {
-                stack.retain(|i| i.epoch >= epoch && !i.sender.is_closed());
+                stack.retain(|i| i.epoch >= epoch);
             }
             p.epoch += 1;
         });
@@ -283,95 +270,79 @@ impl Upstreams {
     }
 }
 
-async fn handshake<T>(io: T) -> Result<http1::SendRequest<ProxyBody>, ForwardError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(ForwardError::Http)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-/// The most recently used open connection to `origin` on this worker.
-fn checkout(origin: usize) -> Option<http1::SendRequest<ProxyBody>> {
+/// The most recently used connection to `origin` on this worker (`probe`: one that the upstream
+/// has not closed meanwhile, as far as a non-blocking read can tell).
+fn checkout(origin: usize, probe: bool) -> Option<Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let stack = p.idle.get_mut(origin)?;
-        while let Some(idle) = stack.pop() {
-            if !idle.sender.is_closed() {
-                return Some(idle.sender);
+        while let Some(mut idle) = stack.pop() {
+            if !probe || !idle.conn.is_stale() {
+                return Some(idle.conn);
             }
         }
         None
     })
 }
 
-/// A connection on loan to one response; back to the pool when its body is read to the end.
-struct Lease {
-    sender: http1::SendRequest<ProxyBody>,
-    origin: usize,
-    max_idle: usize,
-}
-
-/// An upstream response body: the bytes pass through untouched; the connection it came on goes
-/// back to this worker's pool once the body has ended.
-pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<Lease>,
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        // Not read to the end: hyper closes the connection; nothing to keep.
-        if !self.inner.is_end_stream() || lease.sender.is_closed() {
-            return;
+/// A connection whose response was read to the end goes back on this worker's stack.
+fn checkin(origin: usize, max_idle: usize, conn: Conn) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.idle.len() <= origin {
+            p.idle.resize_with(origin + 1, Vec::new);
         }
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.idle.len() <= lease.origin {
-                p.idle.resize_with(lease.origin + 1, Vec::new);
-            }
-            let epoch = p.epoch;
-            let stack = &mut p.idle[lease.origin];
-            if stack.len() < lease.max_idle {
-                stack.push(Idle {
-                    sender: lease.sender,
-                    epoch,
-                });
-            }
-        });
-    }
+        let epoch = p.epoch;
+        let stack = &mut p.idle[origin];
+        if stack.len() < max_idle {
+            stack.push(Idle { conn, epoch });
+        }
+    });
+}
+
+/// An upstream response body: already read whole (a small response usually arrives with its
+/// head), or read off the connection as the client side polls it. The bytes pass through as they
+/// came.
+pub enum UpstreamBody {
+    Whole(Option<Bytes>),
+    Streaming(ResponseBody),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Whole(data) => Poll::Ready(
+                data.take()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| Ok(Frame::data(d))),
+            ),
+            UpstreamBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            UpstreamBody::Whole(data) => data.as_ref().is_none_or(Bytes::is_empty),
+            UpstreamBody::Streaming(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            UpstreamBody::Whole(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            UpstreamBody::Streaming(body) => body.size_hint(),
+        }
     }
 }
+
 /// Hop-by-hop fields of RFC 9110 section 7.6.1: meaningful for one connection only.
 static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
@@ -427,7 +398,33 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use http_body_util::{BodyExt, Either, Full};
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    type TestBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+    /// A body of `parts` with no length: hyper sends it chunked.
+    fn chunked(parts: &[&'static str]) -> TestBody {
+        struct Parts(std::collections::VecDeque<Bytes>);
+        impl Body for Parts {
+            type Data = Bytes;
+            type Error = std::convert::Infallible;
+            fn poll_frame(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+                Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+            }
+        }
+        Parts(
+            parts
+                .iter()
+                .map(|p| Bytes::from_static(p.as_bytes()))
+                .collect(),
+        )
+        .boxed()
+    }
 
     /// A real HTTP/1.1 upstream on a free port: counts accepted connections; `/close` answers with
     /// `Connection: close`; `/big` answers with a body larger than one read.
@@ -441,11 +438,18 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
                 let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let mut resp = Response::new(match req.uri().path() {
-                        "/big" => Full::new(Bytes::from(vec![b'x'; 1 << 20])),
-                        _ => Full::new(Bytes::from_static(b"{}")),
-                    });
-                    if req.uri().path() == "/close" {
+                    let path = req.uri().path().to_owned();
+                    let body: TestBody = match path.as_str() {
+                        "/big" => Full::new(Bytes::from(vec![b'x'; 1 << 20])).boxed(),
+                        "/chunked" => chunked(&["ab", "", "cde", "f"]),
+                        "/echo" => {
+                            let got = req.into_body().collect().await.unwrap().to_bytes();
+                            Full::new(got).boxed()
+                        }
+                        _ => Full::new(Bytes::from_static(b"{}")).boxed(),
+                    };
+                    let mut resp = Response::new(body);
+                    if path == "/close" {
                         resp.headers_mut()
                             .insert(header::CONNECTION, "close".parse().unwrap());
                     }
@@ -471,6 +475,69 @@ mod tests {
     async fn read(resp: Response<UpstreamBody>) -> usize {
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         body.len()
+    }
+
+    #[tokio::test]
+    async fn chunked_head_and_bodies_in_both_directions() {
+        let (port, accepted) = upstream().await;
+        let up = pool();
+        let origin = up.origin(false, "127.0.0.1", port).unwrap();
+        // A chunked response is decoded whole, and its connection is reused.
+        for _ in 0..3 {
+            let resp = up.send(&origin, get("/chunked")).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"abcdef");
+        }
+        // HEAD: the length is announced, no body follows, the connection stays usable.
+        let mut head = get("/big");
+        *head.method_mut() = http::Method::HEAD;
+        let resp = up.send(&origin, head).await.unwrap();
+        assert_eq!(resp.headers()["content-length"], "1048576");
+        assert_eq!(read(resp).await, 0);
+        // A body held in memory goes with a content-length.
+        let mut post = get("/echo");
+        *post.method_mut() = http::Method::POST;
+        *post.body_mut() = Either::Right(Full::new(Bytes::from_static(b"{\"a\":1}")));
+        let resp = up.send(&origin, post).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"{\"a\":1}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_closed_while_idle_is_retried_for_get() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers one request per connection, keep-alive in name only, then closes it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                drop(s);
+            }
+        });
+        let up = pool();
+        let origin = up.origin(false, "127.0.0.1", port).unwrap();
+        for i in 1..=3 {
+            let resp = up.send(&origin, get("/")).await.unwrap();
+            assert_eq!(read(resp).await, 2, "request {i}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
     fn pool() -> Upstreams {

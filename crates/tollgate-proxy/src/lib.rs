@@ -14,6 +14,7 @@ pub mod respond;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod wire;
 
 pub use access_log::AccessLog;
 pub use proxy::{Proxy, ProxyError};

@@ -1,0 +1,641 @@
+//! The upstream side of HTTP/1.1, written for a proxy: the request head is serialized straight
+//! from the `http::Request` the data plane built, the response head is parsed with `httparse`, and
+//! the body is read by whoever polls it, on the connection itself: no connection task, no channel
+//! and no wake-up between a request and its upstream connection (with hyper's client, each request
+//! crossed a channel to the connection's own task and its response crossed back).
+//!
+//! Framing, RFC 9112 section 6: no body for `HEAD`, 1xx, 204 and 304; else `Transfer-Encoding:
+//! chunked` (decoded here, re-framed by the server side), else `Content-Length`, else the body runs
+//! to the end of the connection. A connection is kept only when its response was read to the end
+//! and neither side asked for `Connection: close`.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::io::poll_read_buf;
+
+use crate::proxy::ProxyBody;
+
+/// Largest upstream response head.
+pub const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An upstream connection: the socket (plain or TLS) and what was read past the last response.
+pub struct Conn {
+    io: Io,
+    buf: BytesMut,
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Conn {
+    pub fn plain(s: TcpStream) -> Conn {
+        Conn {
+            io: Io::Plain(s),
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    pub fn tls(s: TlsStream<TcpStream>) -> Conn {
+        Conn {
+            io: Io::Tls(Box::new(s)),
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Whether the upstream has closed (or sent bytes nobody asked for) while the connection sat
+    /// idle. Never blocks.
+    pub fn is_stale(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        match &self.io {
+            Io::Plain(s) => {
+                !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            // A TLS close_notify or a stray record would need the TLS layer to read; the send
+            // path's retry covers a connection found closed on use.
+            Io::Tls(_) => false,
+        }
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match &mut self.io {
+            Io::Plain(s) => poll_read_buf(Pin::new(s), cx, &mut self.buf),
+            Io::Tls(s) => poll_read_buf(Pin::new(s.as_mut()), cx, &mut self.buf),
+        }
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match &mut self.io {
+            Io::Plain(s) => s.write_all(b).await,
+            Io::Tls(s) => s.write_all(b).await,
+        }
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        match &mut self.io {
+            Io::Plain(s) => s.flush().await,
+            Io::Tls(s) => s.flush().await,
+        }
+    }
+}
+
+/// Why an exchange failed, and whether the request can be sent again on another connection.
+#[derive(Debug)]
+pub struct WireError {
+    pub error: io::Error,
+    /// Nothing of a response arrived and the request (no body, or a body held in memory) can be
+    /// replayed: a kept-alive connection the upstream closed meanwhile.
+    pub retryable: bool,
+}
+
+fn bad(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+/// How the request body goes out.
+enum Out {
+    None,
+    Bytes(Bytes),
+    Stream { chunked: bool },
+}
+
+/// Writes the request (head in one write) and reads the response head. The response body is read
+/// through the returned [`Framing`] by [`ResponseBody`].
+pub async fn exchange(
+    conn: &mut Conn,
+    req: &mut Request<ProxyBody>,
+) -> Result<(Response<()>, Framing), WireError> {
+    let mut head = Vec::with_capacity(512);
+    let out = encode_head(req, &mut head);
+    if let Out::Bytes(b) = &out {
+        // Kept in the request too, so it can be sent again on another connection.
+        *req.body_mut() = http_body_util::Either::Right(http_body_util::Full::new(b.clone()));
+    }
+    let no_retry = |error| WireError {
+        error,
+        retryable: false,
+    };
+    let replayable = !matches!(out, Out::Stream { .. });
+    let sent = async {
+        match &out {
+            Out::Bytes(b) if b.len() <= 16 * 1024 => {
+                head.extend_from_slice(b);
+                conn.write_all(&head).await?;
+            }
+            Out::Bytes(b) => {
+                conn.write_all(&head).await?;
+                conn.write_all(b).await?;
+            }
+            _ => conn.write_all(&head).await?,
+        }
+        conn.flush().await
+    }
+    .await;
+    if let Err(error) = sent {
+        return Err(WireError {
+            error,
+            retryable: replayable,
+        });
+    }
+    if let Out::Stream { chunked } = out {
+        write_body(conn, req.body_mut(), chunked)
+            .await
+            .map_err(no_retry)?;
+    }
+    let head_req = *req.method() == Method::HEAD;
+    let mut first = true;
+    loop {
+        match parse_head(&conn.buf) {
+            Ok(Some((resp, len))) => {
+                conn.buf.advance(len);
+                let status = resp.status();
+                if status.is_informational() {
+                    // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
+                    if status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(no_retry(bad("upstream switched protocols unasked")));
+                    }
+                    continue;
+                }
+                let framing = framing(&resp, head_req).map_err(no_retry)?;
+                return Ok((resp, framing));
+            }
+            Ok(None) if conn.buf.len() >= MAX_HEAD => {
+                return Err(no_retry(bad("upstream response head too large")))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(no_retry(e)),
+        }
+        match conn.read_more().await {
+            Ok(0) => {
+                let error = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "upstream closed the connection before a response",
+                );
+                return Err(WireError {
+                    error,
+                    retryable: first && conn.buf.is_empty() && replayable,
+                });
+            }
+            Ok(_) => first = false,
+            Err(error) => {
+                let retryable = first && conn.buf.is_empty() && replayable;
+                return Err(WireError { error, retryable });
+            }
+        }
+    }
+}
+
+/// Serializes the request line and fields; says how the body follows.
+fn encode_head(req: &mut Request<ProxyBody>, out: &mut Vec<u8>) -> Out {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    match req.uri().path_and_query() {
+        Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
+        None => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let body = req.body();
+    let has_length = req.headers().contains_key(http::header::CONTENT_LENGTH);
+    let how = match body {
+        http_body_util::Either::Right(full) => match full.size_hint().exact() {
+            Some(0) if !has_length && matches!(*req.method(), Method::GET | Method::HEAD) => {
+                Out::None
+            }
+            _ => {
+                let bytes = take_full(req.body_mut());
+                let len = bytes.len();
+                req.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+                Out::Bytes(bytes)
+            }
+        },
+        http_body_util::Either::Left(incoming) => {
+            if incoming.is_end_stream() {
+                Out::None
+            } else if has_length && incoming.size_hint().exact().is_some() {
+                Out::Stream { chunked: false }
+            } else {
+                req.headers_mut().remove(http::header::CONTENT_LENGTH);
+                Out::Stream { chunked: true }
+            }
+        }
+    };
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if matches!(how, Out::Stream { chunked: true }) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    how
+}
+
+fn take_full(body: &mut ProxyBody) -> Bytes {
+    match body {
+        http_body_util::Either::Right(full) => {
+            let mut out = BytesMut::new();
+            // A `Full` yields its one frame at once; no waker is needed.
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut *full).poll_frame(&mut cx) {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            out.freeze()
+        }
+        http_body_util::Either::Left(_) => Bytes::new(),
+    }
+}
+
+async fn write_body(conn: &mut Conn, body: &mut ProxyBody, chunked: bool) -> io::Result<()> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| io::Error::other(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            conn.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            conn.write_all(&data).await?;
+            conn.write_all(b"\r\n").await?;
+        } else {
+            conn.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        conn.write_all(b"0\r\n\r\n").await?;
+    }
+    conn.flush().await
+}
+
+/// A complete response head at the start of `buf`: the response and the head's length.
+fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<()>, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(bad(&format!("bad upstream response head: {e}"))),
+    };
+    let code = parsed.code.ok_or_else(|| bad("no status"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| bad("bad status code"))?;
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("bad field name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad field value"))?;
+        map.append(name, value);
+    }
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    *resp.version_mut() = if parsed.version == Some(0) {
+        http::Version::HTTP_10
+    } else {
+        http::Version::HTTP_11
+    };
+    *resp.headers_mut() = map;
+    Ok(Some((resp, len)))
+}
+
+/// How the response body is delimited, and whether the connection may be kept afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    pub kind: Kind,
+    pub keep_alive: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+fn framing(resp: &Response<()>, head_req: bool) -> io::Result<Framing> {
+    let h = resp.headers();
+    let close = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), b"close"));
+    let keep_alive = if resp.version() == http::Version::HTTP_10 {
+        h.get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v.as_bytes(), b"keep-alive"))
+    } else {
+        !close
+    };
+    let status = resp.status();
+    if head_req || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing {
+            kind: Kind::Empty,
+            keep_alive,
+        });
+    }
+    if let Some(te) = h.get(http::header::TRANSFER_ENCODING) {
+        return if has_token(te.as_bytes(), b"chunked") {
+            Ok(Framing {
+                kind: Kind::Chunked,
+                keep_alive,
+            })
+        } else {
+            Ok(Framing {
+                kind: Kind::UntilClose,
+                keep_alive: false,
+            })
+        };
+    }
+    let mut length = None;
+    for v in h.get_all(http::header::CONTENT_LENGTH) {
+        let n: u64 = std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| bad("bad content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(bad("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    Ok(match length {
+        Some(0) => Framing {
+            kind: Kind::Empty,
+            keep_alive,
+        },
+        Some(n) => Framing {
+            kind: Kind::Length(n),
+            keep_alive,
+        },
+        None => Framing {
+            kind: Kind::UntilClose,
+            keep_alive: false,
+        },
+    })
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Reads a response body off its connection. `on_done` gets the connection back when the body was
+/// read to its end and the connection may be reused.
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    state: State,
+    keep_alive: bool,
+    on_done: Option<Checkin>,
+}
+
+/// Where a connection goes when its response is done: `give(origin, max_idle, conn)`.
+pub struct Checkin {
+    pub give: fn(usize, usize, Conn),
+    pub origin: usize,
+    pub max_idle: usize,
+}
+
+enum State {
+    Length(u64),
+    /// In a chunked body: bytes left in the current chunk (`None`: at a size line).
+    Chunk(Option<u64>),
+    Trailers,
+    UntilClose,
+    Done,
+}
+
+impl ResponseBody {
+    pub fn new(conn: Conn, framing: Framing, on_done: Option<Checkin>) -> Self {
+        let state = match framing.kind {
+            Kind::Empty => State::Done,
+            Kind::Length(n) => State::Length(n),
+            Kind::Chunked => State::Chunk(None),
+            Kind::UntilClose => State::UntilClose,
+        };
+        let mut body = ResponseBody {
+            conn: Some(conn),
+            state,
+            keep_alive: framing.keep_alive,
+            on_done,
+        };
+        if matches!(body.state, State::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The whole body if it is already in the buffer (a small response usually is): then the
+    /// connection goes back at once and the body needs no further polling.
+    pub fn try_complete(&mut self) -> Option<Bytes> {
+        match (&self.state, &mut self.conn) {
+            (State::Done, _) => Some(Bytes::new()),
+            (State::Length(n), Some(conn)) if (conn.buf.len() as u64) >= *n => {
+                let data = conn.buf.split_to(*n as usize).freeze();
+                self.state = State::Done;
+                self.finish();
+                Some(data)
+            }
+            _ => None,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let (Some(conn), Some(c)) = (self.conn.take(), self.on_done.take()) {
+            if self.keep_alive && conn.buf.is_empty() {
+                (c.give)(c.origin, c.max_idle, conn);
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: &str) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.state = State::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(bad(msg))))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.state {
+                State::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(n) => {
+                    if !conn.buf.is_empty() {
+                        let take = (conn.buf.len() as u64).min(n) as usize;
+                        let data = conn.buf.split_to(take).freeze();
+                        this.state = State::Length(n - take as u64);
+                        if n == take as u64 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(conn.poll_read_more(cx)) {
+                        Ok(0) => return this.fail("upstream closed in the middle of a body"),
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.conn = None;
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                State::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(conn.poll_read_more(cx)) {
+                        Ok(0) => {
+                            this.conn = None;
+                            this.state = State::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.conn = None;
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                State::Chunk(Some(0)) => {
+                    // The CRLF after a chunk's data.
+                    if conn.buf.len() >= 2 {
+                        if &conn.buf[..2] != b"\r\n" {
+                            return this.fail("bad chunk end");
+                        }
+                        conn.buf.advance(2);
+                        this.state = State::Chunk(None);
+                        continue;
+                    }
+                    if ready!(read_or_eof(conn, cx)).is_err() {
+                        return this.fail("upstream closed in the middle of a chunked body");
+                    }
+                }
+                State::Chunk(Some(left)) => {
+                    if !conn.buf.is_empty() {
+                        let take = (conn.buf.len() as u64).min(left) as usize;
+                        let data = conn.buf.split_to(take).freeze();
+                        this.state = State::Chunk(Some(left - take as u64));
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if ready!(read_or_eof(conn, cx)).is_err() {
+                        return this.fail("upstream closed in the middle of a chunked body");
+                    }
+                }
+                State::Chunk(None) => match find_crlf(&conn.buf) {
+                    Some(end) => {
+                        let line = &conn.buf[..end];
+                        let hex = line
+                            .split(|b| *b == b';')
+                            .next()
+                            .unwrap_or(b"")
+                            .trim_ascii();
+                        let size = std::str::from_utf8(hex)
+                            .ok()
+                            .and_then(|s| u64::from_str_radix(s, 16).ok());
+                        let Some(size) = size else {
+                            return this.fail("bad chunk size");
+                        };
+                        conn.buf.advance(end + 2);
+                        this.state = if size == 0 {
+                            State::Trailers
+                        } else {
+                            State::Chunk(Some(size))
+                        };
+                    }
+                    None if conn.buf.len() > 4096 => return this.fail("chunk size line too long"),
+                    None => {
+                        if ready!(read_or_eof(conn, cx)).is_err() {
+                            return this.fail("upstream closed in the middle of a chunked body");
+                        }
+                    }
+                },
+                State::Trailers => match find_crlf(&conn.buf) {
+                    // Trailer fields are dropped; an empty line ends the body.
+                    Some(0) => {
+                        conn.buf.advance(2);
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Some(end) => conn.buf.advance(end + 2),
+                    None if conn.buf.len() > MAX_HEAD => return this.fail("trailers too long"),
+                    None => {
+                        if ready!(read_or_eof(conn, cx)).is_err() {
+                            return this.fail("upstream closed in the trailers");
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+fn read_or_eof(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+    match ready!(conn.poll_read_more(cx)) {
+        Ok(0) | Err(_) => Poll::Ready(Err(())),
+        Ok(_) => Poll::Ready(Ok(())),
+    }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
