@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use foldhash::quality::RandomState;
 use tollgate_store::{Store, StoreError};
 
 /// A slice unused this long is returned to the store.
@@ -40,7 +41,7 @@ type PoolKey = (Arc<str>, Arc<str>);
 /// See the module docs.
 pub struct Credits {
     store: Arc<dyn Store>,
-    slices: DashMap<PoolKey, Arc<Slice>>,
+    slices: DashMap<PoolKey, Arc<Slice>, RandomState>,
     epoch: Instant,
     /// Upper bound of one lease (credits).
     max_slice: u64,
@@ -58,7 +59,7 @@ impl Credits {
     pub fn new(store: Arc<dyn Store>, max_slice: u64) -> Credits {
         Credits {
             store,
-            slices: DashMap::new(),
+            slices: DashMap::default(),
             epoch: Instant::now(),
             max_slice: max_slice.max(1),
         }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use foldhash::quality::RandomState;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
@@ -35,7 +36,7 @@ pub struct RateLimits<C: Clock = DefaultClock> {
     parent: AtomicU64,
     child: AtomicU64,
     clock: C,
-    limiters: DashMap<Arc<str>, Arc<Entry<C>>>,
+    limiters: DashMap<Arc<str>, Arc<Entry<C>>, RandomState>,
 }
 
 impl<C: Clock> std::fmt::Debug for RateLimits<C> {
@@ -58,7 +59,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             parent: AtomicU64::new(pack(parent)),
             child: AtomicU64::new(pack(child)),
             clock,
-            limiters: DashMap::new(),
+            limiters: DashMap::default(),
         }
     }
 

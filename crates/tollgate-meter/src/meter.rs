@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use foldhash::quality::RandomState;
 use parking_lot::Mutex;
 use tollgate_core::Day;
 use tollgate_store::{Store, StoreError, UsageBatch, UsageDelta};
@@ -79,7 +80,7 @@ pub struct Meter {
     store: Arc<dyn Store>,
     node: String,
     seq: AtomicU64,
-    cells: DashMap<CellKey, Arc<Cell>>,
+    cells: DashMap<CellKey, Arc<Cell>, RandomState>,
     pending: Mutex<Option<Pending>>,
     /// One flush at a time (the periodic flusher and the shutdown flush may overlap).
     flushing: tokio::sync::Mutex<()>,
@@ -106,7 +107,7 @@ impl Meter {
             store,
             node,
             seq: AtomicU64::new(0),
-            cells: DashMap::new(),
+            cells: DashMap::default(),
             pending: Mutex::new(None),
             flushing: tokio::sync::Mutex::new(()),
             recorded_credits: AtomicU64::new(0),

@@ -95,12 +95,11 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
 pub fn has_param(query: &str, names: &[String]) -> bool {
     let q = query.as_bytes();
     names.iter().any(|name| {
-        let n = name.as_bytes();
         // Each place the name starts a parameter and is followed by `=`, `&` or the end.
         let mut from = 0;
-        while let Some(at) = find(&q[from..], n).map(|i| i + from) {
+        while let Some(at) = query[from..].find(name.as_str()).map(|i| i + from) {
             let starts = at == 0 || q[at - 1] == b'&';
-            let ends = matches!(q.get(at + n.len()), None | Some(b'=') | Some(b'&'));
+            let ends = matches!(q.get(at + name.len()), None | Some(b'=') | Some(b'&'));
             if starts && ends {
                 return true;
             }
@@ -108,13 +107,6 @@ pub fn has_param(query: &str, names: &[String]) -> bool {
         }
         false
     })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > haystack.len() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The query string less every parameter named in `names`; `None` if nothing is left.

@@ -478,6 +478,8 @@ impl Proxy {
         request_id: &HeaderValue,
     ) {
         forward::strip_hop_by_hop(h);
+        // Room for the fields added below, so they cost no rehash.
+        h.reserve(8);
         // One pass finds what there is to take out (usually just the key's own field), so a
         // field that is not there costs no hashed removal.
         let (mut keys, mut spoofed) = (false, false);
@@ -600,17 +602,28 @@ impl Buf {
         self.len = end;
     }
 
-    /// Appends `n` in decimal.
+    /// Appends `n` in decimal, two digits per step.
     fn num(&mut self, mut n: u64) {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
         let mut digits = [0u8; 20];
         let mut i = digits.len();
-        loop {
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if n >= 10 {
+            let pair = n as usize * 2;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
             i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+            digits[i] = b'0' + n as u8;
         }
         self.push(&digits[i..]);
     }
@@ -658,4 +671,18 @@ impl Client {
 fn finish(mut resp: Response<ResponseBody>, request_id: HeaderValue) -> Response<ResponseBody> {
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_in_decimal() {
+        for n in [0u64, 7, 10, 99, 100, 101, 1_000_000_000, 12_345, u64::MAX] {
+            let mut b = Buf::new();
+            b.num(n);
+            assert_eq!(b.bytes(), n.to_string().as_bytes());
+        }
+    }
 }

@@ -309,7 +309,8 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<()>, usize)>> {
     };
     let code = parsed.code.ok_or_else(|| bad("no status"))?;
     let status = StatusCode::from_u16(code).map_err(|_| bad("bad status code"))?;
-    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    // Room for the fields the proxy adds (RateLimit, x-request-id) without a rehash.
+    let mut map = HeaderMap::with_capacity(parsed.headers.len() + 8);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("bad field name"))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad field value"))?;
