@@ -13,6 +13,7 @@ use tollgate_core::{
     admit, generate_id, generate_key, generate_token, is_valid_email, is_well_formed_key, Access,
     Account, Decision, DenyReason, KeyHash, LimitOverrides, Permission, Role, Status, UsageScope,
 };
+use tollgate_store::cache::AccountState;
 use tollgate_store::{CacheLookup, Change, NewInvitation, Principal};
 
 use crate::respond::{
@@ -59,7 +60,14 @@ async fn dispatch(
     match m.handler {
         AccountHandler::Me => {
             caller.require(None)?;
-            Ok(json(StatusCode::OK, &member_json(caller.account())))
+            // The cache keeps what admission needs; the rest of the record is the store's.
+            let me = state
+                .store
+                .account(&caller.account().id)
+                .await
+                .map_err(store_err)?
+                .ok_or(ApiError::Deny(DenyReason::KeyUnknown))?;
+            Ok(json(StatusCode::OK, &member_json(&me)))
         }
         AccountHandler::Subscriptions => subscriptions(state, &caller).await,
         AccountHandler::Usage => usage(state, &caller, req.uri().query()).await,
@@ -88,7 +96,9 @@ struct Caller {
 }
 
 impl Caller {
-    fn account(&self) -> &Account {
+    /// What the cache holds of the caller's account (id, role, status, parent); handlers that
+    /// show more read the store.
+    fn account(&self) -> &AccountState {
         &self.principal.account.account
     }
 
@@ -218,7 +228,7 @@ async fn subscriptions(state: &ApiState, caller: &Caller) -> Result<Response<Byt
         .collect();
     Ok(json(
         StatusCode::OK,
-        &json!({"account_id": caller.account().id, "pools": pools}),
+        &json!({"account_id": &*caller.account().id, "pools": pools}),
     ))
 }
 
@@ -229,7 +239,7 @@ async fn usage(
 ) -> Result<Response<Bytes>, ApiError> {
     caller.require(Some(Permission::UsageView))?;
     let (from, to) = parse_range(query, state.now())?;
-    let id = caller.account().id.clone();
+    let id = caller.account().id.to_string();
     let rows = state
         .store
         .usage(std::slice::from_ref(&id), from, to)
@@ -248,7 +258,7 @@ async fn team_usage(
         return Err(ApiError::Deny(DenyReason::PermissionDenied));
     }
     let (from, to) = parse_range(query, state.now())?;
-    let parent_id = caller.account().id.clone();
+    let parent_id = caller.account().id.to_string();
     let parent = state
         .store
         .account(&parent_id)
@@ -292,7 +302,7 @@ async fn invite(
     body: &Bytes,
 ) -> Result<Response<Bytes>, ApiError> {
     caller.require_team_manager()?;
-    let parent_id = caller.account().id.clone();
+    let parent_id = caller.account().id.to_string();
     // The team flag from the store, not the cache: the operator may have just switched it.
     let parent = state
         .store
@@ -354,16 +364,14 @@ async fn invite(
 
 /// The caller's own child with this id, in any state. Anything else, whatever it is, is
 /// `member_not_found`.
-async fn own_child(state: &ApiState, parent: &Account, id: &str) -> Result<Account, ApiError> {
+async fn own_child(state: &ApiState, parent_id: &str, id: &str) -> Result<Account, ApiError> {
     let found = state
         .store
         .account(id)
         .await
         .map_err(|e| ApiError::from_store(e, ApiError::MemberNotFound))?;
     match found {
-        Some(a) if a.role == Role::Child && a.parent_id.as_deref() == Some(parent.id.as_str()) => {
-            Ok(a)
-        }
+        Some(a) if a.role == Role::Child && a.parent_id.as_deref() == Some(parent_id) => Ok(a),
         _ => Err(ApiError::MemberNotFound),
     }
 }
@@ -375,7 +383,7 @@ async fn set_member_status(
     status: Status,
 ) -> Result<Response<Bytes>, ApiError> {
     caller.require_team_manager()?;
-    let member = own_child(state, caller.account(), id).await?;
+    let member = own_child(state, &caller.account().id, id).await?;
     if member.status == Status::Deleted {
         // Deleted is final; to the team it is gone.
         return Err(ApiError::MemberNotFound);
@@ -432,7 +440,7 @@ async fn accept_invitation(state: &ApiState, token: &str) -> Result<Response<Byt
 
 async fn rotate(state: &ApiState, caller: &Caller) -> Result<Response<Bytes>, ApiError> {
     caller.require(None)?;
-    let id = caller.account().id.clone();
+    let id = caller.account().id.to_string();
     let key = generate_key(&mut rand::rng());
     let new_hash = key.hash();
     state

@@ -2,6 +2,23 @@
 
 use crate::{Account, Permission, Role, Status};
 
+/// What [`admit`] reads of an account: its role and its state. Implemented by [`Account`] and by
+/// the key cache's slim form of it, so the data plane admits straight from the cache.
+pub trait Admittable {
+    fn role(&self) -> Role;
+    fn status(&self) -> Status;
+}
+
+impl Admittable for Account {
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn status(&self) -> Status {
+        self.status
+    }
+}
+
 /// Every reason Tollgate refuses a request, one per row of SPEC.md's refusal table that is about the
 /// caller (upstream failures are the proxy's, not the domain's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,20 +103,21 @@ pub struct Access<'a> {
 /// `parent` is the caller's parent (ignored for a parent); `subscribed(pool)` answers for the
 /// tenant's subscriptions (the parent's, which its children share). Checks run in the order of
 /// SPEC.md's table: the key's own state, then its parent's, then what the route needs.
-pub fn admit(
-    account: &Account,
-    parent: Option<&Account>,
+pub fn admit<A: Admittable + ?Sized>(
+    account: &A,
+    parent: Option<&A>,
     subscribed: impl FnOnce(&str) -> bool,
     access: Access<'_>,
 ) -> Decision {
-    match account.status {
+    let role = account.role();
+    match account.status() {
         Status::Active => {}
         Status::Disabled => return Decision::Deny(DenyReason::KeyDisabled),
         // An invited child has no key and a deleted account's key is gone: either way, unknown.
         Status::Invited | Status::Deleted => return Decision::Deny(DenyReason::KeyUnknown),
     }
-    if account.role == Role::Child {
-        match parent.map(|p| p.status) {
+    if role == Role::Child {
+        match parent.map(|p| p.status()) {
             Some(Status::Active) => {}
             Some(Status::Disabled | Status::Deleted | Status::Invited) | None => {
                 return Decision::Deny(DenyReason::ParentDisabled)
@@ -107,12 +125,12 @@ pub fn admit(
         }
     }
     if let Some(permission) = access.permission {
-        if !permission.allowed_for(account.role) {
+        if !permission.allowed_for(role) {
             return Decision::Deny(DenyReason::PermissionDenied);
         }
     }
     if let Some(pool) = access.pool {
-        if !Permission::ProductUse.allowed_for(account.role) {
+        if !Permission::ProductUse.allowed_for(role) {
             return Decision::Deny(DenyReason::PermissionDenied);
         }
         if !subscribed(pool) {

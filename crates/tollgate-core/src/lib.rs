@@ -15,7 +15,7 @@ pub use account::{
     is_valid_email, normalize_email, Account, Limit, LimitOverrides, Overage, Role, Status,
     Subscription,
 };
-pub use admit::{admit, Access, Decision, DenyReason};
+pub use admit::{admit, Access, Admittable, Decision, DenyReason};
 pub use cost::{cost, CostAction, CostRule};
 pub use key::{generate_id, generate_key, generate_token, is_well_formed_key, ApiKey, KeyHash};
 pub use permission::{Permission, UsageScope};

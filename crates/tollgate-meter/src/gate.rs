@@ -79,7 +79,7 @@ impl Metering {
         }
         let sub = p
             .tenant
-            .subscriptions
+            .subscriptions()
             .iter()
             .find(|s| *s.pool == *charge.pool);
         let (included, overage) = match sub {

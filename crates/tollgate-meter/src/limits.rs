@@ -80,7 +80,7 @@ impl<C: Clock + Clone> RateLimits<C> {
 
     /// The limit in force for this caller: its tenant's override for its role, else the default.
     pub fn limit_for(&self, p: &Principal) -> Limit {
-        let overrides = &p.tenant.account.limits;
+        let overrides = p.tenant.limits();
         match p.account.account.role {
             Role::Parent => overrides
                 .parent

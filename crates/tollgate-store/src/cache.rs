@@ -1,22 +1,42 @@
 //! `KeyCache`: the in-process view of the key tree that every request is admitted from.
 //!
-//! Two maps: key hash -> account id (or a negative entry), and account id -> the account with, for
-//! a parent, its subscriptions. A child's parent is looked up at request time, so disabling a parent
-//! stops all its children with one entry's change. Entries are refreshed in place when the change
-//! feed names them (a request never waits on the store for a key this node has seen), misses are
-//! loaded once however many requests wait (single flight), and unknown keys are remembered for
-//! `negative_ttl`. If the feed goes quiet for longer than `max_staleness`, entries older than that
-//! are revalidated before use.
+//! Two indexes over one set of entries, key -> account entry and account id -> the account's
+//! current entry (with, for a parent, its subscriptions), and a map of keys known not to exist. A
+//! child's parent is looked up by id at request time, so disabling a parent stops all its children
+//! with one entry's change. Entries are refreshed in place when the change feed names them (a
+//! request never waits on the store for a key this node has seen), misses are loaded once however
+//! many requests wait (single flight), and unknown keys are remembered for `negative_ttl`. If the
+//! feed goes quiet for longer than `max_staleness`, entries older than that are revalidated before
+//! use.
+//!
+//! # Memory
+//!
+//! The cache holds every active key a node has seen, so its size per key is what a node's memory
+//! is. Per cached child key (the common case) it holds:
+//! - one [`CachedAccount`] allocation (72 bytes): the id, role, status, the load time, the key's
+//!   prefix and a pointer to the parent's shared `ParentLink`. Email, creation time and a
+//!   parent's own data (limits, team flag, subscriptions: `ParentData`) are not kept for children;
+//!   the account API reads the rest from the store;
+//! - the id's `Arc<str>`, shared by the entry, the id index and whoever attributes the request;
+//! - one pointer in each index: both are sets of `Arc<CachedAccount>` hashed by a field of the
+//!   entry (its key prefix, its id), not maps holding a copy of the key next to a value.
+//!
+//! That is about 170 bytes per key at a million keys (hash tables at their least full), against
+//! about 550 when entries held a whole `Account` and the maps fat keys and values.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
-use tollgate_core::{Account, KeyHash, Role, Subscription};
+use tollgate_core::{Account, Admittable, KeyHash, LimitOverrides, Role, Status, Subscription};
 
 use crate::{Change, Store, StoreError};
 
@@ -30,29 +50,189 @@ pub struct CacheConfig {
     pub serve_stale_when_down: bool,
 }
 
-/// An account as cached, with the subscriptions of a parent (empty for a child).
+/// What the cache indexes a key by: the first 128 bits of its SHA-256.
+///
+/// The store keeps the full hash, but a hit here does not go back to it, so a presented key whose
+/// hash shares these 16 bytes with a cached key's is admitted as that key. Finding one is a second
+/// preimage on SHA-256 truncated to 128 bits: about 2^128 / n evaluations offline against n cached
+/// keys (2^108 at a million). Truncating lowers the bar from guessing a key (29 random characters
+/// of 36, about 2^150 / n tries, each one a request) to that, which is still far out of reach. Two
+/// real keys sharing a prefix by chance: about n^2 / 2^129, nil. Unknown keys are remembered by
+/// prefix too (a collision there would only refuse a key for `negative_ttl`). Halving the hash
+/// saves 16 bytes in every entry.
+type KeyPrefix = [u8; 16];
+
+/// The prefix of an entry cached only as a tenant, under no key. (A real key has this prefix with
+/// probability 2^-128, and then it only misses the cache every time.)
+const NO_KEY: KeyPrefix = [0; 16];
+
+fn prefix(key: &KeyHash) -> KeyPrefix {
+    let mut p = NO_KEY;
+    p.copy_from_slice(&key.0[..16]);
+    p
+}
+
+/// Load times are millis since the cache's epoch in 48 bits (8,900 years), so that they fit in what
+/// would otherwise be padding of [`AccountState`].
+type Stamp = [u8; 6];
+
+fn stamp(ms: u64) -> Stamp {
+    let [a, b, c, d, e, f, _, _] = ms.min((1 << 48) - 1).to_le_bytes();
+    [a, b, c, d, e, f]
+}
+
+fn unstamp(s: Stamp) -> u64 {
+    let [a, b, c, d, e, f] = s;
+    u64::from_le_bytes([a, b, c, d, e, f, 0, 0])
+}
+
+/// A parent's id, one allocation per parent shared by its children's entries: a child points at
+/// its parent with one thin pointer and looks the parent's current entry up by this id.
 #[derive(Debug)]
-pub struct CachedAccount {
+struct ParentLink {
+    id: Arc<str>,
+}
+
+/// What a parent has and a child has not.
+#[derive(Debug, Clone)]
+struct ParentData {
+    /// The link its children's entries share.
+    link: Arc<ParentLink>,
+    limits: LimitOverrides,
+    team: bool,
+    subscriptions: Arc<[Subscription]>,
+}
+
+/// What admission and attribution read of an account: `admit()` takes it as it takes an `Account`.
+#[derive(Debug, Clone)]
+pub struct AccountState {
     /// The account id, shared so the meter can key on it without allocating.
     pub id: Arc<str>,
-    pub account: Account,
-    pub subscriptions: Arc<[Subscription]>,
-    loaded_at: Instant,
+    pub role: Role,
+    pub status: Status,
+    /// A child's parent.
+    parent: Option<Arc<ParentLink>>,
+    /// When the entry was loaded (see [`Stamp`]).
+    loaded: Stamp,
+}
+
+impl AccountState {
+    /// The id usage rolls up to: the parent's for a child, its own for a parent.
+    pub fn tenant_id(&self) -> &str {
+        self.parent_id().unwrap_or(&self.id)
+    }
+
+    /// The parent's id for a child; `None` for a parent.
+    pub fn parent_id(&self) -> Option<&str> {
+        self.parent.as_ref().map(|l| &*l.id)
+    }
+
+    pub fn is_parent(&self) -> bool {
+        self.role == Role::Parent
+    }
+}
+
+impl Admittable for AccountState {
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn status(&self) -> Status {
+        self.status
+    }
+}
+
+/// An account as cached: its [`AccountState`] (which it dereferences to, so `entry.id` is the id),
+/// the prefix of the key it was loaded by, and for a parent its `ParentData`.
+#[derive(Debug, Clone)]
+pub struct CachedAccount {
+    pub account: AccountState,
+    key: KeyPrefix,
+    parent_data: Option<Box<ParentData>>,
+}
+
+impl Deref for CachedAccount {
+    type Target = AccountState;
+
+    fn deref(&self) -> &AccountState {
+        &self.account
+    }
 }
 
 impl CachedAccount {
-    /// An entry loaded now.
+    /// An entry built outside a cache (tests, warm-up): a child gets a link of its own, a parent
+    /// these subscriptions (a child's are ignored: children use their parent's).
+    /// [`KeyCache::insert_loaded`] stamps it and points a child at its cached parent's link.
     pub fn new(account: Account, subscriptions: Vec<Subscription>) -> CachedAccount {
-        CachedAccount {
-            id: Arc::from(account.id.as_str()),
-            account,
-            subscriptions: subscriptions.into(),
-            loaded_at: Instant::now(),
-        }
+        let id: Arc<str> = Arc::from(account.id.as_str());
+        let parent = account
+            .parent_id
+            .as_deref()
+            .map(|pid| Arc::new(ParentLink { id: Arc::from(pid) }));
+        build(account, id, parent, None, subscriptions, NO_KEY, 0)
     }
 
     pub fn subscribed(&self, pool: &str) -> bool {
-        self.subscriptions.iter().any(|s| s.pool == pool)
+        self.subscriptions().iter().any(|s| s.pool == pool)
+    }
+
+    /// A parent's subscriptions (which its children share); none for a child.
+    pub fn subscriptions(&self) -> &[Subscription] {
+        self.parent_data.as_ref().map_or(&[], |d| &d.subscriptions)
+    }
+
+    /// A parent's rate-limit overrides; none for a child (its parent's apply).
+    pub fn limits(&self) -> LimitOverrides {
+        self.parent_data
+            .as_ref()
+            .map(|d| d.limits)
+            .unwrap_or_default()
+    }
+
+    /// A parent's team flag; `false` for a child.
+    pub fn team(&self) -> bool {
+        self.parent_data.as_ref().is_some_and(|d| d.team)
+    }
+
+    /// The link a parent's children point at.
+    fn own_link(&self) -> Option<&Arc<ParentLink>> {
+        self.parent_data.as_ref().map(|d| &d.link)
+    }
+
+    fn loaded_ms(&self) -> u64 {
+        unstamp(self.account.loaded)
+    }
+}
+
+/// An entry from the store's account. `id` and the links are passed in so they can be shared;
+/// `own_link` is a parent's existing link (a new one is made if `None`).
+fn build(
+    account: Account,
+    id: Arc<str>,
+    parent: Option<Arc<ParentLink>>,
+    own_link: Option<Arc<ParentLink>>,
+    subscriptions: Vec<Subscription>,
+    key: KeyPrefix,
+    loaded_ms: u64,
+) -> CachedAccount {
+    let parent_data = (account.role == Role::Parent).then(|| {
+        Box::new(ParentData {
+            link: own_link.unwrap_or_else(|| Arc::new(ParentLink { id: id.clone() })),
+            limits: account.limits,
+            team: account.team,
+            subscriptions: subscriptions.into(),
+        })
+    });
+    CachedAccount {
+        account: AccountState {
+            id,
+            role: account.role,
+            status: account.status,
+            parent,
+            loaded: stamp(loaded_ms),
+        },
+        key,
+        parent_data,
     }
 }
 
@@ -65,8 +245,8 @@ pub struct Principal {
 
 impl Principal {
     /// The parent to hand to `admit()`: `None` for a parent.
-    pub fn parent(&self) -> Option<&Account> {
-        (self.account.account.role == Role::Child).then_some(&self.tenant.account)
+    pub fn parent(&self) -> Option<&AccountState> {
+        (self.account.role == Role::Child).then_some(&self.tenant.account)
     }
 }
 
@@ -80,10 +260,65 @@ pub enum CacheLookup {
     Miss,
 }
 
+/// An entry in the key index: hashed and compared by its key prefix, so the index is a set of
+/// pointers rather than a map from a copy of the key.
 #[derive(Debug, Clone)]
-enum KeySlot {
-    Known(Arc<str>),
-    Negative { until: Instant },
+struct ByKey(Arc<CachedAccount>);
+
+impl Hash for ByKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &ByKey) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+impl Borrow<KeyPrefix> for ByKey {
+    fn borrow(&self) -> &KeyPrefix {
+        &self.0.key
+    }
+}
+
+/// An entry in the id index, hashed and compared by its id.
+#[derive(Debug, Clone)]
+struct ById(Arc<CachedAccount>);
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (*self.0.account.id).hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &ById) -> bool {
+        self.0.account.id == other.0.account.id
+    }
+}
+
+impl Eq for ById {}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.account.id
+    }
+}
+
+/// Puts `k` in the set, replacing an equal element (a plain insert would keep the old one), and
+/// returns the one it replaced. One shard lock: readers see the old entry or the new one.
+fn replace<K: Hash + Eq>(set: &DashMap<K, ()>, k: K) -> Option<K> {
+    match set.entry(k) {
+        Entry::Occupied(o) => Some(o.replace_entry(()).0),
+        Entry::Vacant(v) => {
+            v.insert(());
+            None
+        }
+    }
 }
 
 type Flight = Arc<OnceCell<Result<Option<Principal>, StoreError>>>;
@@ -92,8 +327,14 @@ type Flight = Arc<OnceCell<Result<Option<Principal>, StoreError>>>;
 pub struct KeyCache {
     store: Arc<dyn Store>,
     config: CacheConfig,
-    keys: DashMap<KeyHash, KeySlot>,
-    accounts: DashMap<Arc<str>, Arc<CachedAccount>>,
+    /// Known keys, by prefix. An element can trail a replacement of its account's entry for a
+    /// moment: `accounts` says which entry is current, and a key counts only if that entry is
+    /// keyed by it.
+    keys: DashMap<ByKey, ()>,
+    /// Unknown keys: until when (millis since `epoch`) they are known not to exist.
+    negative: DashMap<KeyPrefix, u64>,
+    /// The current entry of every cached account, by id.
+    accounts: DashMap<ById, ()>,
     inflight: Mutex<HashMap<KeyHash, Flight>>,
     epoch: Instant,
     /// Millis since `epoch` when the feed follower last confirmed it had applied every change.
@@ -110,9 +351,14 @@ impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyCache")
             .field("keys", &self.keys.len())
+            .field("negative", &self.negative.len())
             .field("accounts", &self.accounts.len())
             .finish()
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl KeyCache {
@@ -121,6 +367,7 @@ impl KeyCache {
             store,
             config,
             keys: DashMap::new(),
+            negative: DashMap::new(),
             accounts: DashMap::new(),
             inflight: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
@@ -144,11 +391,11 @@ impl KeyCache {
 
     /// Number of cached keys (positive and negative).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.len() + self.negative.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.negative.is_empty()
     }
 
     pub fn store_up(&self) -> bool {
@@ -159,40 +406,56 @@ impl KeyCache {
         self.store_up.store(up, Ordering::Relaxed);
     }
 
-    /// Called by the feed follower after each successful read: every change up to now is applied.
-    pub fn mark_feed_synced(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.feed_synced_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        millis(self.epoch.elapsed())
     }
 
-    fn is_fresh(&self, entry: &CachedAccount, now: Instant) -> bool {
-        let synced =
-            self.epoch + Duration::from_millis(self.feed_synced_ms.load(Ordering::Relaxed));
-        let confirmed = entry.loaded_at.max(synced);
-        now.saturating_duration_since(confirmed) <= self.config.max_staleness
+    /// Called by the feed follower after each successful read: every change up to now is applied.
+    pub fn mark_feed_synced(&self) {
+        self.feed_synced_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn is_fresh(&self, entry: &CachedAccount, now_ms: u64) -> bool {
+        let confirmed = entry
+            .loaded_ms()
+            .max(self.feed_synced_ms.load(Ordering::Relaxed));
+        now_ms.saturating_sub(confirmed) <= millis(self.config.max_staleness)
+    }
+
+    /// The current entry of an account.
+    fn current(&self, id: &str) -> Option<Arc<CachedAccount>> {
+        self.accounts.get(id).map(|e| e.key().0.clone())
+    }
+
+    /// The current entry of the account the key index holds `key` for: `None` if it holds none,
+    /// `Some(None)` if that account's current entry is not keyed by `key`.
+    fn current_under(&self, key: &KeyPrefix) -> Option<Option<Arc<CachedAccount>>> {
+        // The id index is read with the key index's shard read-locked; nothing locks them the
+        // other way round (writers take one, release it, then take the other).
+        let account = {
+            let indexed = self.keys.get(key)?;
+            self.current(&indexed.key().0.id)
+        };
+        // Usually the entry the index holds. If the index trails a refresh, the current entry
+        // (same key) is the one to judge by; if the account was since loaded by another key
+        // (rotated), this key no longer names it: a miss, and the store says what it is now.
+        Some(account.filter(|a| a.key == *key))
     }
 
     /// The hot path: no await, no store access.
     pub fn lookup(&self, key: &KeyHash) -> CacheLookup {
-        let now = Instant::now();
-        let account_id = match self.keys.get(key) {
-            Some(slot) => match &*slot {
-                KeySlot::Known(id) => id.clone(),
-                KeySlot::Negative { until } if *until > now => {
-                    self.negative_hits.fetch_add(1, Ordering::Relaxed);
-                    return CacheLookup::Unknown;
-                }
-                KeySlot::Negative { .. } => {
-                    self.misses.fetch_add(1, Ordering::Relaxed);
-                    return CacheLookup::Miss;
-                }
-            },
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                return CacheLookup::Miss;
+        let now = self.now_ms();
+        let key = prefix(key);
+        let Some(account) = self.current_under(&key) else {
+            let until = self.negative.get(&key).map(|u| *u);
+            if until.is_some_and(|until| until > now) {
+                self.negative_hits.fetch_add(1, Ordering::Relaxed);
+                return CacheLookup::Unknown;
             }
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return CacheLookup::Miss;
         };
-        match self.principal_of(&account_id, now) {
+        match account.and_then(|a| self.principal_of(a, now)) {
             Some(p) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 CacheLookup::Hit(p)
@@ -204,17 +467,16 @@ impl KeyCache {
         }
     }
 
-    /// Both entries present and fresh, or `None`.
-    fn principal_of(&self, account_id: &str, now: Instant) -> Option<Principal> {
-        let account = self.accounts.get(account_id)?.clone();
-        if !self.is_fresh(&account, now) {
+    /// The account's entry and its tenant's, both fresh, or `None`.
+    fn principal_of(&self, account: Arc<CachedAccount>, now_ms: u64) -> Option<Principal> {
+        if !self.is_fresh(&account, now_ms) {
             return None;
         }
-        let tenant = match &account.account.parent_id {
+        let tenant = match &account.parent {
             None => account.clone(),
-            Some(pid) => {
-                let t = self.accounts.get(pid.as_str())?.clone();
-                if !self.is_fresh(&t, now) {
+            Some(link) => {
+                let t = self.current(&link.id)?;
+                if !self.is_fresh(&t, now_ms) {
                     return None;
                 }
                 t
@@ -225,16 +487,59 @@ impl KeyCache {
 
     /// Whatever is cached for the key, fresh or not (the store-down fallback).
     fn stale_principal(&self, key: &KeyHash) -> Option<Principal> {
-        let id = match self.keys.get(key).map(|s| s.clone())? {
-            KeySlot::Known(id) => id,
-            KeySlot::Negative { .. } => return None,
-        };
-        let account = self.accounts.get(&*id)?.clone();
-        let tenant = match &account.account.parent_id {
+        let account = self.current_under(&prefix(key))??;
+        let tenant = match &account.parent {
             None => account.clone(),
-            Some(pid) => self.accounts.get(pid.as_str())?.clone(),
+            Some(link) => self.current(&link.id)?,
         };
         Some(Principal { account, tenant })
+    }
+
+    /// Makes `entry` its account's current one. `by_key`: it was just loaded by its key, which is
+    /// indexed; otherwise (a refresh) its key is the one of the entry it replaces, and stays indexed
+    /// only if it still is: a key removed meanwhile must not come back with a refresh.
+    fn install(&self, entry: &Arc<CachedAccount>, by_key: bool) {
+        // The id index first: while the key index still holds the entry this one replaces,
+        // look-ups by its key find this one current, under the same key.
+        let old = replace(&self.accounts, ById(entry.clone()));
+        if entry.key != NO_KEY {
+            if by_key {
+                replace(&self.keys, ByKey(entry.clone()));
+                self.negative.remove(&entry.key);
+            } else if let Entry::Occupied(o) = self.keys.entry(ByKey(entry.clone())) {
+                if o.key().0.id == entry.id {
+                    o.replace_entry(());
+                }
+            }
+        }
+        if let Some(ById(old)) = old {
+            // Loaded by another key: the old one no longer names the account.
+            if old.key != NO_KEY && old.key != entry.key {
+                self.keys.remove_if(&old.key, |k, _| k.0.id == old.id);
+            }
+        }
+    }
+
+    /// Drops an account's entry (and its key's index element).
+    fn forget(&self, id: &str) {
+        if let Some((ById(old), ())) = self.accounts.remove(id) {
+            if old.key != NO_KEY {
+                self.keys.remove_if(&old.key, |k, _| k.0.id == old.id);
+            }
+        }
+    }
+
+    /// The link to point a child of `parent_id` at: its cached parent's, else a new one.
+    fn link_to(&self, parent_id: &str, tenant: Option<&CachedAccount>) -> Arc<ParentLink> {
+        let shared = match tenant {
+            Some(t) if *t.id == *parent_id => t.own_link().cloned(),
+            _ => self.current(parent_id).and_then(|t| t.own_link().cloned()),
+        };
+        shared.unwrap_or_else(|| {
+            Arc::new(ParentLink {
+                id: Arc::from(parent_id),
+            })
+        })
     }
 
     /// The slow path after a [`CacheLookup::Miss`]: loads the key from the store once, however many
@@ -266,60 +571,83 @@ impl KeyCache {
     }
 
     async fn load(&self, key: &KeyHash) -> Result<Option<Principal>, StoreError> {
+        let k = prefix(key);
         let Some(account) = self.store.account_by_key(key).await? else {
             self.set_store_up(true);
-            self.keys.insert(
-                *key,
-                KeySlot::Negative {
-                    until: Instant::now() + self.config.negative_ttl,
-                },
-            );
+            self.keys.remove(&k);
+            let until = self
+                .now_ms()
+                .saturating_add(millis(self.config.negative_ttl));
+            self.negative.insert(k, until);
             return Ok(None);
         };
         self.set_store_up(true);
-        let id: Arc<str> = Arc::from(account.id.as_str());
-        let parent_id = account.parent_id.clone();
-        let entry = self.fetch_entry_from(account).await?;
-        let tenant = match parent_id {
-            None => entry.clone(),
-            Some(pid) => match self.refresh_account(&pid).await? {
-                Some(t) => t,
+        // The parent first: the child's entry points at the link in the parent's.
+        let tenant = match account.parent_id.as_deref() {
+            None => None,
+            Some(pid) => match self.refresh_account(pid).await? {
+                Some(t) => Some(t),
                 // A child whose parent record is gone is judged as under a deleted parent.
                 None => return Ok(None),
             },
         };
-        self.accounts.insert(id.clone(), entry.clone());
-        self.keys.insert(*key, KeySlot::Known(id));
+        let entry = self
+            .fetch_entry_from(account, Some(k), tenant.as_deref())
+            .await?;
+        self.install(&entry, true);
+        let tenant = tenant.unwrap_or_else(|| entry.clone());
         Ok(Some(Principal {
             account: entry,
             tenant,
         }))
     }
 
-    async fn fetch_entry_from(&self, account: Account) -> Result<Arc<CachedAccount>, StoreError> {
-        let subscriptions: Arc<[Subscription]> = if account.role == Role::Parent {
-            self.store.subscriptions(&account.id).await?.into()
+    /// An entry for a store account (with a parent's subscriptions), under `key`, or under the key
+    /// of the entry it replaces if `None`.
+    async fn fetch_entry_from(
+        &self,
+        account: Account,
+        key: Option<KeyPrefix>,
+        tenant: Option<&CachedAccount>,
+    ) -> Result<Arc<CachedAccount>, StoreError> {
+        let subscriptions = if account.role == Role::Parent {
+            self.store.subscriptions(&account.id).await?
         } else {
-            Arc::from(Vec::new())
+            Vec::new()
         };
-        Ok(Arc::new(CachedAccount {
-            id: Arc::from(account.id.as_str()),
+        // Share what the entry it replaces already holds: the id and a parent's link.
+        let previous = self.current(&account.id);
+        let key = key.unwrap_or_else(|| previous.as_ref().map_or(NO_KEY, |p| p.key));
+        let id = match &previous {
+            Some(p) => p.id.clone(),
+            None => Arc::from(account.id.as_str()),
+        };
+        let parent = account
+            .parent_id
+            .as_deref()
+            .map(|pid| self.link_to(pid, tenant));
+        let own_link = previous.as_ref().and_then(|p| p.own_link().cloned());
+        Ok(Arc::new(build(
             account,
+            id,
+            parent,
+            own_link,
             subscriptions,
-            loaded_at: Instant::now(),
-        }))
+            key,
+            self.now_ms(),
+        )))
     }
 
     /// Reloads one account (and a parent's subscriptions) and replaces the cached entry.
     async fn refresh_account(&self, id: &str) -> Result<Option<Arc<CachedAccount>>, StoreError> {
         match self.store.account(id).await? {
             None => {
-                self.accounts.remove(id);
+                self.forget(id);
                 Ok(None)
             }
             Some(account) => {
-                let entry = self.fetch_entry_from(account).await?;
-                self.accounts.insert(Arc::from(id), entry.clone());
+                let entry = self.fetch_entry_from(account, None, None).await?;
+                self.install(&entry, false);
                 Ok(Some(entry))
             }
         }
@@ -334,24 +662,26 @@ impl KeyCache {
                     if let Err(e) = self.refresh_account(id).await {
                         // Better to refuse with `store_unavailable` than to admit on a state we
                         // know has changed.
-                        self.accounts.remove(id.as_str());
+                        self.forget(id);
                         return Err(e);
                     }
                 }
             }
             Change::KeyAdded(hash) => {
-                self.keys
-                    .remove_if(hash, |_, slot| matches!(slot, KeySlot::Negative { .. }));
+                self.negative.remove(&prefix(hash));
             }
             Change::KeyRemoved(hash) => {
-                self.keys.remove(hash);
+                let k = prefix(hash);
+                self.keys.remove(&k);
+                self.negative.remove(&k);
             }
         }
         Ok(())
     }
 
     /// Puts a loaded account under its key (and its tenant, for a child) without asking the store:
-    /// for bulk warm-up and benchmarks.
+    /// for bulk warm-up and benchmarks. The entries are stamped as loaded now, and a child's is
+    /// pointed at its cached parent's link.
     pub fn insert_loaded(
         &self,
         key: KeyHash,
@@ -359,23 +689,46 @@ impl KeyCache {
         tenant: Option<Arc<CachedAccount>>,
     ) {
         if let Some(t) = tenant {
-            self.accounts.insert(t.id.clone(), t);
+            let t = self.adopt(t, None);
+            self.install(&t, false);
         }
-        self.keys.insert(key, KeySlot::Known(account.id.clone()));
-        self.accounts.insert(account.id.clone(), account);
+        let a = self.adopt(account, Some(prefix(&key)));
+        self.install(&a, true);
+    }
+
+    /// An entry built by [`CachedAccount::new`], made ready for this cache (see `insert_loaded`).
+    fn adopt(&self, entry: Arc<CachedAccount>, key: Option<KeyPrefix>) -> Arc<CachedAccount> {
+        let mut e = Arc::unwrap_or_clone(entry);
+        let previous = self.current(&e.id);
+        e.key = key.unwrap_or_else(|| previous.as_ref().map_or(NO_KEY, |p| p.key));
+        e.account.loaded = stamp(self.now_ms());
+        let shared = e
+            .parent_id()
+            .and_then(|pid| self.current(pid))
+            .and_then(|t| t.own_link().cloned());
+        if shared.is_some() {
+            e.account.parent = shared;
+        }
+        if let (Some(d), Some(link)) = (
+            e.parent_data.as_mut(),
+            previous.as_ref().and_then(|p| p.own_link()),
+        ) {
+            d.link = link.clone();
+        }
+        Arc::new(e)
     }
 
     /// Forgets everything (after the feed was trimmed past this node's cursor).
     pub fn clear(&self) {
         self.keys.clear();
+        self.negative.clear();
         self.accounts.clear();
     }
 
     /// Drops expired negative entries; run now and then so random-key floods do not grow the map.
     pub fn sweep_negative(&self) {
-        let now = Instant::now();
-        self.keys
-            .retain(|_, slot| !matches!(slot, KeySlot::Negative { until } if *until <= now));
+        let now = self.now_ms();
+        self.negative.retain(|_, until| *until > now);
     }
 
     /// Follows the store's change feed until `shutdown` resolves: applies every change, resumes
@@ -446,5 +799,274 @@ impl KeyCache {
                 last_sweep = Instant::now();
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::contract::{fresh_email, fresh_key, make_child, make_parent, sub};
+    use crate::EmbeddedStore;
+    use tollgate_core::{admit, Access, Decision, DenyReason, Limit, Overage};
+
+    fn cache() -> (KeyCache, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("t.db")).unwrap();
+        let cache = KeyCache::new(
+            Arc::new(store),
+            CacheConfig {
+                max_staleness: Duration::from_secs(3600),
+                negative_ttl: Duration::from_secs(30),
+                serve_stale_when_down: false,
+            },
+        );
+        (cache, dir)
+    }
+
+    fn hit(cache: &KeyCache, key: &KeyHash) -> Principal {
+        match cache.lookup(key) {
+            CacheLookup::Hit(p) => p,
+            other => panic!("expected a hit, got {other:?}"),
+        }
+    }
+
+    async fn resolved(cache: &KeyCache, key: &KeyHash) -> Principal {
+        assert!(matches!(cache.lookup(key), CacheLookup::Miss));
+        cache.resolve(key).await.unwrap().unwrap()
+    }
+
+    const PRODUCT: Access<'static> = Access {
+        pool: Some("whois"),
+        permission: None,
+    };
+
+    fn decide(p: &Principal) -> Decision {
+        admit(
+            &p.account.account,
+            p.parent(),
+            |pool| p.tenant.subscribed(pool),
+            PRODUCT,
+        )
+    }
+
+    /// What keeps a million keys in memory: an entry must stay one 72-byte allocation.
+    #[test]
+    fn entries_stay_small() {
+        assert!(std::mem::size_of::<AccountState>() <= 32);
+        assert!(std::mem::size_of::<CachedAccount>() <= 56);
+        assert_eq!(std::mem::size_of::<ByKey>(), 8);
+        assert_eq!(std::mem::size_of::<ById>(), 8);
+    }
+
+    #[test]
+    fn stamps_round_trip_and_saturate() {
+        for ms in [0, 1, 1_234_567_890_123, (1 << 48) - 1] {
+            assert_eq!(unstamp(stamp(ms)), ms);
+        }
+        assert_eq!(unstamp(stamp(u64::MAX)), (1 << 48) - 1);
+    }
+
+    #[test]
+    fn keys_are_indexed_by_the_first_128_bits_of_their_hash() {
+        let k = KeyHash::of("at_abcdefghijklmnopqrstuvwxyz012");
+        assert_eq!(prefix(&k)[..], k.0[..16]);
+    }
+
+    #[tokio::test]
+    async fn children_share_their_parents_link_and_data() {
+        let (cache, _dir) = cache();
+        let store = cache.store().clone();
+        let (parent, pkey) = make_parent(&*store, &fresh_email()).await;
+        store
+            .put_subscription(&parent.id, sub("whois", 100, Overage::Deny))
+            .await
+            .unwrap();
+        let (c1, k1) = make_child(&*store, &parent.id).await;
+        let (_c2, k2) = make_child(&*store, &parent.id).await;
+
+        let p1 = resolved(&cache, &k1).await;
+        let p2 = resolved(&cache, &k2).await;
+        assert_eq!(&*p1.account.id, c1.id);
+        assert_eq!(p1.account.tenant_id(), parent.id);
+        assert_eq!(&*p1.tenant.id, parent.id);
+        let (l1, l2) = (p1.account.parent.clone(), p2.account.parent.clone());
+        assert!(Arc::ptr_eq(&l1.unwrap(), &l2.unwrap()));
+        // The link's id is the parent entry's own id: no copy per child.
+        let link = p1.account.parent.as_ref().unwrap();
+        assert!(Arc::ptr_eq(&link.id, &p1.tenant.id));
+        // Parent-only data lives on the parent.
+        assert!(p1.account.subscriptions().is_empty());
+        assert!(p1.tenant.subscribed("whois"));
+        assert!(p1.tenant.team());
+        assert_eq!(decide(&p1), Decision::Admit);
+
+        // The parent's own key finds the same tenant entry (now keyed), and the children keep
+        // sharing its link.
+        let pp = resolved(&cache, &pkey).await;
+        assert!(Arc::ptr_eq(&pp.account, &pp.tenant));
+        assert!(Arc::ptr_eq(pp.tenant.own_link().unwrap(), link));
+        let p1 = hit(&cache, &k1);
+        assert!(Arc::ptr_eq(&p1.tenant, &pp.tenant));
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn one_change_to_a_parent_stops_its_children_and_refreshes_in_place() {
+        let (cache, _dir) = cache();
+        let store = cache.store().clone();
+        let (parent, pkey) = make_parent(&*store, &fresh_email()).await;
+        store
+            .put_subscription(&parent.id, sub("whois", 100, Overage::Deny))
+            .await
+            .unwrap();
+        let (_c, k) = make_child(&*store, &parent.id).await;
+        resolved(&cache, &k).await;
+        resolved(&cache, &pkey).await;
+
+        store
+            .set_status(&parent.id, Status::Disabled)
+            .await
+            .unwrap();
+        let limits = LimitOverrides {
+            parent: None,
+            child: Some(Limit { rps: 7, burst: 9 }),
+        };
+        store
+            .update_parent(&parent.id, None, Some(limits))
+            .await
+            .unwrap();
+        cache
+            .apply(&Change::Account(parent.id.clone()))
+            .await
+            .unwrap();
+        // Still hits (no store round trip), on the new state.
+        let p = hit(&cache, &k);
+        assert_eq!(decide(&p), Decision::Deny(DenyReason::ParentDisabled));
+        assert_eq!(p.tenant.limits(), limits);
+        let pp = hit(&cache, &pkey);
+        assert_eq!(decide(&pp), Decision::Deny(DenyReason::KeyDisabled));
+        assert!(Arc::ptr_eq(&pp.account, &p.tenant));
+    }
+
+    #[tokio::test]
+    async fn a_refreshed_child_keeps_hitting_under_its_key() {
+        let (cache, _dir) = cache();
+        let store = cache.store().clone();
+        let (parent, _) = make_parent(&*store, &fresh_email()).await;
+        let (child, k) = make_child(&*store, &parent.id).await;
+        let before = resolved(&cache, &k).await;
+        store.set_status(&child.id, Status::Disabled).await.unwrap();
+        cache
+            .apply(&Change::Account(child.id.clone()))
+            .await
+            .unwrap();
+        let after = hit(&cache, &k);
+        assert!(!Arc::ptr_eq(&before.account, &after.account));
+        // The id allocation is carried over.
+        assert!(Arc::ptr_eq(&before.account.id, &after.account.id));
+        assert_eq!(decide(&after), Decision::Deny(DenyReason::KeyDisabled));
+        // The index holds the new entry: the old one is freed.
+        assert_eq!(Arc::strong_count(&before.account), 1);
+    }
+
+    #[tokio::test]
+    async fn a_key_the_account_was_since_loaded_under_another_no_longer_hits() {
+        let (cache, _dir) = cache();
+        let store = cache.store().clone();
+        let (parent, _) = make_parent(&*store, &fresh_email()).await;
+        let (child, old) = make_child(&*store, &parent.id).await;
+        resolved(&cache, &old).await;
+        // Rotated elsewhere; this node sees the new key before the feed's `KeyRemoved(old)`.
+        let new = fresh_key();
+        store.rotate_key(&child.id, new).await.unwrap();
+        resolved(&cache, &new).await;
+        assert!(matches!(cache.lookup(&old), CacheLookup::Miss));
+        assert!(cache.resolve(&old).await.unwrap().is_none());
+        assert!(matches!(cache.lookup(&old), CacheLookup::Unknown));
+        hit(&cache, &new);
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_cached_negatively_until_added() {
+        let (cache, _dir) = cache();
+        let k = fresh_key();
+        assert!(cache.resolve(&k).await.unwrap().is_none());
+        assert!(matches!(cache.lookup(&k), CacheLookup::Unknown));
+        assert_eq!(cache.len(), 1);
+        cache.apply(&Change::KeyAdded(k)).await.unwrap();
+        assert!(matches!(cache.lookup(&k), CacheLookup::Miss));
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_removed_key_misses_and_a_deleted_account_is_forgotten() {
+        let (cache, _dir) = cache();
+        let store = cache.store().clone();
+        let (parent, pkey) = make_parent(&*store, &fresh_email()).await;
+        let (child, k) = make_child(&*store, &parent.id).await;
+        resolved(&cache, &k).await;
+        resolved(&cache, &pkey).await;
+        cache.apply(&Change::KeyRemoved(pkey)).await.unwrap();
+        assert!(matches!(cache.lookup(&pkey), CacheLookup::Miss));
+        // A refresh of its account (as after a rotation) does not bring the removed key back.
+        cache
+            .apply(&Change::Account(parent.id.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(cache.lookup(&pkey), CacheLookup::Miss));
+        // The parent's entry stays: its children are judged against it.
+        hit(&cache, &k);
+        store.set_status(&child.id, Status::Deleted).await.unwrap();
+        cache
+            .apply(&Change::Account(child.id.clone()))
+            .await
+            .unwrap();
+        let p = hit(&cache, &k);
+        assert_eq!(decide(&p), Decision::Deny(DenyReason::KeyUnknown));
+    }
+
+    #[test]
+    fn insert_loaded_points_children_at_the_cached_parents_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = KeyCache::new(
+            Arc::new(EmbeddedStore::open(&dir.path().join("t.db")).unwrap()),
+            CacheConfig {
+                max_staleness: Duration::from_secs(3600),
+                negative_ttl: Duration::from_secs(30),
+                serve_stale_when_down: true,
+            },
+        );
+        let account = |id: &str, parent: Option<&str>| Account {
+            id: id.into(),
+            role: if parent.is_some() {
+                Role::Child
+            } else {
+                Role::Parent
+            },
+            status: Status::Active,
+            email: format!("{id}@x.example"),
+            parent_id: parent.map(str::to_owned),
+            team: false,
+            limits: LimitOverrides::default(),
+            created_at: 0,
+        };
+        let (pk, k1, k2) = (fresh_key(), fresh_key(), fresh_key());
+        let parent = Arc::new(CachedAccount::new(
+            account("acc_p", None),
+            vec![sub("whois", 1, Overage::Allow)],
+        ));
+        cache.insert_loaded(pk, parent, None);
+        for (k, id) in [(k1, "acc_1"), (k2, "acc_2")] {
+            let child = CachedAccount::new(account(id, Some("acc_p")), vec![]);
+            cache.insert_loaded(k, Arc::new(child), None);
+        }
+        let (p1, p2, pp) = (hit(&cache, &k1), hit(&cache, &k2), hit(&cache, &pk));
+        let link = pp.account.own_link().unwrap();
+        assert!(Arc::ptr_eq(p1.account.parent.as_ref().unwrap(), link));
+        assert!(Arc::ptr_eq(p2.account.parent.as_ref().unwrap(), link));
+        assert!(Arc::ptr_eq(&p1.tenant, &pp.account));
+        assert!(p2.tenant.subscribed("whois"));
+        assert_eq!(decide(&p2), Decision::Admit);
     }
 }
