@@ -311,7 +311,7 @@ impl Borrow<str> for ById {
 
 /// Puts `k` in the set, replacing an equal element (a plain insert would keep the old one), and
 /// returns the one it replaced. One shard lock: readers see the old entry or the new one.
-fn replace<K: Hash + Eq>(set: &DashMap<K, ()>, k: K) -> Option<K> {
+fn replace<K: Hash + Eq>(set: &DashMap<K, (), Seeded>, k: K) -> Option<K> {
     match set.entry(k) {
         Entry::Occupied(o) => Some(o.replace_entry(()).0),
         Entry::Vacant(v) => {
@@ -323,6 +323,11 @@ fn replace<K: Hash + Eq>(set: &DashMap<K, ()>, k: K) -> Option<K> {
 
 type Flight = Arc<OnceCell<Result<Option<Principal>, StoreError>>>;
 
+/// foldhash with a per-process random seed: several times cheaper than SipHash for these short
+/// keys, and bucket placement stays unpredictable to a client choosing keys (a key's prefix is a
+/// SHA-256 output it can grind, but not aim without the seed).
+type Seeded = foldhash::quality::RandomState;
+
 /// See the module docs.
 pub struct KeyCache {
     store: Arc<dyn Store>,
@@ -330,11 +335,11 @@ pub struct KeyCache {
     /// Known keys, by prefix. An element can trail a replacement of its account's entry for a
     /// moment: `accounts` says which entry is current, and a key counts only if that entry is
     /// keyed by it.
-    keys: DashMap<ByKey, ()>,
+    keys: DashMap<ByKey, (), Seeded>,
     /// Unknown keys: until when (millis since `epoch`) they are known not to exist.
-    negative: DashMap<KeyPrefix, u64>,
+    negative: DashMap<KeyPrefix, u64, Seeded>,
     /// The current entry of every cached account, by id.
-    accounts: DashMap<ById, ()>,
+    accounts: DashMap<ById, (), Seeded>,
     inflight: Mutex<HashMap<KeyHash, Flight>>,
     epoch: Instant,
     /// Millis since `epoch` when the feed follower last confirmed it had applied every change.
@@ -366,9 +371,9 @@ impl KeyCache {
         KeyCache {
             store,
             config,
-            keys: DashMap::new(),
-            negative: DashMap::new(),
-            accounts: DashMap::new(),
+            keys: DashMap::default(),
+            negative: DashMap::default(),
+            accounts: DashMap::default(),
             inflight: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             feed_synced_ms: AtomicU64::new(0),
