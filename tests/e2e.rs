@@ -525,3 +525,217 @@ async fn https_upstreams_work_over_pooled_connections() {
         (502, "upstream_unavailable".into())
     );
 }
+
+/// Reads one HTTP/1.1 response (content-length framed, as every response here is) off `s`.
+async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+            let status: u16 = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let head_req = head.contains("x-head-probe");
+            let total = end + 4 + if head_req { 0 } else { len };
+            if buf.len() >= total {
+                let body = buf[end + 4..total].to_vec();
+                buf.drain(..total);
+                return (status, head, body);
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert!(n > 0, "connection closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// One keep-alive connection: pipelined GETs (the fast path), then a POST with a body (hyper
+/// takes the connection over with the bytes already read), then a GET again (hyper's from then
+/// on). Every response is right and nothing of the key or spoofed attribution reaches upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_through_both_paths() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let (pid, key) = create_parent(&g, "owner@paths.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let get = |id: &str| {
+        format!(
+            "GET /whoisserver/WhoisService?domainName=a.example HTTP/1.1\r\nHost: {addr}\r\n\
+             X-Api-Key: {key}\r\nX-Tollgate-Account: forged\r\nX-Forwarded-For: 10.0.0.9\r\n\
+             X-Request-Id: {id}\r\n\r\n"
+        )
+    };
+    let mut buf = Vec::new();
+    // Two pipelined in one write.
+    s.write_all(format!("{}{}", get("r-1"), get("r-2")).as_bytes())
+        .await
+        .unwrap();
+    for id in ["r-1", "r-2"] {
+        let (status, head, _) = read_response(&mut s, &mut buf).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("x-request-id: {id}")),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("ratelimit-policy:"),
+            "{head}"
+        );
+    }
+    // A body: hyper's path, same connection.
+    let body = r#"{"q":"x"}"#;
+    s.write_all(
+        format!(
+            "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    s.write_all(get("r-3").as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: r-3"),
+        "{head}"
+    );
+
+    let seen = up.requests();
+    assert_eq!(seen.len(), 4);
+    for r in &seen {
+        assert_eq!(r.header("x-api-key"), None, "the key went upstream");
+        assert_eq!(r.header("x-tollgate-account"), Some(pid.as_str()));
+    }
+    for i in [0, 1, 3] {
+        assert_eq!(
+            seen[i].header("x-forwarded-for"),
+            Some("10.0.0.9, 127.0.0.1")
+        );
+    }
+    assert_eq!(seen[2].header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen[2].method, Method::POST);
+    assert_eq!(&seen[2].body[..], body.as_bytes());
+    assert_eq!(seen[0].header("x-request-id"), Some("r-1"));
+
+    // HEAD on the fast path: the length, no body, the connection still usable.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "HEAD /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             X-Request-Id: x-head-probe\r\n\r\n{}",
+            get("r-4")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((status, body.len()), (200, 0), "{head}");
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: r-4"),
+        "{head}"
+    );
+
+    // A refusal on the fast path, then Connection: close is honoured.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\n\
+             X-Api-Key: at_nonexistentnonexistentnonexi\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 401, "{head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "key_unknown");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "the connection closes after Connection: close");
+}
+
+/// The vendor's own credential goes upstream in place of the client's key, by query or header, on
+/// both paths (GET: fast path; POST with a body: hyper's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_credentials_replace_the_clients_key() {
+    let up = StubUpstream::start().await;
+    let cfg = format!(
+        r#"
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "{u}"
+product = "whois"
+upstream_auth = {{ query = "apiKey", env = "TG_TEST_VENDOR_Q" }}
+
+[[routes]]
+prefix = "/dns"
+upstream = "{u}"
+product = "whois"
+upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
+"#,
+        u = up.url()
+    );
+    let g = TestGateway::start_with_env(
+        BIN.as_ref(),
+        &cfg,
+        &[
+            ("TG_TEST_VENDOR_Q", "vendor q&1"),
+            ("TG_TEST_VENDOR_H", "vendor-h"),
+        ],
+    )
+    .await;
+    let (_, key) = create_parent(&g, "owner@vendor.example", &["whois"]).await;
+    let q = format!("{}/whoisserver/WhoisService?domainName=a.example", g.proxy);
+    let r = get(&format!("{q}&apiKey={key}"), &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = post_json(&q, &[("x-api-key", &key)], &json!({"x": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let h = format!("{}/dns/lookup?name=a.example", g.proxy);
+    let r = get(&h, &[("x-api-key", &key)]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 3);
+    for r in &seen[..2] {
+        assert_eq!(
+            r.uri, "/whoisserver/WhoisService?domainName=a.example&apiKey=vendor%20q%261",
+            "{:?}",
+            r.method
+        );
+        assert_eq!(r.header("x-api-key"), None);
+    }
+    assert_eq!(seen[2].uri, "/dns/lookup?name=a.example");
+    assert_eq!(seen[2].header("x-api-key"), Some("vendor-h"));
+}

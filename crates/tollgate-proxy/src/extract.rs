@@ -22,23 +22,44 @@ pub enum Found<'a> {
 
 /// The key (bytes as sent) and its source; `None` if no head source has one.
 pub fn from_head<'s>(parts: &Parts, sources: &'s [KeySource]) -> Option<(Vec<u8>, Found<'s>)> {
+    from_sources(
+        |name| parts.headers.get(name).map(HeaderValue::as_bytes),
+        parts.uri.query(),
+        sources,
+    )
+}
+
+/// [`from_head`] over any field lookup (by lower-case name; the first field of that name).
+pub fn from_fields<'f>(
+    field: impl Fn(&str) -> Option<&'f [u8]>,
+    query: Option<&str>,
+    sources: &[KeySource],
+) -> Option<Vec<u8>> {
+    from_sources(field, query, sources).map(|(k, _)| k)
+}
+
+fn from_sources<'f, 's>(
+    field: impl Fn(&str) -> Option<&'f [u8]>,
+    query: Option<&str>,
+    sources: &'s [KeySource],
+) -> Option<(Vec<u8>, Found<'s>)> {
     for source in sources {
         match source {
             KeySource::Header(name) => {
-                if let Some(v) = parts.headers.get(name.as_str()) {
-                    let v = v.as_bytes().trim_ascii();
+                if let Some(v) = field(name.as_str()) {
+                    let v = v.trim_ascii();
                     if !v.is_empty() {
                         return Some((v.to_vec(), Found::Header(name)));
                     }
                 }
             }
             KeySource::Bearer => {
-                if let Some(v) = bearer(parts.headers.get(header::AUTHORIZATION)) {
+                if let Some(v) = bearer_token(field("authorization")) {
                     return Some((v.to_vec(), Found::Bearer));
                 }
             }
             KeySource::Query(name) => {
-                if let Some(v) = query_param(parts.uri.query(), name) {
+                if let Some(v) = query_param(query, name) {
                     return Some((v, Found::Query(name)));
                 }
             }
@@ -71,7 +92,11 @@ pub fn is_json(parts: &Parts) -> bool {
 
 /// `Authorization: Bearer <token>` (scheme case-insensitive).
 pub fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
-    let v = value?.as_bytes();
+    bearer_token(value.map(HeaderValue::as_bytes))
+}
+
+fn bearer_token(value: Option<&[u8]>) -> Option<&[u8]> {
+    let v = value?;
     if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
         let t = v[7..].trim_ascii();
         (!t.is_empty()).then_some(t)

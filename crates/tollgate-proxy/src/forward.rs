@@ -71,7 +71,7 @@ pub enum ForwardError {
 #[derive(Debug)]
 pub struct Origin {
     id: usize,
-    https: bool,
+    pub(crate) https: bool,
     host: Arc<str>,
     port: u16,
     server_name: ServerName<'static>,
@@ -203,22 +203,47 @@ impl Upstreams {
             };
             match wire::exchange(&mut conn, &mut req).await {
                 Ok((head, framing)) => {
-                    let checkin = (self.inner.max_idle > 0).then_some(Checkin {
-                        give: checkin,
-                        origin: origin.id,
-                        max_idle: self.inner.max_idle,
-                    });
-                    let mut body = ResponseBody::new(conn, framing, checkin);
-                    let body = match body.try_complete() {
-                        Some(all) => UpstreamBody::Whole(Some(all)),
-                        None => UpstreamBody::Streaming(body),
-                    };
+                    let body = self.body(origin, conn, framing);
                     return Ok(head.map(|()| body));
                 }
                 // The upstream closed a kept-alive connection before answering: send again.
                 Err(e) if e.retryable && reused && idempotent => continue,
                 Err(e) => return Err(ForwardError::Io(e.error)),
             }
+        }
+    }
+
+    /// Sends a serialized request head without a body (an idempotent `GET` or `HEAD`) to `origin`
+    /// on a pooled connection, or a new one.
+    pub async fn send_raw(
+        &self,
+        origin: &Arc<Origin>,
+        head: &[u8],
+        head_req: bool,
+    ) -> Result<(Response<()>, UpstreamBody), ForwardError> {
+        loop {
+            let (mut conn, reused) = match checkout(origin.id, false) {
+                Some(c) => (c, true),
+                None => (self.connect(origin).await?, false),
+            };
+            match wire::exchange_raw(&mut conn, head, head_req).await {
+                Ok((resp, framing)) => return Ok((resp, self.body(origin, conn, framing))),
+                Err(e) if e.retryable && reused => continue,
+                Err(e) => return Err(ForwardError::Io(e.error)),
+            }
+        }
+    }
+
+    fn body(&self, origin: &Origin, conn: Conn, framing: wire::Framing) -> UpstreamBody {
+        let checkin = (self.inner.max_idle > 0).then_some(Checkin {
+            give: checkin,
+            origin: origin.id,
+            max_idle: self.inner.max_idle,
+        });
+        let mut body = ResponseBody::new(conn, framing, checkin);
+        match body.try_complete() {
+            Some(all) => UpstreamBody::Whole(Some(all)),
+            None => UpstreamBody::Streaming(body),
         }
     }
 

@@ -22,6 +22,9 @@ use crate::forward::{self, Origin, UpstreamBody, Upstreams};
 use crate::respond::{refusal, Refusal};
 use crate::router::{request_host, Router};
 
+mod fast;
+pub(crate) use fast::serve_conn;
+
 /// Request bodies to the upstream: the client's, passed through, or rebuilt here (a JSON body
 /// without its key field).
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
@@ -192,39 +195,22 @@ impl Proxy {
         let started = Instant::now();
         let request_id = request_id(req.headers());
         let host = request_host(req.uri(), req.headers());
+        let mut trace = Trace::default();
         let Some(idx) = self.router.find(host, req.uri().path()) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
-            self.unmatched.outcomes[r.index()].inc();
-            let elapsed = started.elapsed();
-            self.unmatched.duration.observe(elapsed.as_secs_f64());
-            let entry = Entry {
-                request_id: &request_id,
-                account: None,
-                parent: None,
-                route: "_unmatched",
-                status: r.status().as_u16(),
-                outcome: r.code(),
-                credits: 0,
-                duration: elapsed,
-                upstream: None,
-            };
-            self.access.refused(&entry, started + elapsed);
+            self.record(None, started, &request_id, &trace, Err(r));
             return finish(refusal(r).map(Either::Right), request_id);
         };
-        let rt = &self.runtime[idx];
-        let mut trace = Trace::default();
-        let (mut admitted, mut outcome) = (true, "admitted");
         let resp = match self
             .admit_and_forward(idx, req, client, &request_id, &mut trace)
             .await
         {
             Ok(resp) => {
-                rt.admitted.inc();
+                self.record(Some(idx), started, &request_id, &trace, Ok(resp.status()));
                 resp
             }
             Err((r, retry_after)) => {
-                (admitted, outcome) = (false, r.code());
-                rt.outcomes[r.index()].inc();
+                self.record(Some(idx), started, &request_id, &trace, Err(r));
                 let mut resp = refusal(r).map(Either::Right);
                 if let Some(secs) = retry_after {
                     resp.headers_mut()
@@ -233,27 +219,143 @@ impl Proxy {
                 resp
             }
         };
-        let elapsed = started.elapsed();
-        rt.duration.observe(elapsed.as_secs_f64());
-        if !admitted || self.access.sampled() {
-            let entry = Entry {
-                request_id: &request_id,
-                account: trace.principal.as_ref().map(|p| &*p.account.id),
-                parent: trace.principal.as_ref().map(|p| &*p.tenant.id),
-                route: &self.router.routes()[idx].name,
-                status: resp.status().as_u16(),
-                outcome,
-                credits: trace.credits,
-                duration: elapsed,
-                upstream: trace.upstream,
-            };
-            if admitted {
-                self.access.admitted(&entry);
-            } else {
-                self.access.refused(&entry, started + elapsed);
-            }
-        }
         finish(resp, request_id)
+    }
+
+    /// Counts, times and logs one finished request: `Ok(status)` forwarded, `Err` refused.
+    pub(crate) fn record(
+        &self,
+        idx: Option<usize>,
+        started: Instant,
+        request_id: &HeaderValue,
+        trace: &Trace,
+        outcome: Result<http::StatusCode, Refusal>,
+    ) {
+        let elapsed = started.elapsed();
+        let (route, duration, name) = match idx {
+            Some(i) => {
+                let rt = &self.runtime[i];
+                (
+                    Some(rt),
+                    &rt.duration,
+                    self.router.routes()[i].name.as_str(),
+                )
+            }
+            None => (None, &self.unmatched.duration, "_unmatched"),
+        };
+        match (&outcome, route) {
+            (Ok(_), Some(rt)) => rt.admitted.inc(),
+            (Err(r), Some(rt)) => rt.outcomes[r.index()].inc(),
+            (Err(r), None) => self.unmatched.outcomes[r.index()].inc(),
+            (Ok(_), None) => {}
+        }
+        duration.observe(elapsed.as_secs_f64());
+        let admitted = outcome.is_ok();
+        if admitted && !self.access.sampled() {
+            return;
+        }
+        let (status, code) = match outcome {
+            Ok(s) => (s.as_u16(), "admitted"),
+            Err(r) => (r.status().as_u16(), r.code()),
+        };
+        let entry = Entry {
+            request_id,
+            account: trace.principal.as_ref().map(|p| &*p.account.id),
+            parent: trace.principal.as_ref().map(|p| &*p.tenant.id),
+            route: name,
+            status,
+            outcome: code,
+            credits: trace.credits,
+            duration: elapsed,
+            upstream: trace.upstream,
+        };
+        if admitted {
+            self.access.admitted(&entry);
+        } else {
+            self.access.refused(&entry, started + elapsed);
+        }
+    }
+
+    /// Steps 2 to 4 for a key found in the request: who it is, whether it may call route `idx`,
+    /// its limits and credits. The caller lands in `trace.principal`.
+    pub(crate) async fn admit_key(
+        &self,
+        idx: usize,
+        key: &[u8],
+        query: Option<&str>,
+        trace: &mut Trace,
+    ) -> Result<(u64, Option<Standing>), (Refusal, Option<u64>)> {
+        let route = &self.router.routes()[idx];
+        let rt = &self.runtime[idx];
+        // A malformed key never reaches the hash or the store.
+        if !is_well_formed_key(key) {
+            return Err((Refusal::Deny(DenyReason::KeyUnknown), None));
+        }
+        let hash = KeyHash::of(key);
+        let principal = match self.cache.lookup(&hash) {
+            CacheLookup::Hit(p) => p,
+            CacheLookup::Unknown => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
+            CacheLookup::Miss => match self.cache.resolve(&hash).await {
+                Ok(Some(p)) => p,
+                Ok(None) => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
+                Err(StoreError::Unavailable(_)) | Err(_) => {
+                    return Err((Refusal::Deny(DenyReason::StoreUnavailable), None))
+                }
+            },
+        };
+        // Moved, not cloned: the access log reads it after the response is built.
+        let principal = &*trace.principal.insert(principal);
+
+        let access = Access {
+            pool: route.pool.as_deref(),
+            permission: route.permission,
+        };
+        if let Decision::Deny(r) = admit(
+            &principal.account.account,
+            principal.parent(),
+            |pool| principal.tenant.subscribed(pool),
+            access,
+        ) {
+            return Err((Refusal::Deny(r), None));
+        }
+
+        let credits = if route.product.is_some() {
+            cost(route.credits, &route.cost_rules, query)
+        } else {
+            0
+        };
+        let standing = match &self.metering {
+            Some(m) => Some(self.limits_and_credits(m, rt, principal, credits).await?),
+            None => None,
+        };
+        Ok((credits, standing))
+    }
+
+    /// Step 6: charge what the upstream answered (`Some(status)`), or give back credits taken for
+    /// nothing (`None`: no answer).
+    pub(crate) fn settle(
+        &self,
+        idx: usize,
+        trace: &mut Trace,
+        credits: u64,
+        standing: Option<&Standing>,
+        status: Option<http::StatusCode>,
+    ) {
+        let rt = &self.runtime[idx];
+        let (Some(m), Some(charge), Some(standing), Some(principal)) =
+            (&self.metering, &rt.charge, standing, &trace.principal)
+        else {
+            return;
+        };
+        let charged = match status {
+            None => false,
+            Some(s) => match self.charge_on {
+                ChargeOn::Always => true,
+                ChargeOn::Success => s.is_success(),
+            },
+        };
+        m.settle(principal, charge, credits, standing, charged);
+        trace.credits = if charged { credits } else { 0 };
     }
 
     async fn admit_and_forward(
@@ -293,49 +395,12 @@ impl Proxy {
             },
         };
 
-        // 2. Who is it? A malformed key never reaches the hash or the store.
-        if !is_well_formed_key(&key) {
-            return Err((Refusal::Deny(DenyReason::KeyUnknown), None));
-        }
-        let hash = KeyHash::of(&key);
-        let principal = match self.cache.lookup(&hash) {
-            CacheLookup::Hit(p) => p,
-            CacheLookup::Unknown => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
-            CacheLookup::Miss => match self.cache.resolve(&hash).await {
-                Ok(Some(p)) => p,
-                Ok(None) => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
-                Err(StoreError::Unavailable(_)) | Err(_) => {
-                    return Err((Refusal::Deny(DenyReason::StoreUnavailable), None))
-                }
-            },
-        };
-        // Moved, not cloned: the access log reads it after the response is built.
-        let principal = &*trace.principal.insert(principal);
-
-        // 3. May it call this route?
-        let access = Access {
-            pool: route.pool.as_deref(),
-            permission: route.permission,
-        };
-        if let Decision::Deny(r) = admit(
-            &principal.account.account,
-            principal.parent(),
-            |pool| principal.tenant.subscribed(pool),
-            access,
-        ) {
-            return Err((Refusal::Deny(r), None));
-        }
-
-        // 4. Limits and credits.
-        let credits = if route.product.is_some() {
-            cost(route.credits, &route.cost_rules, parts.uri.query())
-        } else {
-            0
-        };
-        let standing = match &self.metering {
-            Some(m) => Some(self.limits_and_credits(m, rt, principal, credits).await?),
-            None => None,
-        };
+        // 2-4. Who is it, may it call this route, its limits and credits.
+        let (credits, standing) = self.admit_key(idx, &key, parts.uri.query(), trace).await?;
+        let principal = trace
+            .principal
+            .as_ref()
+            .ok_or((Refusal::Deny(DenyReason::KeyUnknown), None))?;
 
         // 5. Forward, in origin form; the client's path and query as they came unless a key or
         // the upstream's credential is taken out or put in.
@@ -363,17 +428,8 @@ impl Proxy {
         };
 
         // 6. Charge what the upstream answered (or give back credits taken for nothing).
-        if let (Some(m), Some(charge), Some(standing)) = (&self.metering, &rt.charge, &standing) {
-            let charged = match &resp {
-                Err(_) => false,
-                Ok(r) => match self.charge_on {
-                    ChargeOn::Always => true,
-                    ChargeOn::Success => r.status().is_success(),
-                },
-            };
-            m.settle(principal, charge, credits, standing, charged);
-            trace.credits = if charged { credits } else { 0 };
-        }
+        let status = resp.as_ref().ok().map(Response::status);
+        self.settle(idx, trace, credits, standing.as_ref(), status);
         let resp = resp.map_err(|r| (r, None))?;
         let (mut rparts, rbody) = resp.into_parts();
         forward::strip_hop_by_hop(&mut rparts.headers);
@@ -545,7 +601,7 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 /// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
 /// the account's rate (quota per 1 s window, with its burst) and its pool's credits. Written on
 /// the stack, then copied once into each field's value.
-fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
+fn rate_limit_values(s: &Standing) -> (Buf, Buf) {
     let mut policy = Buf::new();
     let mut state = Buf::new();
     if let Some(r) = s.rate {
@@ -571,6 +627,11 @@ fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
             state.num(rem);
         }
     }
+    (policy, state)
+}
+
+fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
+    let (policy, state) = rate_limit_values(s);
     for (name, value) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, state)] {
         if value.is_empty() {
             continue;
@@ -578,6 +639,20 @@ fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
         if let Ok(v) = HeaderValue::from_bytes(value.bytes()) {
             h.insert(name.clone(), v);
         }
+    }
+}
+
+/// The same fields, appended to a raw response head.
+fn rate_limit_headers_into(out: &mut Vec<u8>, s: &Standing) {
+    let (policy, state) = rate_limit_values(s);
+    for (name, value) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, state)] {
+        if value.is_empty() {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -644,6 +719,22 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
+    new_request_id()
+}
+
+/// [`request_id`] from a raw field value.
+fn request_id_from(value: Option<&[u8]>) -> HeaderValue {
+    if let Some(v) = value {
+        if !v.is_empty() && v.len() <= 128 {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                return v;
+            }
+        }
+    }
+    new_request_id()
+}
+
+fn new_request_id() -> HeaderValue {
     let n: u128 = rand::random();
     let mut hex = [0u8; 32];
     for (i, d) in hex.iter_mut().enumerate() {

@@ -48,13 +48,16 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Opt
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.host())?;
-    // `[v6]:port`, `host:port`, `host`.
-    let host = if let Some(rest) = raw.strip_prefix('[') {
+    Some(host_of(raw))
+}
+
+/// The host of a `Host` field value: `[v6]:port`, `host:port`, `host`.
+pub fn host_of(raw: &str) -> &str {
+    if let Some(rest) = raw.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
-    };
-    Some(host)
+    }
 }
 
 #[cfg(test)]

@@ -154,6 +154,9 @@ pub struct ServeOptions {
 struct Shared {
     proxy: Arc<ProxySlot>,
     draining: AtomicBool,
+    /// Turns `true` when idle connections are to close (hyper's graceful shutdown starts).
+    closing: tokio::sync::watch::Sender<bool>,
+    max_head: usize,
 }
 
 static CLOSE: HeaderValue = HeaderValue::from_static("close");
@@ -170,6 +173,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         proxy,
         draining: AtomicBool::new(false),
+        closing: tokio::sync::watch::Sender::new(false),
+        max_head: options.max_header_bytes.max(8192),
     });
     let tls = options.tls.as_ref();
     tokio::pin!(shutdown);
@@ -217,6 +222,7 @@ pub async fn serve(
     while graceful.count() > 0 && Instant::now() < linger_end {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    shared.closing.send_replace(true);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep_until(deadline) => {
@@ -252,6 +258,7 @@ fn start(
     let _ = stream.set_nodelay(true);
     // One allocation per connection; each request clones one `Arc`.
     let conn = Arc::new((shared.clone(), Client::new(remote)));
+    let fast = conn.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let conn = conn.clone();
         async move {
@@ -269,12 +276,32 @@ fn start(
     });
     match tls {
         None => {
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            // The fast path first (plain HTTP/1.1 GET and HEAD); hyper takes over the connection,
+            // with the bytes already read, at the first request that is anything else.
+            let watcher = graceful.watcher();
+            let builder = builder.clone();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let (shared, client) = &*fast;
+                let mut closing = shared.closing.subscribe();
+                let handed = crate::proxy::serve_conn(
+                    stream,
+                    &shared.proxy,
+                    client,
+                    shared.max_head,
+                    &shared.draining,
+                    &mut closing,
+                )
+                .await;
+                let Some((stream, read)) = handed else {
+                    return;
+                };
+                let conn = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(Rewind::new(read, stream)),
+                        service,
+                    )
+                    .into_owned();
+                if let Err(e) = watcher.watch(conn).await {
                     tracing::trace!(error = %e, "client connection ended with an error");
                 }
             });
@@ -303,6 +330,70 @@ fn start(
                 }
             });
         }
+    }
+}
+
+/// A connection with bytes already read from it in front: what the fast path hands hyper.
+struct Rewind {
+    read: bytes::Bytes,
+    io: TcpStream,
+}
+
+impl Rewind {
+    fn new(read: bytes::Bytes, io: TcpStream) -> Rewind {
+        Rewind { read, io }
+    }
+}
+
+impl tokio::io::AsyncRead for Rewind {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            let head = self.read.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -164,7 +164,39 @@ pub async fn exchange(
             .await
             .map_err(no_retry)?;
     }
-    let head_req = *req.method() == Method::HEAD;
+    read_response(conn, *req.method() == Method::HEAD, replayable).await
+}
+
+/// Sends a request head already serialized (no body) and reads the response head: the data
+/// plane's fast path.
+pub async fn exchange_raw(
+    conn: &mut Conn,
+    head: &[u8],
+    head_req: bool,
+) -> Result<(Response<()>, Framing), WireError> {
+    let sent = async {
+        conn.write_all(head).await?;
+        conn.flush().await
+    }
+    .await;
+    if let Err(error) = sent {
+        return Err(WireError {
+            error,
+            retryable: true,
+        });
+    }
+    read_response(conn, head_req, true).await
+}
+
+async fn read_response(
+    conn: &mut Conn,
+    head_req: bool,
+    replayable: bool,
+) -> Result<(Response<()>, Framing), WireError> {
+    let no_retry = |error| WireError {
+        error,
+        retryable: false,
+    };
     let mut first = true;
     loop {
         match parse_head(&conn.buf) {

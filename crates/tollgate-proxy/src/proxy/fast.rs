@@ -1,0 +1,605 @@
+//! The fast path: what most API traffic is (HTTP/1.1 `GET` and `HEAD` without a body, on plain
+//! TCP, to a plain-HTTP upstream) is parsed with `httparse` and forwarded as bytes: the client's
+//! fields are copied into the upstream request as they came, less the ones Tollgate takes out, and
+//! the upstream's response head is re-written once for the client. No `http::Request`, no header
+//! map, no per-request task or channel.
+//!
+//! Anything else (HTTP/2, `h2c` upgrades, bodies, `Expect`, other methods, TLS, an HTTPS upstream,
+//! a head this code does not parse, a head larger than `max_header_bytes`) hands the connection, with
+//! the bytes already read, to hyper for the rest of its life: the first such request sees exactly
+//! what hyper would have done. Both paths share the admission, metering, limits, metrics and log
+//! code in `proxy.rs`; the tests drive both.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tollgate_config::UpstreamAuthTarget;
+use tollgate_core::DenyReason;
+
+use super::{
+    rate_limit_headers_into, request_id_from, Client, Proxy, X_FORWARDED_FOR, X_REQUEST_ID,
+    X_TOLLGATE_ACCOUNT, X_TOLLGATE_PARENT,
+};
+use crate::access_log::Trace;
+use crate::extract;
+use crate::forward::{ForwardError, UpstreamBody};
+use crate::respond::Refusal;
+use crate::router::Router;
+use crate::server::ProxySlot;
+
+/// How long a client may take to send a request head, idle keep-alive time included (as hyper's
+/// `header_read_timeout` on the other path). Re-armed at most every few seconds, not per request.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const REARM_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+const MAX_HEADERS: usize = 100;
+
+/// Serves `stream` on the fast path for as long as its requests qualify. `Some`: hand the
+/// connection and the bytes read so far to hyper.
+pub(crate) async fn serve_conn(
+    mut stream: TcpStream,
+    slot: &ProxySlot,
+    client: &Client,
+    max_head: usize,
+    draining: &AtomicBool,
+    closing: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, Bytes)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let sleep = tokio::time::sleep(HEADER_TIMEOUT);
+    tokio::pin!(sleep);
+    let mut armed_at = tokio::time::Instant::now();
+    loop {
+        // 1. A whole request head (pipelined ones may already be in the buffer).
+        let head_len = loop {
+            if !buf.is_empty() {
+                match head_length(&buf) {
+                    Some(Ok(n)) => break n,
+                    Some(Err(())) => return Some((stream, buf.freeze())),
+                    None if buf.len() >= max_head => return Some((stream, buf.freeze())),
+                    None => {}
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now.duration_since(armed_at) >= REARM_AFTER {
+                sleep.as_mut().reset(now + HEADER_TIMEOUT);
+                armed_at = now;
+            }
+            let idle = buf.is_empty();
+            let read = tokio::select! {
+                biased;
+                r = stream.read_buf(&mut buf) => r,
+                () = &mut sleep => return None,
+                _ = closing.wait_for(|c| *c), if idle => return None,
+            };
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        };
+
+        // 2. Does it qualify? Decided before anything happens, so hyper can take it as it is.
+        let proxy = slot.load_full();
+        let verdict = 'request: {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut fields);
+            if !matches!(
+                req.parse(&buf[..head_len]),
+                Ok(httparse::Status::Complete(_))
+            ) {
+                break 'request Verdict::Hyper;
+            }
+            let Some(head) = Head::qualify(&req, &proxy.router) else {
+                break 'request Verdict::Hyper;
+            };
+            if head
+                .route
+                .is_some_and(|idx| proxy.runtime[idx].origin.https)
+            {
+                break 'request Verdict::Hyper;
+            }
+            out.clear();
+            let close = head.close || draining.load(Ordering::Relaxed);
+            let body = proxy.serve_head(&head, client, close, &mut out).await;
+            let written = match body {
+                None => stream.write_all(&out).await,
+                Some(body) => write_streaming(&mut stream, &out, body).await,
+            };
+            match written {
+                Err(_) => Verdict::Gone,
+                Ok(()) if close => Verdict::Close,
+                Ok(()) => Verdict::Next,
+            }
+        };
+        match verdict {
+            Verdict::Hyper => return Some((stream, buf.freeze())),
+            Verdict::Gone => return None,
+            Verdict::Close => {
+                let _ = stream.shutdown().await;
+                return None;
+            }
+            Verdict::Next => {}
+        }
+        buf.advance(head_len);
+        if buf.capacity() > 64 * 1024 && buf.is_empty() {
+            buf = BytesMut::with_capacity(4096);
+        }
+    }
+}
+
+enum Verdict {
+    /// Not for this path: hyper takes the connection.
+    Hyper,
+    /// Answered; read the next request.
+    Next,
+    /// Answered with `Connection: close`.
+    Close,
+    /// The client went away.
+    Gone,
+}
+
+/// The length of the request head at the start of `buf`: `Some(Err)` for bytes that are not an
+/// HTTP/1 request head this path reads (an HTTP/2 preface, say); `None` for more to come.
+fn head_length(buf: &[u8]) -> Option<Result<usize, ()>> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Some(Ok(n)),
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Err(())),
+    }
+}
+
+/// A request head that qualifies for the fast path.
+struct Head<'h, 'b> {
+    head_req: bool,
+    method: &'b str,
+    target: &'b str,
+    query: Option<&'b str>,
+    fields: &'h [httparse::Header<'b>],
+    /// The route, found from the `Host` field and the path.
+    route: Option<usize>,
+    /// The client asked for `Connection: close`.
+    close: bool,
+}
+
+impl<'h, 'b> Head<'h, 'b> {
+    fn qualify(req: &'h httparse::Request<'_, 'b>, router: &Router) -> Option<Head<'h, 'b>> {
+        if req.version != Some(1) {
+            return None;
+        }
+        let method = req.method?;
+        let head_req = match method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => return None,
+        };
+        let target = req.path?;
+        if !target.starts_with('/') {
+            return None;
+        }
+        let (mut host, mut close) = (None, false);
+        for f in req.headers.iter() {
+            let name = f.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"host") {
+                if host.is_some() {
+                    return None;
+                }
+                host = Some(std::str::from_utf8(f.value).ok()?);
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                if f.value.trim_ascii() != b"0" {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"http2-settings")
+            {
+                return None;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in f.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+                        // It names fields to drop: hyper's path handles that.
+                        return None;
+                    }
+                }
+            }
+        }
+        let host = crate::router::host_of(host?);
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        Some(Head {
+            head_req,
+            method,
+            target,
+            query,
+            fields: &*req.headers,
+            route: router.find(Some(host), path),
+            close,
+        })
+    }
+
+    fn field(&self, name: &str) -> Option<&'b [u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    }
+}
+
+impl Proxy {
+    /// One fast-path request: the response head (and a body already in hand) go into `out`; a
+    /// body still to read off the upstream comes back.
+    async fn serve_head(
+        &self,
+        head: &Head<'_, '_>,
+        client: &Client,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> Option<UpstreamBody> {
+        let started = Instant::now();
+        let request_id = request_id_from(head.field("x-request-id"));
+        let mut trace = Trace::default();
+        let Some(idx) = head.route else {
+            let r = Refusal::Deny(DenyReason::RouteNotFound);
+            self.record(None, started, &request_id, &trace, Err(r));
+            write_refusal(out, r, None, &request_id, head.head_req, close);
+            return None;
+        };
+        match self
+            .forward_head(idx, head, client, &request_id, &mut trace, close, out)
+            .await
+        {
+            Ok((status, body)) => {
+                self.record(Some(idx), started, &request_id, &trace, Ok(status));
+                body
+            }
+            Err((r, retry_after)) => {
+                self.record(Some(idx), started, &request_id, &trace, Err(r));
+                out.clear();
+                write_refusal(out, r, retry_after, &request_id, head.head_req, close);
+                None
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_head(
+        &self,
+        idx: usize,
+        head: &Head<'_, '_>,
+        client: &Client,
+        request_id: &HeaderValue,
+        trace: &mut Trace,
+        close: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(StatusCode, Option<UpstreamBody>), (Refusal, Option<u64>)> {
+        let route = &self.router.routes()[idx];
+        let rt = &self.runtime[idx];
+
+        // 1. The key, from the head sources (a fast-path request has no body to look in).
+        let key = extract::from_fields(|name| head.field(name), head.query, &self.sources)
+            .ok_or((Refusal::Deny(DenyReason::KeyMissing), None))?;
+
+        // 2-4. Who, may it, limits and credits: the same code as hyper's path.
+        let (credits, standing) = self.admit_key(idx, &key, head.query, trace).await?;
+        let principal = trace
+            .principal
+            .as_ref()
+            .ok_or((Refusal::Deny(DenyReason::KeyUnknown), None))?;
+
+        // 5. The upstream request, its fields copied as they came but for Tollgate's own.
+        out.clear();
+        out.extend_from_slice(head.method.as_bytes());
+        out.push(b' ');
+        self.write_target(head, rt, out)?;
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(rt.host_header.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let auth_header = match &rt.auth {
+            Some((UpstreamAuthTarget::Header(name), value)) => Some((name.as_str(), value)),
+            _ => None,
+        };
+        let mut xff: Option<&[u8]> = None;
+        for f in head.fields {
+            let name = f.name;
+            if dropped_request_field(name)
+                || (!self.forward_key
+                    && self
+                        .strip_headers
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(name)))
+                || auth_header.is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                xff.get_or_insert(f.value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case("authorization")
+                && !self.forward_key
+                && self.strip_bearer
+                && is_bearer(f.value)
+            {
+                continue;
+            }
+            push_field(out, name.as_bytes(), f.value);
+        }
+        let account = &principal.account;
+        push_field(
+            out,
+            X_TOLLGATE_ACCOUNT.as_str().as_bytes(),
+            account.id.as_bytes(),
+        );
+        push_field(
+            out,
+            X_TOLLGATE_PARENT.as_str().as_bytes(),
+            principal.tenant.id.as_bytes(),
+        );
+        push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+        out.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        if let Some(prev) = xff {
+            out.extend_from_slice(prev);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(client.ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some((name, value)) = auth_header {
+            push_field(out, name.as_bytes(), value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+
+        let sent = Instant::now();
+        let result = tokio::time::timeout(
+            route.timeout,
+            self.upstreams.send_raw(&rt.origin, out, head.head_req),
+        )
+        .await;
+        let upstream_time = sent.elapsed();
+        rt.upstream_duration.observe(upstream_time.as_secs_f64());
+        trace.upstream = Some(upstream_time);
+        let answer = match result {
+            Err(_) => Err(Refusal::UpstreamTimeout),
+            Ok(Err(e)) => {
+                log_upstream_error(&route.name, &e);
+                Err(Refusal::UpstreamUnavailable)
+            }
+            Ok(Ok(a)) => Ok(a),
+        };
+
+        // 6. Charge what the upstream answered (or give back credits taken for nothing).
+        let status = answer.as_ref().ok().map(|(r, _)| r.status());
+        self.settle(idx, trace, credits, standing.as_ref(), status);
+        let (resp, body) = answer.map_err(|r| (r, None))?;
+
+        // 7. The response head for the client.
+        let status = resp.status();
+        let mut fields = resp.into_parts().0.headers;
+        crate::forward::strip_hop_by_hop(&mut fields);
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let mut has_date = false;
+        for (name, value) in &fields {
+            if *name == header::CONTENT_LENGTH && !head.head_req
+                || *name == X_REQUEST_ID
+                || name.as_str() == "ratelimit"
+                || name.as_str() == "ratelimit-policy"
+            {
+                continue;
+            }
+            has_date |= *name == header::DATE;
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some(s) = &standing {
+            rate_limit_headers_into(out, s);
+        }
+        push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+        if !has_date {
+            push_date(out);
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        let no_body = head.head_req
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        if no_body {
+            out.extend_from_slice(b"\r\n");
+            return Ok((status, None));
+        }
+        match body {
+            UpstreamBody::Whole(data) => {
+                let data = data.unwrap_or_default();
+                push_length(out, data.len() as u64);
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&data);
+                Ok((status, None))
+            }
+            UpstreamBody::Streaming(b) => {
+                match b.size_hint().exact() {
+                    Some(n) => push_length(out, n),
+                    None => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+                }
+                out.extend_from_slice(b"\r\n");
+                Ok((status, Some(UpstreamBody::Streaming(b))))
+            }
+        }
+    }
+
+    /// The request target for the upstream: as the client sent it, unless a query key is taken
+    /// out or the upstream's credential goes into the query.
+    fn write_target(
+        &self,
+        head: &Head<'_, '_>,
+        rt: &super::RouteRuntime,
+        out: &mut Vec<u8>,
+    ) -> Result<(), (Refusal, Option<u64>)> {
+        let rewrite = matches!(rt.auth, Some((UpstreamAuthTarget::Query(_), _)))
+            || (!self.forward_key
+                && !self.strip_query.is_empty()
+                && head
+                    .query
+                    .is_some_and(|q| extract::has_param(q, &self.strip_query)));
+        if !rewrite {
+            out.extend_from_slice(head.target.as_bytes());
+            return Ok(());
+        }
+        let uri: http::Uri = head
+            .target
+            .parse()
+            .map_err(|_| (Refusal::BadRequest, None))?;
+        match self.upstream_path_and_query(&uri, rt)? {
+            Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
+            None => out.extend_from_slice(head.target.as_bytes()),
+        }
+        Ok(())
+    }
+}
+
+/// Fields a client may send that never go upstream as they are: hop-by-hop ones, the ones
+/// Tollgate sets itself (`host`, attribution, request id).
+fn dropped_request_field(name: &str) -> bool {
+    const DROP: [&str; 10] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "x-tollgate-account",
+        "x-tollgate-parent",
+        "x-request-id",
+    ];
+    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+}
+
+fn is_bearer(v: &[u8]) -> bool {
+    v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && !v[7..].trim_ascii().is_empty()
+}
+
+fn log_upstream_error(route: &str, e: &ForwardError) {
+    tracing::debug!(route = %route, error = %e, "upstream request failed");
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    let mut b = super::Buf::new();
+    b.num(n);
+    push_field(out, b"content-length", b.bytes());
+}
+
+/// `date`, as hyper's server adds it: rendered once a second per worker.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            d.0 = secs;
+            d.1 = httpdate::fmt_http_date(now).into_bytes();
+        }
+        push_field(out, b"date", &d.1);
+    });
+}
+
+/// A refusal, as hyper's path writes it: the spec's JSON body (none for `HEAD`).
+fn write_refusal(
+    out: &mut Vec<u8>,
+    r: Refusal,
+    retry_after: Option<u64>,
+    request_id: &HeaderValue,
+    head_req: bool,
+    close: bool,
+) {
+    let resp = crate::respond::refusal(r);
+    let status = resp.status();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in resp.headers() {
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(secs) = retry_after {
+        let mut b = super::Buf::new();
+        b.num(secs);
+        push_field(out, header::RETRY_AFTER.as_str().as_bytes(), b.bytes());
+    }
+    push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+    push_date(out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    let body = r.body();
+    push_length(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    if !head_req {
+        out.extend_from_slice(&body);
+    }
+}
+
+/// Writes the head, then the body as it comes off the upstream (re-chunked when its length is
+/// not known).
+async fn write_streaming(
+    stream: &mut TcpStream,
+    head: &[u8],
+    mut body: UpstreamBody,
+) -> io::Result<()> {
+    stream.write_all(head).await?;
+    let chunked = body.size_hint().exact().is_none();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            stream
+                .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            stream.write_all(&data).await?;
+            stream.write_all(b"\r\n").await?;
+        } else {
+            stream.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    Ok(())
+}
