@@ -10,7 +10,9 @@
 # ["admitted refused h2"], PARENTS [10000], CHILDREN_PER_PARENT [10], ACTIVE_KEYS [1000],
 # PROXY_CPU [0] (every contender), LOAD_CPU [1] (wrk, h2load, the upstream, redis-server),
 # OUT [benches/load/out], RESEED [0] (1: ignore a cached seed), TOLLGATE_BIN and SEED_BIN (skip
-# the cargo build), KEEP_TMP [0] (1: keep the temp dir with configs and logs), QUIET_MAX [10]
+# the cargo build), KEEP_TMP [0] (1: keep the temp dir with configs and logs), FLUSH_INTERVAL
+# ["250ms"] Tollgate's [metering] flush_interval, HOLD [0] (1: start everything, print the
+# ports and pids, and wait to be killed instead of measuring: for profiling), QUIET_MAX [10]
 # and QUIET_WAIT [900]: before each measurement, wait up to QUIET_WAIT s until other work uses at
 # most QUIET_MAX % of the machine.
 set -euo pipefail
@@ -46,6 +48,7 @@ LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-$HERE/out}
 RESEED=${RESEED:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+FLUSH_INTERVAL=${FLUSH_INTERVAL:-250ms}
 REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 
 log() { printf '[load %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -326,7 +329,7 @@ listen = "127.0.0.1:$ops_port"
 [store]
 $2
 [metering]
-flush_interval = "250ms"
+flush_interval = "$FLUSH_INTERVAL"
 [metrics]
 per_key = true
 # nginx runs with access_log off; Tollgate's refusal log stays on (capped per second).
@@ -360,6 +363,14 @@ start_tollgate tollgate-redis "backend = \"redis\"
 url = \"redis://127.0.0.1:$REDIS_PORT/0\"
 prefix = \"tg\""
 TR_PORT=$TG_PORT TR_PID=$TG_PID
+
+if [ "${HOLD:-0}" = 1 ]; then
+  printf 'upstream %s nginx-proxy %s/%s tollgate-embedded %s/%s tollgate-redis %s/%s keys %s unknown %s\n' \
+    "$UP_PORT" "$NP_PORT" "$NGINX_PROXY_PID" "$TE_PORT" "$TE_PID" "$TR_PORT" "$TR_PID" "$KEYS" "$UNKNOWN" \
+    >"$OUT/hold.txt"
+  log "holding (HOLD=1): $(cat "$OUT/hold.txt"); kill $$ to stop"
+  wait
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Measurements.

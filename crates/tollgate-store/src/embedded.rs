@@ -6,7 +6,9 @@
 //! `embedded/feed.rs`); a write's changes are appended right after its commit, inside the same blocking
 //! task, so a caller that gives up waiting cannot leave a committed write out of the feed.
 //!
-//! Tables (keys on the left, all strings UTF-8, key hashes as their 32 raw bytes):
+//! Tables (keys on the left, all strings UTF-8, key hashes as their 32 raw bytes; the usage
+//! tables' strings are `tables::Text`, ordered by bytes without a UTF-8 check per comparison, and
+//! a file with the first `&str`-keyed `usage` and `pool_usage` is moved over when opened):
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -17,8 +19,8 @@
 //! | `invitations` | token hash | (child id, expires_at unix seconds); removed on accept |
 //! | `children` | (parent id, creation sequence) | child id, so a range scan is creation order |
 //! | `subscriptions` | (parent id, pool) | the [`Subscription`] as JSON, so a scan is sorted by pool |
-//! | `usage` | (account id, day, product, pool) | (requests, credits) |
-//! | `pool_usage` | (parent id, pool) | credits, the tenant's roll-up of all its members |
+//! | `usage_v2` | (account id, day, product, pool) | (requests, credits) |
+//! | `pool_usage_v2` | (parent id, pool) | credits, the tenant's roll-up of all its members |
 //! | `batches` | usage batch id | unix seconds it was recorded |
 //! | `batches_by_time` | (unix seconds, batch id) | (), to prune ids past the retention in order |
 //! | `leases` | (parent id, pool) | credits reserved by [`Store::lease_credits`] and not released |
@@ -35,7 +37,7 @@ mod tables;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
@@ -46,12 +48,37 @@ use tollgate_core::{
 
 use crate::{
     Change, FeedEvent, NewInvitation, NewParent, Store, StoreError, StoreResult, UsageBatch,
+    UsageDelta,
 };
 use feed::Feed;
 use tables::{
     get_account, get_subscriptions, put_account, put_subscription, Ctx, Tree, ACCOUNTS, BATCHES,
     BATCHES_BY_TIME, CHILDREN, KEYS, LEASES, POOL_USAGE, SUBSCRIPTIONS, USAGE,
 };
+
+/// Gives the core back to whatever else is runnable there (on a shared, saturated core: the data
+/// plane) after every `SLICE` of work, so that a large usage write never holds the core for more
+/// than that at a time. Where nothing else waits, `yield_now` returns at once.
+struct Pacer {
+    since: Instant,
+}
+
+impl Pacer {
+    const SLICE: Duration = Duration::from_micros(50);
+
+    fn new() -> Pacer {
+        Pacer {
+            since: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self) {
+        if self.since.elapsed() >= Self::SLICE {
+            std::thread::yield_now();
+            self.since = Instant::now();
+        }
+    }
+}
 
 /// Unix seconds; injectable so tests can age batch ids.
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -479,34 +506,55 @@ impl Inner {
 
             let mut usage = txn.open_table(USAGE).ctx("open usage")?;
             let mut pools = txn.open_table(POOL_USAGE).ctx("open pool_usage")?;
-            for d in &batch.deltas {
+            // In key order: consecutive updates land on the same pages.
+            let mut deltas: Vec<&UsageDelta> = batch.deltas.iter().collect();
+            deltas.sort_unstable_by(|a, b| {
+                (&a.account_id, a.day.0, &a.product, &a.pool).cmp(&(
+                    &b.account_id,
+                    b.day.0,
+                    &b.product,
+                    &b.pool,
+                ))
+            });
+            let mut pace = Pacer::new();
+            for d in deltas {
+                pace.tick();
                 let key = (
                     d.account_id.as_str(),
                     d.day.0,
                     d.product.as_str(),
                     d.pool.as_str(),
                 );
-                let (requests, credits) = usage
-                    .get(key)
-                    .ctx("read usage")?
-                    .map_or((0, 0), |g| g.value());
-                usage
-                    .insert(
-                        key,
-                        (
+                let mut row = usage.get_mut(key).ctx("read usage")?;
+                match row.as_mut() {
+                    Some(g) => {
+                        let (requests, credits) = g.value();
+                        g.insert((
                             requests.saturating_add(d.requests),
                             credits.saturating_add(d.credits),
-                        ),
-                    )
-                    .ctx("write usage")?;
+                        ))
+                        .ctx("write usage")?;
+                    }
+                    None => {
+                        drop(row);
+                        usage
+                            .insert(key, (d.requests, d.credits))
+                            .ctx("write usage")?;
+                    }
+                }
                 let pool_key = (d.parent_id.as_str(), d.pool.as_str());
-                let used = pools
-                    .get(pool_key)
-                    .ctx("read pool usage")?
-                    .map_or(0, |g| g.value());
-                pools
-                    .insert(pool_key, used.saturating_add(d.credits))
-                    .ctx("write pool usage")?;
+                let mut row = pools.get_mut(pool_key).ctx("read pool usage")?;
+                match row.as_mut() {
+                    Some(g) => {
+                        let used = g.value();
+                        g.insert(used.saturating_add(d.credits))
+                            .ctx("write pool usage")?;
+                    }
+                    None => {
+                        drop(row);
+                        pools.insert(pool_key, d.credits).ctx("write pool usage")?;
+                    }
+                }
             }
         }
         txn.commit().ctx("commit usage")

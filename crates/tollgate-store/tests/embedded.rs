@@ -54,6 +54,73 @@ async fn contract_suite_passes_on_a_current_thread_runtime() {
 }
 
 #[tokio::test]
+async fn usage_in_the_first_table_layout_moves_over_on_open() {
+    // Versions before the usage tables were keyed by `tollgate::Text` wrote `&str` keys into
+    // `usage` and `pool_usage`. Opening such a file moves the rows, then counting goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.db");
+    type S = &'static str;
+    const OLD_USAGE: redb::TableDefinition<(S, i32, S, S), (u64, u64)> =
+        redb::TableDefinition::new("usage");
+    const OLD_POOLS: redb::TableDefinition<(S, S), u64> = redb::TableDefinition::new("pool_usage");
+    let today = Day(20_000);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(OLD_USAGE).unwrap();
+            t.insert(("acc_old", today.0, "whois", "whois"), (3, 30))
+                .unwrap();
+            t.insert(("acc_old", today.0 - 1, "whois", "whois"), (1, 10))
+                .unwrap();
+            let mut p = txn.open_table(OLD_POOLS).unwrap();
+            p.insert(("par_old", "whois"), 40).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = store_in(dir.path());
+    let rows = store
+        .usage(&["acc_old".to_owned()], Day(today.0 - 1), today)
+        .await
+        .unwrap();
+    let totals: Vec<(i32, u64, u64)> = rows
+        .iter()
+        .map(|r| (r.day.0, r.totals.requests, r.totals.credits))
+        .collect();
+    assert_eq!(totals, vec![(today.0 - 1, 1, 10), (today.0, 3, 30)]);
+    assert_eq!(
+        store.pool_usage("par_old").await.unwrap(),
+        vec![("whois".to_owned(), 40)]
+    );
+    store
+        .record_usage(&batch("b1", vec![delta("acc_old", "par_old", today, 2, 5)]))
+        .await
+        .unwrap();
+    let rows = store
+        .usage(&["acc_old".to_owned()], today, today)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0].totals,
+        Totals {
+            requests: 5,
+            credits: 35
+        }
+    );
+    assert_eq!(
+        store.pool_usage("par_old").await.unwrap(),
+        vec![("whois".to_owned(), 45)]
+    );
+    drop(store);
+    // The old tables are gone: a second open moves nothing twice.
+    let store = store_in(dir.path());
+    assert_eq!(
+        store.pool_usage("par_old").await.unwrap(),
+        vec![("whois".to_owned(), 45)]
+    );
+}
+
+#[tokio::test]
 async fn open_creates_parent_directories() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/c/tollgate.db");

@@ -1,16 +1,20 @@
 //! The embedded store's redb tables (listed in the parent module's docs) and the helpers that read
 //! and write them inside a transaction.
 
+use std::cmp::Ordering;
 use std::fmt::Display;
 
-use redb::{Database, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Key, ReadableTable, Table, TableDefinition, TableHandle, TypeName, Value,
+    WriteTransaction,
+};
 use tollgate_core::{normalize_email, Account, KeyHash, Role, Status, Subscription};
 
 use crate::{StoreError, StoreResult};
 
 pub(super) type Str = &'static str;
 pub(super) type Hash = &'static [u8; 32];
-pub(super) type UsageKey = (Str, i32, Str, Str);
+pub(super) type UsageKey = (Text, i32, Text, Text);
 
 pub(super) const ACCOUNTS: TableDefinition<Str, Str> = TableDefinition::new("accounts");
 pub(super) const KEYS: TableDefinition<Hash, Str> = TableDefinition::new("keys");
@@ -21,8 +25,12 @@ pub(super) const INVITATIONS: TableDefinition<Hash, (Str, u64)> =
 pub(super) const CHILDREN: TableDefinition<(Str, u64), Str> = TableDefinition::new("children");
 pub(super) const SUBSCRIPTIONS: TableDefinition<(Str, Str), Str> =
     TableDefinition::new("subscriptions");
-pub(super) const USAGE: TableDefinition<UsageKey, (u64, u64)> = TableDefinition::new("usage");
-pub(super) const POOL_USAGE: TableDefinition<(Str, Str), u64> = TableDefinition::new("pool_usage");
+pub(super) const USAGE: TableDefinition<UsageKey, (u64, u64)> = TableDefinition::new("usage_v2");
+pub(super) const POOL_USAGE: TableDefinition<(Text, Text), u64> =
+    TableDefinition::new("pool_usage_v2");
+/// The first layout of the usage tables (`&str` keys); moved to the tables above on open.
+const USAGE_V1: TableDefinition<(Str, i32, Str, Str), (u64, u64)> = TableDefinition::new("usage");
+const POOL_USAGE_V1: TableDefinition<(Str, Str), u64> = TableDefinition::new("pool_usage");
 pub(super) const BATCHES: TableDefinition<Str, u64> = TableDefinition::new("batches");
 pub(super) const BATCHES_BY_TIME: TableDefinition<(u64, Str), ()> =
     TableDefinition::new("batches_by_time");
@@ -31,6 +39,51 @@ pub(super) const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
 
 const CHILD_SEQ: &str = "child_seq";
 
+/// A string key ordered by its bytes, which is `str`'s order, without the UTF-8 check redb's
+/// `&str` runs on both sides of every comparison: the usage tables take about a thousand updates
+/// per flush, a few times a second, and that check was a third of their cost. Only `&str` is ever
+/// written, so reading back never meets invalid UTF-8 (a corrupt file would read as U+FFFD).
+#[derive(Debug)]
+pub(super) struct Text;
+
+impl Value for Text {
+    type SelfType<'a>
+        = &'a str
+    where
+        Self: 'a;
+    type AsBytes<'a>
+        = &'a [u8]
+    where
+        Self: 'a;
+
+    fn fixed_width() -> Option<usize> {
+        None
+    }
+
+    fn from_bytes<'a>(data: &'a [u8]) -> &'a str
+    where
+        Self: 'a,
+    {
+        std::str::from_utf8(data).unwrap_or("\u{FFFD}")
+    }
+
+    fn as_bytes<'a, 'b: 'a>(value: &'a &'b str) -> &'a [u8]
+    where
+        Self: 'b,
+    {
+        value.as_bytes()
+    }
+
+    fn type_name() -> TypeName {
+        TypeName::new("tollgate::Text")
+    }
+}
+
+impl Key for Text {
+    fn compare(a: &[u8], b: &[u8]) -> Ordering {
+        a.cmp(b)
+    }
+}
 /// Turns any backend error into `Internal`, saying what was being done.
 pub(super) trait Ctx<T> {
     fn ctx(self, what: impl Display) -> StoreResult<T>;
@@ -60,8 +113,58 @@ pub(super) fn create_all(db: &Database) -> StoreResult<()> {
             .ctx("create batches_by_time")?;
         txn.open_table(LEASES).ctx("create leases")?;
         txn.open_table(META).ctx("create meta")?;
+        migrate_usage(&txn)?;
     }
     txn.commit().ctx("commit table creation")?;
+    Ok(())
+}
+
+/// Moves usage written by a version with `&str`-keyed usage tables into the current tables, in the
+/// transaction that opens the file: all of it or (on any error) none of it.
+fn migrate_usage(txn: &WriteTransaction) -> StoreResult<()> {
+    let names: Vec<String> = txn
+        .list_tables()
+        .ctx("list tables")?
+        .map(|t| t.name().to_owned())
+        .collect();
+    if names.iter().any(|n| n == USAGE_V1.name()) {
+        let mut to = txn.open_table(USAGE).ctx("open usage")?;
+        {
+            let from = txn.open_table(USAGE_V1).ctx("open old usage")?;
+            for item in from.iter().ctx("scan old usage")? {
+                let (k, v) = item.ctx("scan old usage")?;
+                let (account, day, product, pool) = k.value();
+                let (requests, credits) = v.value();
+                let (r0, c0) = to
+                    .get((account, day, product, pool))
+                    .ctx("read usage")?
+                    .map_or((0, 0), |g| g.value());
+                to.insert(
+                    (account, day, product, pool),
+                    (r0.saturating_add(requests), c0.saturating_add(credits)),
+                )
+                .ctx("move usage")?;
+            }
+        }
+        txn.delete_table(USAGE_V1).ctx("drop old usage")?;
+    }
+    if names.iter().any(|n| n == POOL_USAGE_V1.name()) {
+        let mut to = txn.open_table(POOL_USAGE).ctx("open pool_usage")?;
+        {
+            let from = txn.open_table(POOL_USAGE_V1).ctx("open old pool_usage")?;
+            for item in from.iter().ctx("scan old pool_usage")? {
+                let (k, v) = item.ctx("scan old pool_usage")?;
+                let (parent, pool) = k.value();
+                let used = to
+                    .get((parent, pool))
+                    .ctx("read pool usage")?
+                    .map_or(0, |g| g.value());
+                to.insert((parent, pool), used.saturating_add(v.value()))
+                    .ctx("move pool usage")?;
+            }
+        }
+        txn.delete_table(POOL_USAGE_V1).ctx("drop old pool_usage")?;
+    }
     Ok(())
 }
 
