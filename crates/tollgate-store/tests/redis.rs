@@ -634,3 +634,81 @@ fn openssl(parts: &[&[&str]]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_many_tenants_counts_each_part_once() {
+    // On a single server, tenants' parts share script calls (64 to a call): 150 tenants make
+    // three calls. Each part stays exactly-once on its own marker: one whose marker is already
+    // there (it landed in an earlier try whose reply was lost) is skipped, the rest apply, and a
+    // whole retry applies nothing.
+    let redis = TestRedis::start();
+    let store = single(&redis).await;
+    let today = Day::from_unix_secs(NOW);
+    let deltas: Vec<UsageDelta> = (0..150)
+        .flat_map(|t| {
+            [0, 1].map(|c| UsageDelta {
+                account_id: format!("acc_{t}_{c}"),
+                parent_id: format!("par_{t}"),
+                product: "whois".into(),
+                pool: if t % 2 == 0 { "whois" } else { "dns" }.into(),
+                day: today,
+                requests: 1 + c,
+                credits: 10 * (t + 1),
+            })
+        })
+        .collect();
+    let batch = UsageBatch {
+        id: "node_x-7".into(),
+        deltas,
+    };
+    assert_eq!(
+        redis.cli(&["SET", "{tg:t:par_42}:b:node_x-7", "1"]).trim(),
+        "OK"
+    );
+    redis.cli(&["CONFIG", "RESETSTAT"]);
+    store.record_usage(&batch).await.unwrap();
+    store.record_usage(&batch).await.unwrap();
+    // Two tries of three calls each (plus up to three refused with NOSCRIPT before the script is
+    // loaded).
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!((6..=9).contains(&calls), "script calls: {calls}\n{stats}");
+    for t in 0..150u64 {
+        let pool = if t % 2 == 0 { "whois" } else { "dns" };
+        let expect = if t == 42 {
+            vec![]
+        } else {
+            vec![(pool.to_owned(), 20 * (t + 1))]
+        };
+        assert_eq!(
+            store.pool_usage(&format!("par_{t}")).await.unwrap(),
+            expect,
+            "tenant {t}"
+        );
+        let rows = store
+            .usage(&[format!("acc_{t}_1")], today, today)
+            .await
+            .unwrap();
+        let got: Vec<(u64, u64)> = rows
+            .iter()
+            .map(|r| (r.totals.requests, r.totals.credits))
+            .collect();
+        let expect = if t == 42 {
+            vec![]
+        } else {
+            vec![(2, 10 * (t + 1))]
+        };
+        assert_eq!(got, expect, "account acc_{t}_1");
+    }
+}

@@ -82,6 +82,39 @@ end
 return 1
 ";
 
+/// Several tenants' parts of a usage batch in one call (single server only: the keys span
+/// tenants' hash slots). Each part is applied at most once on its own marker, as by
+/// [`RECORD_USAGE`]. KEYS: per tenant, its batch marker, its pool usage, then the usage hash of
+/// each of its accounts. ARGV: marker lifetime in seconds, then per tenant: (number of account
+/// hashes, number of deltas), then its deltas as in [`RECORD_USAGE`], with the index of the usage
+/// hash counted from the tenant's pool-usage key. Returns how many parts were applied.
+const RECORD_USAGE_GROUP: &str = r"
+local function add(key, field, n)
+  local r = redis.pcall('HINCRBY', key, field, n)
+  if type(r) == 'table' and r.err then
+    redis.call('HSET', key, field, '9223372036854775807')
+  end
+end
+local k, a, applied = 1, 2, 0
+while a <= #ARGV do
+  local accounts, deltas = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
+    local pool = KEYS[k + 1]
+    for i = a, a + (deltas - 1) * 6, 6 do
+      local h = KEYS[k + 1 + tonumber(ARGV[i])]
+      add(h, ARGV[i + 1], ARGV[i + 4])
+      add(h, ARGV[i + 2], ARGV[i + 5])
+      add(pool, ARGV[i + 3], ARGV[i + 5])
+    end
+    applied = applied + 1
+  end
+  k = k + 2 + accounts
+  a = a + deltas * 6
+end
+return applied
+";
+
 /// Leases credits of a pool (the rule is on `Store::lease_credits`). KEYS: subs, leases.
 /// ARGV: pool, need, want. Returns {status, granted, avail - granted}.
 const LEASE: &str = r"
@@ -156,6 +189,7 @@ pub(super) struct Scripts {
     pub(super) put_subscription: Script,
     pub(super) resolve_key: Script,
     pub(super) record_usage: Script,
+    pub(super) record_usage_group: Script,
     pub(super) lease: Script,
     pub(super) release: Script,
     pub(super) feed_append: Script,
@@ -172,6 +206,7 @@ impl Scripts {
             put_subscription: Script::new(PUT_SUBSCRIPTION),
             resolve_key: Script::new(RESOLVE_KEY),
             record_usage: Script::new(RECORD_USAGE),
+            record_usage_group: Script::new(RECORD_USAGE_GROUP),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
             feed_append: Script::new(FEED_APPEND),
