@@ -61,33 +61,14 @@ if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return false end
 return redis.call('GET', KEYS[1])
 ";
 
-/// One tenant's part of a usage batch, at most once per batch id.
-/// KEYS: batch marker, pool usage, then the usage hash of each account.
-/// ARGV: marker lifetime in seconds, then per delta: (index into KEYS of its usage hash, requests
-/// field, credits field, pool, requests, credits). Returns 1 if applied, 0 if seen before.
-const RECORD_USAGE: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local function add(key, field, n)
-  local r = redis.pcall('HINCRBY', key, field, n)
-  if type(r) == 'table' and r.err then
-    redis.call('HSET', key, field, '9223372036854775807')
-  end
-end
-for i = 2, #ARGV, 6 do
-  local k = KEYS[tonumber(ARGV[i])]
-  add(k, ARGV[i + 1], ARGV[i + 4])
-  add(k, ARGV[i + 2], ARGV[i + 5])
-  add(KEYS[2], ARGV[i + 3], ARGV[i + 5])
-end
-return 1
-";
-
-/// Several tenants' parts of a usage batch in one call (single server only: the keys span
-/// tenants' hash slots). Each part is applied at most once on its own marker, as by
-/// [`RECORD_USAGE`]. KEYS: per tenant, its batch marker, its pool usage, then the usage hash of
-/// each of its accounts. ARGV: marker lifetime in seconds, then per tenant: (number of account
-/// hashes, number of deltas), then its deltas as in [`RECORD_USAGE`], with the index of the usage
-/// hash counted from the tenant's pool-usage key. Returns how many parts were applied.
+/// Tenants' parts of a usage batch, each applied at most once per batch id on its own marker (a
+/// part whose marker exists is skipped: it landed in an earlier try). One call may carry several
+/// tenants only on a single server (their keys span hash slots); on Redis Cluster, one each.
+/// KEYS: per tenant, its batch marker, its pool usage, then the usage hash of each of its
+/// accounts. ARGV: marker lifetime in seconds, then per tenant: (number of account hashes, number
+/// of deltas), then per delta: (index of its usage hash counted from the tenant's pool-usage key,
+/// requests field, credits field, pool, requests, credits). A counter that would overflow is
+/// pinned at i64::MAX. Returns how many parts were applied.
 const RECORD_USAGE_GROUP: &str = r"
 local function add(key, field, n)
   local r = redis.pcall('HINCRBY', key, field, n)
@@ -188,7 +169,6 @@ pub(super) struct Scripts {
     pub(super) update_account: Script,
     pub(super) put_subscription: Script,
     pub(super) resolve_key: Script,
-    pub(super) record_usage: Script,
     pub(super) record_usage_group: Script,
     pub(super) lease: Script,
     pub(super) release: Script,
@@ -205,7 +185,6 @@ impl Scripts {
             update_account: Script::new(UPDATE_ACCOUNT),
             put_subscription: Script::new(PUT_SUBSCRIPTION),
             resolve_key: Script::new(RESOLVE_KEY),
-            record_usage: Script::new(RECORD_USAGE),
             record_usage_group: Script::new(RECORD_USAGE_GROUP),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),

@@ -66,7 +66,7 @@ impl Inner {
             try_join_all(
                 chunk
                     .iter()
-                    .map(|(tenant, deltas)| self.record_tenant_usage(&batch.id, tenant, deltas)),
+                    .map(|part| self.record_group_usage(&batch.id, std::slice::from_ref(part))),
             )
             .await?;
         }
@@ -89,41 +89,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn record_tenant_usage(
-        &self,
-        batch_id: &str,
-        tenant: &str,
-        deltas: &[&UsageDelta],
-    ) -> StoreResult<()> {
-        let tk = self.keys.tenant(tenant);
-        let mut script = self.scripts.record_usage.key(tk.batch(batch_id));
-        script.key(tk.pool_usage());
-        script.arg(BATCH_RETENTION.as_secs());
-        // KEYS[1] and KEYS[2] are taken; each account's usage hash follows once.
-        let mut slots: HashMap<&str, usize> = HashMap::new();
-        for d in deltas {
-            let next = slots.len() + 3;
-            let slot = *slots.entry(d.account_id.as_str()).or_insert_with(|| {
-                script.key(tk.usage(&d.account_id));
-                next
-            });
-            let (r, c) = usage_fields(d.day.0, &d.product, &d.pool);
-            script
-                .arg(slot)
-                .arg(r)
-                .arg(c)
-                .arg(&d.pool)
-                .arg(d.requests)
-                .arg(d.credits);
-        }
-        script
-            .invoke_async::<i64>(&mut self.conn())
-            .await
-            .map_err(store_err)?;
-        Ok(())
-    }
-
-    /// Several tenants' parts in one call (single server only); see `RECORD_USAGE_GROUP`.
+    /// Tenants' parts in one call (several only on a single server); see `RECORD_USAGE_GROUP`.
     async fn record_group_usage(
         &self,
         batch_id: &str,
