@@ -52,8 +52,9 @@ use crate::{
 };
 use feed::Feed;
 use tables::{
-    get_account, get_subscriptions, put_account, put_subscription, Ctx, Tree, ACCOUNTS, BATCHES,
-    BATCHES_BY_TIME, CHILDREN, KEYS, LEASES, POOL_USAGE, SUBSCRIPTIONS, USAGE,
+    add_pool_usage, add_usage, get_account, get_subscriptions, put_account, put_subscription, Ctx,
+    Tree, ACCOUNTS, BATCHES, BATCHES_BY_TIME, CHILDREN, KEYS, LEASES, POOL_USAGE, SUBSCRIPTIONS,
+    USAGE,
 };
 
 /// Gives the core back to whatever else is runnable there (on a shared, saturated core: the data
@@ -525,36 +526,8 @@ impl Inner {
                     d.product.as_str(),
                     d.pool.as_str(),
                 );
-                let mut row = usage.get_mut(key).ctx("read usage")?;
-                match row.as_mut() {
-                    Some(g) => {
-                        let (requests, credits) = g.value();
-                        g.insert((
-                            requests.saturating_add(d.requests),
-                            credits.saturating_add(d.credits),
-                        ))
-                        .ctx("write usage")?;
-                    }
-                    None => {
-                        drop(row);
-                        usage
-                            .insert(key, (d.requests, d.credits))
-                            .ctx("write usage")?;
-                    }
-                }
-                let pool_key = (d.parent_id.as_str(), d.pool.as_str());
-                let mut row = pools.get_mut(pool_key).ctx("read pool usage")?;
-                match row.as_mut() {
-                    Some(g) => {
-                        let used = g.value();
-                        g.insert(used.saturating_add(d.credits))
-                            .ctx("write pool usage")?;
-                    }
-                    None => {
-                        drop(row);
-                        pools.insert(pool_key, d.credits).ctx("write pool usage")?;
-                    }
-                }
+                add_usage(&mut usage, key, (d.requests, d.credits))?;
+                add_pool_usage(&mut pools, (&d.parent_id, &d.pool), d.credits)?;
             }
         }
         txn.commit().ctx("commit usage")

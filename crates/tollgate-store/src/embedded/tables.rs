@@ -133,17 +133,7 @@ fn migrate_usage(txn: &WriteTransaction) -> StoreResult<()> {
             let from = txn.open_table(USAGE_V1).ctx("open old usage")?;
             for item in from.iter().ctx("scan old usage")? {
                 let (k, v) = item.ctx("scan old usage")?;
-                let (account, day, product, pool) = k.value();
-                let (requests, credits) = v.value();
-                let (r0, c0) = to
-                    .get((account, day, product, pool))
-                    .ctx("read usage")?
-                    .map_or((0, 0), |g| g.value());
-                to.insert(
-                    (account, day, product, pool),
-                    (r0.saturating_add(requests), c0.saturating_add(credits)),
-                )
-                .ctx("move usage")?;
+                add_usage(&mut to, k.value(), v.value())?;
             }
         }
         txn.delete_table(USAGE_V1).ctx("drop old usage")?;
@@ -154,17 +144,48 @@ fn migrate_usage(txn: &WriteTransaction) -> StoreResult<()> {
             let from = txn.open_table(POOL_USAGE_V1).ctx("open old pool_usage")?;
             for item in from.iter().ctx("scan old pool_usage")? {
                 let (k, v) = item.ctx("scan old pool_usage")?;
-                let (parent, pool) = k.value();
-                let used = to
-                    .get((parent, pool))
-                    .ctx("read pool usage")?
-                    .map_or(0, |g| g.value());
-                to.insert((parent, pool), used.saturating_add(v.value()))
-                    .ctx("move pool usage")?;
+                add_pool_usage(&mut to, k.value(), v.value())?;
             }
         }
         txn.delete_table(POOL_USAGE_V1).ctx("drop old pool_usage")?;
     }
+    Ok(())
+}
+
+/// Adds (requests, credits) to a usage row, creating it; saturating. One lookup for a row that
+/// exists (updated in place), two for a new one.
+pub(super) fn add_usage(
+    t: &mut Table<UsageKey, (u64, u64)>,
+    key: (&str, i32, &str, &str),
+    (requests, credits): (u64, u64),
+) -> StoreResult<()> {
+    let mut row = t.get_mut(key).ctx("read usage")?;
+    if let Some(g) = row.as_mut() {
+        let (r, c) = g.value();
+        return g
+            .insert((r.saturating_add(requests), c.saturating_add(credits)))
+            .ctx("write usage");
+    }
+    drop(row);
+    t.insert(key, (requests, credits)).ctx("write usage")?;
+    Ok(())
+}
+
+/// Adds credits to a tenant's pool roll-up, creating it; saturating.
+pub(super) fn add_pool_usage(
+    t: &mut Table<(Text, Text), u64>,
+    key: (&str, &str),
+    credits: u64,
+) -> StoreResult<()> {
+    let mut row = t.get_mut(key).ctx("read pool usage")?;
+    if let Some(g) = row.as_mut() {
+        let used = g.value();
+        return g
+            .insert(used.saturating_add(credits))
+            .ctx("write pool usage");
+    }
+    drop(row);
+    t.insert(key, credits).ctx("write pool usage")?;
     Ok(())
 }
 
