@@ -331,6 +331,32 @@ impl Proxy {
         Ok((credits, standing))
     }
 
+    /// Step 5's exchange, on both paths: under the route's timeout (then 504), any other failure
+    /// 502; its time goes to the route's upstream histogram and the trace.
+    pub(crate) async fn call_upstream<T>(
+        &self,
+        idx: usize,
+        trace: &mut Trace,
+        exchange: impl std::future::Future<Output = Result<T, forward::ForwardError>>,
+    ) -> Result<T, Refusal> {
+        let route = &self.router.routes()[idx];
+        let sent = Instant::now();
+        let result = tokio::time::timeout(route.timeout, exchange).await;
+        let upstream_time = sent.elapsed();
+        self.runtime[idx]
+            .upstream_duration
+            .observe(upstream_time.as_secs_f64());
+        trace.upstream = Some(upstream_time);
+        match result {
+            Err(_) => Err(Refusal::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(route = %route.name, error = %e, "upstream request failed");
+                Err(Refusal::UpstreamUnavailable)
+            }
+            Ok(Ok(answer)) => Ok(answer),
+        }
+    }
+
     /// Step 6: charge what the upstream answered (`Some(status)`), or give back credits taken for
     /// nothing (`None`: no answer).
     pub(crate) fn settle(
@@ -366,7 +392,6 @@ impl Proxy {
         request_id: &HeaderValue,
         trace: &mut Trace,
     ) -> Result<Response<ResponseBody>, (Refusal, Option<u64>)> {
-        let route = &self.router.routes()[idx];
         let rt = &self.runtime[idx];
         let (mut parts, body) = req.into_parts();
 
@@ -411,21 +436,9 @@ impl Proxy {
         self.prepare_headers(&mut parts.headers, rt, principal, client, request_id);
         let upstream_req = Request::from_parts(parts, body);
 
-        let sent = Instant::now();
-        let result =
-            tokio::time::timeout(route.timeout, self.upstreams.send(&rt.origin, upstream_req))
-                .await;
-        let upstream_time = sent.elapsed();
-        rt.upstream_duration.observe(upstream_time.as_secs_f64());
-        trace.upstream = Some(upstream_time);
-        let resp = match result {
-            Err(_) => Err(Refusal::UpstreamTimeout),
-            Ok(Err(e)) => {
-                tracing::debug!(route = %route.name, error = %e, "upstream request failed");
-                Err(Refusal::UpstreamUnavailable)
-            }
-            Ok(Ok(resp)) => Ok(resp),
-        };
+        let resp = self
+            .call_upstream(idx, trace, self.upstreams.send(&rt.origin, upstream_req))
+            .await;
 
         // 6. Charge what the upstream answered (or give back credits taken for nothing).
         let status = resp.as_ref().ok().map(Response::status);

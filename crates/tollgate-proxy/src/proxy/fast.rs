@@ -31,7 +31,7 @@ use super::{
 };
 use crate::access_log::Trace;
 use crate::extract;
-use crate::forward::{ForwardError, UpstreamBody};
+use crate::forward::UpstreamBody;
 use crate::respond::Refusal;
 use crate::router::Router;
 use crate::server::ProxySlot;
@@ -287,7 +287,6 @@ impl Proxy {
         close: bool,
         out: &mut Vec<u8>,
     ) -> Result<(StatusCode, Option<UpstreamBody>), (Refusal, Option<u64>)> {
-        let route = &self.router.routes()[idx];
         let rt = &self.runtime[idx];
 
         // 1. The key, from the head sources (a fast-path request has no body to look in).
@@ -364,23 +363,13 @@ impl Proxy {
         }
         out.extend_from_slice(b"\r\n");
 
-        let sent = Instant::now();
-        let result = tokio::time::timeout(
-            route.timeout,
-            self.upstreams.send_raw(&rt.origin, out, head.head_req),
-        )
-        .await;
-        let upstream_time = sent.elapsed();
-        rt.upstream_duration.observe(upstream_time.as_secs_f64());
-        trace.upstream = Some(upstream_time);
-        let answer = match result {
-            Err(_) => Err(Refusal::UpstreamTimeout),
-            Ok(Err(e)) => {
-                log_upstream_error(&route.name, &e);
-                Err(Refusal::UpstreamUnavailable)
-            }
-            Ok(Ok(a)) => Ok(a),
-        };
+        let answer = self
+            .call_upstream(
+                idx,
+                trace,
+                self.upstreams.send_raw(&rt.origin, out, head.head_req),
+            )
+            .await;
 
         // 6. Charge what the upstream answered (or give back credits taken for nothing).
         let status = answer.as_ref().ok().map(|(r, _)| r.status());
@@ -496,10 +485,6 @@ fn dropped_request_field(name: &str) -> bool {
 
 fn is_bearer(v: &[u8]) -> bool {
     v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && !v[7..].trim_ascii().is_empty()
-}
-
-fn log_upstream_error(route: &str, e: &ForwardError) {
-    tracing::debug!(route = %route, error = %e, "upstream request failed");
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
