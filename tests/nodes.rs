@@ -60,17 +60,17 @@ async fn product(g: &TestGateway, key: &str) -> Reply {
     .unwrap()
 }
 
-async fn op(g: &TestGateway, method: Method, path: &str) -> u16 {
-    send(
-        method,
-        &format!("{}{path}", g.ops),
+/// `action` (`disable`, `enable`) on account `id` through `g`'s operator API, which must succeed.
+async fn operate(g: &TestGateway, id: &str, action: &str) {
+    let r = send(
+        Method::POST,
+        &format!("{}/admin/v1/accounts/{id}/{action}", g.ops),
         &[("authorization", &TestGateway::operator_auth())],
         "",
     )
     .await
-    .unwrap()
-    .status
-    .as_u16()
+    .unwrap();
+    assert_eq!(r.status, 200, "{action} {id} on {}", g.ops);
 }
 
 /// Waits until `node` answers `want` for `key`; returns how long it took.
@@ -119,40 +119,16 @@ async fn changes_through_one_node_are_enforced_by_the_other() {
         403,
         "the writing node enforces it at once"
     );
-    assert_eq!(
-        op(
-            &b,
-            Method::POST,
-            &format!("/admin/v1/accounts/{cid}/enable")
-        )
-        .await,
-        200
-    );
+    operate(&b, &cid, "enable").await;
     until_status(&a, &ckey, 200, bound).await;
     // The parent disabled through the operator API on B stops the child on A.
-    assert_eq!(
-        op(
-            &b,
-            Method::POST,
-            &format!("/admin/v1/accounts/{pid}/disable")
-        )
-        .await,
-        200
-    );
+    operate(&b, &pid, "disable").await;
     let r = {
         until_status(&a, &ckey, 403, bound).await;
         product(&a, &ckey).await
     };
     assert_eq!(r.code(), "parent_disabled");
-    assert_eq!(
-        op(
-            &a,
-            Method::POST,
-            &format!("/admin/v1/accounts/{pid}/enable")
-        )
-        .await,
-        200
-    );
+    operate(&a, &pid, "enable").await;
     until_status(&b, &ckey, 200, bound).await;
     // The revocation lag is exported.
     let m = String::from_utf8_lossy(&get(&format!("{}/metrics", b.ops), &[]).await.unwrap().body)
@@ -201,15 +177,7 @@ async fn changes_through_one_node_are_enforced_by_the_other() {
             .unwrap_or(false)
     })
     .await;
-    assert_eq!(
-        op(
-            &a,
-            Method::POST,
-            &format!("/admin/v1/accounts/{cid}/disable")
-        )
-        .await,
-        200
-    );
+    operate(&a, &cid, "disable").await;
     until_status(&b, &ckey, 403, Duration::from_secs(5)).await;
     until_status(&a, &ckey, 403, Duration::from_secs(5)).await;
     assert_eq!(product(&b, unknown).await.code(), "key_unknown");
@@ -355,25 +323,9 @@ async fn two_nodes_on_a_redis_cluster() {
     let (_, pkey) = a.create_parent("admin@cluster.example", subs).await;
     let (cid, ckey, _) = child(&a, &pkey, "kid@cluster.example").await;
     assert_eq!(product(&b, &ckey).await.status, 200);
-    assert_eq!(
-        op(
-            &a,
-            Method::POST,
-            &format!("/admin/v1/accounts/{cid}/disable")
-        )
-        .await,
-        200
-    );
+    operate(&a, &cid, "disable").await;
     until_status(&b, &ckey, 403, Duration::from_secs(2)).await;
-    assert_eq!(
-        op(
-            &b,
-            Method::POST,
-            &format!("/admin/v1/accounts/{cid}/enable")
-        )
-        .await,
-        200
-    );
+    operate(&b, &cid, "enable").await;
     until_status(&a, &ckey, 200, Duration::from_secs(2)).await;
     // Usage written by both nodes into the tenant's slot is exact.
     let (_, c2key, _) = child(&b, &pkey, "kid2@cluster.example").await;
