@@ -58,11 +58,16 @@ pub(crate) async fn serve_conn(
     tokio::pin!(sleep);
     let mut armed_at = tokio::time::Instant::now();
     loop {
-        // 1. A whole request head (pipelined ones may already be in the buffer).
-        let head_len = loop {
+        // 1. A whole request head (pipelined ones may already be in the buffer). Its end is
+        // found by a scan for the blank line; only a head still incomplete is parsed here, to hand
+        // one that can never be a request to hyper at once. A complete one is parsed once, in 2.
+        loop {
             if !buf.is_empty() {
+                if has_blank_line(&buf) {
+                    break;
+                }
                 match head_length(&buf) {
-                    Some(Ok(n)) => break n,
+                    Some(Ok(_)) => break,
                     Some(Err(())) => return Some((stream, buf.freeze())),
                     None if buf.len() >= max_head => return Some((stream, buf.freeze())),
                     None => {}
@@ -84,18 +89,17 @@ pub(crate) async fn serve_conn(
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
-        };
+        }
 
         // 2. Does it qualify? Decided before anything happens, so hyper can take it as it is.
         let proxy = slot.load_full();
+        let mut head_len = 0;
         let verdict = 'request: {
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut fields);
-            if !matches!(
-                req.parse(&buf[..head_len]),
-                Ok(httparse::Status::Complete(_))
-            ) {
-                break 'request Verdict::Hyper;
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => head_len = n,
+                _ => break 'request Verdict::Hyper,
             }
             let Some(head) = Head::qualify(&req, &proxy.router) else {
                 break 'request Verdict::Hyper;
@@ -144,6 +148,21 @@ enum Verdict {
     Close,
     /// The client went away.
     Gone,
+}
+
+/// Whether `buf` holds the end of a request head: an empty line, ended by CRLF or (as httparse
+/// also accepts) a bare LF, after the request line (empty lines before it are skipped, as httparse
+/// skips them).
+fn has_blank_line(buf: &[u8]) -> bool {
+    let Some(start) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return false;
+    };
+    let buf = &buf[start..];
+    memchr::memchr_iter(b'\n', buf).any(|i| match buf.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 /// The length of the request head at the start of `buf`: `Some(Err)` for bytes that are not an
@@ -587,4 +606,36 @@ async fn write_streaming(
         stream.write_all(b"0\r\n\r\n").await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_blank_line as end, head_length};
+
+    #[test]
+    fn the_end_of_a_head_is_its_first_empty_line() {
+        assert!(end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(end(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(end(b"GET / HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n"));
+        assert!(!end(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        // Empty lines before the request line are not its end (httparse skips them).
+        assert!(!end(b"\r\n\r\nGET / HTTP/1.1\r\n"));
+        assert!(!end(b"\r\n\r\n"));
+        assert!(end(b"\r\nGET / HTTP/1.1\r\n\r\n"));
+        // Wherever the scan says "complete", httparse agrees (or finds no request at all).
+        for head in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"\r\nGET / HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert!(end(head));
+            assert!(
+                head_length(head).is_some(),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+        }
+    }
 }
