@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Instructions per request on Tollgate's data-plane thread, under valgrind's callgrind: stable to
+# about 1% run to run where wall-clock numbers on a shared machine are not.
+#
+#   HOLD=1 benches/load/run.sh &                   # the upstream and the seeded store, held
+#   benches/load/callgrind.sh target/release/tollgate [SECONDS]
+#
+# Runs BIN on a copy of the seeded embedded store with the load run's settings (one worker,
+# metering and per-key metrics on, access log off), pinned to PROXY_CPU [0] under callgrind; sends
+# wrk -c8 on LOAD_CPU [1] for SECONDS [15] over the active keys; prints the requests served, the
+# data-plane thread's instruction count and their ratio. OUT [benches/load/out] is the held run's
+# output directory (its hold.txt names the upstream). Needs valgrind (apt-get install valgrind).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BIN=${1:?usage: callgrind.sh BIN [SECONDS]}
+SECS=${2:-15}
+OUT=${OUT:-$HERE/out}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+[ -f "$OUT/hold.txt" ] || { echo "callgrind.sh: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
+read -r _ UP _ _ _ _ _ _ _ KEYS _ _ <"$OUT/hold.txt"
+SEED=$(dirname "$KEYS")
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+D=$(mktemp -d /tmp/tollgate-callgrind.XXXXXX)
+trap 'kill "${VG:-0}" 2>/dev/null || true; rm -rf "$D"' EXIT
+cp "$SEED/tollgate.db" "$D/tollgate.db"
+PORT=$(free_port) ACCOUNT=$(free_port) OPS=$(free_port)
+cat >"$D/gateway.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$PORT"
+workers = 1
+[account_api]
+listen = "127.0.0.1:$ACCOUNT"
+[ops]
+listen = "127.0.0.1:$OPS"
+[store]
+backend = "embedded"
+path = "$D/tollgate.db"
+[metering]
+flush_interval = "250ms"
+[metrics]
+per_key = true
+[logging]
+access_sample = 0
+[limits]
+parent = { rps = 1000000000, burst = 1000000000 }
+child = { rps = 1000000000, burst = 1000000000 }
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "http://127.0.0.1:$UP"
+product = "whois"
+credits = 1
+TOML
+TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_callgrind_$RANDOM$RANDOM \
+  taskset -c "$PROXY_CPU" valgrind --tool=callgrind --separate-threads=yes \
+  --callgrind-out-file="$D/cg.out" "$BIN" run --config "$D/gateway.toml" 2>"$D/log" &
+VG=$!
+for _ in $(seq 240); do
+  curl -sf -o /dev/null "http://127.0.0.1:$OPS/readyz" && break
+  kill -0 "$VG" 2>/dev/null || { cat "$D/log" >&2; exit 1; }
+  sleep 0.5
+done
+timeout $((SECS + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c8 -d"${SECS}s" -s "$HERE/keys.lua" \
+  "http://127.0.0.1:$PORT" -- "$KEYS" "/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON" >/dev/null
+N=$(curl -s "http://127.0.0.1:$OPS/metrics" | awk '/^tollgate_requests_total/ { s += $2 } END { print s + 0 }')
+kill -INT "$VG"
+wait "$VG" || true
+VG=
+# The data-plane thread is the one that ran the most instructions.
+IR=$(grep -h -m1 '^summary:' "$D"/cg.out* | awk '$2 > m { m = $2 } END { print m + 0 }')
+[ "$N" -gt 0 ] || { echo "callgrind.sh: no requests were served" >&2; exit 1; }
+echo "requests $N  data-plane instructions $IR  per request $((IR / N))"
