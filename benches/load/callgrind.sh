@@ -9,7 +9,8 @@
 # metering and per-key metrics on, access log off), pinned to PROXY_CPU [0] under callgrind; sends
 # wrk -c8 on LOAD_CPU [1] for SECONDS [15] over the active keys; prints the requests served, the
 # data-plane thread's instruction count and their ratio. OUT [benches/load/out] is the held run's
-# output directory (its hold.txt names the upstream). Needs valgrind (apt-get install valgrind).
+# output directory (its hold.txt names the upstream). KEEP=DIR copies callgrind's output files
+# there, for callgrind_annotate. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${1:?usage: callgrind.sh BIN [SECONDS]}
@@ -24,7 +25,7 @@ SEED=$(dirname "$KEYS")
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 D=$(mktemp -d /tmp/tollgate-callgrind.XXXXXX)
-trap 'kill "${VG:-0}" 2>/dev/null || true; rm -rf "$D"' EXIT
+trap '[ -z "${VG:-}" ] || kill "$VG" 2>/dev/null || true; rm -rf "$D"' EXIT
 cp "$SEED/tollgate.db" "$D/tollgate.db"
 PORT=$(free_port) ACCOUNT=$(free_port) OPS=$(free_port)
 cat >"$D/gateway.toml" <<TOML
@@ -64,11 +65,12 @@ for _ in $(seq 240); do
 done
 timeout $((SECS + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c8 -d"${SECS}s" -s "$HERE/keys.lua" \
   "http://127.0.0.1:$PORT" -- "$KEYS" "/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON" >/dev/null
-N=$(curl -s "http://127.0.0.1:$OPS/metrics" | awk '/^tollgate_requests_total/ { s += $2 } END { print s + 0 }')
+N=$(curl -s "http://127.0.0.1:$OPS/metrics" | awk '/^tollgate_requests_total/ { s += $2 } END { printf "%d\n", s }')
 kill -INT "$VG"
 wait "$VG" || true
 VG=
 # The data-plane thread is the one that ran the most instructions.
-IR=$(grep -h -m1 '^summary:' "$D"/cg.out* | awk '$2 > m { m = $2 } END { print m + 0 }')
+IR=$(grep -h -m1 '^summary:' "$D"/cg.out* | awk '$2 > m { m = $2 } END { printf "%d\n", m }')
 [ "$N" -gt 0 ] || { echo "callgrind.sh: no requests were served" >&2; exit 1; }
+if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$D"/cg.out* "$KEEP"/; fi
 echo "requests $N  data-plane instructions $IR  per request $((IR / N))"
