@@ -685,6 +685,176 @@ async fn one_connection_through_both_paths() {
     assert_eq!(n, 0, "the connection closes after Connection: close");
 }
 
+/// An upstream that answers every request on its connections with `head` and a `{}` body.
+async fn raw_upstream(head: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let req = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = req
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + len);
+                        let resp = format!("{head}Content-Length: 2\r\n\r\n{{}}");
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The upstream's response fields reach the client less the hop-by-hop ones (and those its
+/// `Connection` names) and less the ones Tollgate sets itself, the same on both paths (GET: the
+/// fast path; POST with a body: hyper's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_fields_lose_hop_by_hop_and_spoofed_ones_on_both_paths() {
+    use tokio::io::AsyncWriteExt;
+    let up = raw_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive, X-Hop\r\n\
+         X-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+         X-Request-Id: from-upstream\r\nRateLimit: \"forged\";r=1\r\n\
+         RateLimit-Policy: \"forged\";q=1\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
+         X-Kept: yes\r\nX-Kept: twice\r\n",
+    )
+    .await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up)).await;
+    let (_, key) = create_parent(&g, "owner@fields.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let requests = [
+        format!(
+            "GET /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             X-Request-Id: mine\r\n\r\n"
+        ),
+        format!(
+            "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             X-Request-Id: mine\r\nContent-Length: 2\r\n\r\n{{}}"
+        ),
+    ];
+    let mut seen = Vec::new();
+    for req in requests {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let (status, head, body) = read_response(&mut s, &mut buf).await;
+        assert_eq!((status, &body[..]), (200, &b"{}"[..]), "{head}");
+        let mut fields: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        fields.sort();
+        let all = |name: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(all("x-kept"), ["twice", "yes"], "{head}");
+        assert_eq!(all("content-type"), ["application/json"], "{head}");
+        assert_eq!(all("content-length"), ["2"], "{head}");
+        assert_eq!(all("x-request-id"), ["mine"], "{head}");
+        assert_eq!(all("date"), ["Tue, 01 Dec 2026 10:00:00 GMT"], "{head}");
+        for gone in ["x-hop", "keep-alive", "proxy-connection"] {
+            assert!(all(gone).is_empty(), "{gone} reached the client: {head}");
+        }
+        for ours in ["ratelimit", "ratelimit-policy"] {
+            let values = all(ours);
+            assert_eq!(values.len(), 1, "{head}");
+            assert!(!values[0].contains("forged"), "{head}");
+        }
+        // `connection` is the gateway's own (keep-alive), never the upstream's list.
+        assert!(
+            all("connection").iter().all(|v| !v.contains("X-Hop")),
+            "{head}"
+        );
+        seen.push(
+            fields
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| n != "connection")
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(seen[0], seen[1], "the two paths forward different fields");
+}
+
+/// On one kept-alive connection (the fast path keeps one timer for the route timeouts of its
+/// requests), each request gets its whole timeout: a request still running when an earlier
+/// request's deadline passes is not cut short, and one that runs past its own gets 504 on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_gets_its_whole_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    up.script("/t/medium", 200, Duration::from_millis(600));
+    up.script("/t/slow", 200, Duration::from_secs(3));
+    let cfg = format!(
+        r#"
+[[routes]]
+prefix = "/t"
+upstream = "{}"
+product = "whois"
+timeout = "1s"
+"#,
+        up.url()
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (_, key) = create_parent(&g, "owner@timeouts.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n");
+
+    // Arms the connection's timer for t0 + 1 s.
+    s.write_all(get("/t/fast").as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    // Time passing is the scenario here: the next request starts 0.7 s in and its upstream takes
+    // 0.6 s, so the first request's deadline passes while it runs; its own is 1.7 s.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(get("/t/medium").as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(
+        status, 200,
+        "cut short by an earlier request's deadline: {head}"
+    );
+
+    let t = std::time::Instant::now();
+    s.write_all(get("/t/slow").as_bytes()).await.unwrap();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    let took = t.elapsed();
+    assert_eq!(status, 504, "{head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2900),
+        "504 after {took:?}, the route timeout is 1 s"
+    );
+}
+
 /// The vendor's own credential goes upstream in place of the client's key, by query or header, on
 /// both paths (GET: fast path; POST with a body: hyper's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,6 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
 use tollgate_store::Principal;
 
 /// The `tracing` target of access-log lines (filter with `RUST_LOG=info,tollgate::access=off`).
@@ -35,7 +34,8 @@ pub struct Trace {
 /// One line's fields.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
-    pub request_id: &'a HeaderValue,
+    /// The request id's bytes (a valid field value).
+    pub request_id: &'a [u8],
     pub account: Option<&'a str>,
     pub parent: Option<&'a str>,
     pub route: &'a str,
@@ -144,10 +144,19 @@ impl AccessLog {
     }
 }
 
+/// `bytes` as text if they are all visible ASCII (or tabs), as `HeaderValue::to_str` reads them.
+fn visible_ascii(bytes: &[u8]) -> Option<&str> {
+    if bytes.iter().all(|&b| b == b'\t' || (32..127).contains(&b)) {
+        std::str::from_utf8(bytes).ok()
+    } else {
+        None
+    }
+}
+
 fn emit(e: &Entry<'_>) {
     tracing::info!(
         target: TARGET,
-        request_id = e.request_id.to_str().unwrap_or("-"),
+        request_id = visible_ascii(e.request_id).unwrap_or("-"),
         account = e.account,
         parent = e.parent,
         route = e.route,
@@ -239,9 +248,8 @@ mod tests {
         let slots: Vec<bool> = (0..5).map(|_| log.refusal_slot(t0)).collect();
         assert_eq!(slots, [true, true, true, false, false]);
         // refusal_slot itself does not count; refused() does.
-        let id = HeaderValue::from_static("r1");
         let e = Entry {
-            request_id: &id,
+            request_id: b"r1",
             account: None,
             parent: None,
             route: "whois",

@@ -199,7 +199,8 @@ impl Upstreams {
         loop {
             let (mut conn, reused) = match checkout(origin.id, !idempotent) {
                 Some(c) => (c, true),
-                None => (self.connect(origin).await?, false),
+                // Boxed: a new connection's (TLS) future stays out of every request's.
+                None => (Box::pin(self.connect(origin)).await?, false),
             };
             match wire::exchange(&mut conn, &mut req).await {
                 Ok((head, framing)) => {
@@ -214,20 +215,23 @@ impl Upstreams {
     }
 
     /// Sends a serialized request head without a body (an idempotent `GET` or `HEAD`) to `origin`
-    /// on a pooled connection, or a new one.
-    pub async fn send_raw(
+    /// on a pooled connection, or a new one. `take` reads the response head where it lies (see
+    /// [`wire::exchange_raw`]); it runs once, for the response that is returned.
+    pub async fn send_raw<T>(
         &self,
         origin: &Arc<Origin>,
         head: &[u8],
         head_req: bool,
-    ) -> Result<(Response<()>, UpstreamBody), ForwardError> {
+        mut take: impl FnMut(&wire::RawHead<'_>) -> std::io::Result<T>,
+    ) -> Result<(T, UpstreamBody), ForwardError> {
         loop {
             let (mut conn, reused) = match checkout(origin.id, false) {
                 Some(c) => (c, true),
-                None => (self.connect(origin).await?, false),
+                // Boxed: a new connection's (TLS) future stays out of every request's.
+                None => (Box::pin(self.connect(origin)).await?, false),
             };
-            match wire::exchange_raw(&mut conn, head, head_req).await {
-                Ok((resp, framing)) => return Ok((resp, self.body(origin, conn, framing))),
+            match wire::exchange_raw(&mut conn, head, head_req, &mut take).await {
+                Ok((taken, framing)) => return Ok((taken, self.body(origin, conn, framing))),
                 Err(e) if e.retryable && reused => continue,
                 Err(e) => return Err(ForwardError::Io(e.error)),
             }
@@ -377,6 +381,27 @@ static HOP_BY_HOP: [HeaderName; 6] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Whether a field named `name` is one of the hop-by-hop fields (not counting those a `Connection`
+/// field names).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+}
+
+/// Whether one of the `Connection` values names the field `name` (`close` and `keep-alive` name
+/// none).
+pub fn named_by_connection<'v>(connection: impl Iterator<Item = &'v [u8]>, name: &str) -> bool {
+    connection
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|token| {
+            !token.eq_ignore_ascii_case(b"close")
+                && !token.eq_ignore_ascii_case(b"keep-alive")
+                && token.eq_ignore_ascii_case(name.as_bytes())
+        })
+}
 
 /// Removes hop-by-hop fields, including every field the `Connection` header names. One pass over
 /// the (usually few) fields finds which are there; only those are removed, and the common

@@ -1,5 +1,6 @@
 //! The request path: route, key, admission, forwarding, response.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -198,7 +199,7 @@ impl Proxy {
         let mut trace = Trace::default();
         let Some(idx) = self.router.find(host, req.uri().path()) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
-            self.record(None, started, &request_id, &trace, Err(r));
+            self.record(None, started, request_id.as_bytes(), &trace, Err(r));
             return finish(refusal(r).map(Either::Right), request_id);
         };
         let resp = match self
@@ -206,11 +207,17 @@ impl Proxy {
             .await
         {
             Ok(resp) => {
-                self.record(Some(idx), started, &request_id, &trace, Ok(resp.status()));
+                self.record(
+                    Some(idx),
+                    started,
+                    request_id.as_bytes(),
+                    &trace,
+                    Ok(resp.status()),
+                );
                 resp
             }
             Err((r, retry_after)) => {
-                self.record(Some(idx), started, &request_id, &trace, Err(r));
+                self.record(Some(idx), started, request_id.as_bytes(), &trace, Err(r));
                 let mut resp = refusal(r).map(Either::Right);
                 if let Some(secs) = retry_after {
                     resp.headers_mut()
@@ -222,16 +229,18 @@ impl Proxy {
         finish(resp, request_id)
     }
 
-    /// Counts, times and logs one finished request: `Ok(status)` forwarded, `Err` refused.
+    /// Counts, times and logs one finished request: `Ok(status)` forwarded, `Err` refused. Returns
+    /// the time it read as the request's end.
     pub(crate) fn record(
         &self,
         idx: Option<usize>,
         started: Instant,
-        request_id: &HeaderValue,
+        request_id: &[u8],
         trace: &Trace,
         outcome: Result<http::StatusCode, Refusal>,
-    ) {
-        let elapsed = started.elapsed();
+    ) -> Instant {
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(started);
         let (route, duration, name) = match idx {
             Some(i) => {
                 let rt = &self.runtime[i];
@@ -252,7 +261,7 @@ impl Proxy {
         duration.observe(elapsed.as_secs_f64());
         let admitted = outcome.is_ok();
         if admitted && !self.access.sampled() {
-            return;
+            return ended;
         }
         let (status, code) = match outcome {
             Ok(s) => (s.as_u16(), "admitted"),
@@ -272,8 +281,9 @@ impl Proxy {
         if admitted {
             self.access.admitted(&entry);
         } else {
-            self.access.refused(&entry, started + elapsed);
+            self.access.refused(&entry, ended);
         }
+        ended
     }
 
     /// Steps 2 to 4 for a key found in the request: who it is, whether it may call route `idx`,
@@ -283,6 +293,7 @@ impl Proxy {
         idx: usize,
         key: &[u8],
         query: Option<&str>,
+        started: Instant,
         trace: &mut Trace,
     ) -> Result<(u64, Option<Standing>), (Refusal, Option<u64>)> {
         let route = &self.router.routes()[idx];
@@ -292,10 +303,11 @@ impl Proxy {
             return Err((Refusal::Deny(DenyReason::KeyUnknown), None));
         }
         let hash = KeyHash::of(key);
-        let principal = match self.cache.lookup(&hash) {
+        let principal = match self.cache.lookup_at(&hash, started) {
             CacheLookup::Hit(p) => p,
             CacheLookup::Unknown => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
-            CacheLookup::Miss => match self.cache.resolve(&hash).await {
+            // Boxed: the rare path's future stays out of every request's.
+            CacheLookup::Miss => match Box::pin(self.cache.resolve(&hash)).await {
                 Ok(Some(p)) => p,
                 Ok(None) => return Err((Refusal::Deny(DenyReason::KeyUnknown), None)),
                 Err(StoreError::Unavailable(_)) | Err(_) => {
@@ -337,11 +349,13 @@ impl Proxy {
         &self,
         idx: usize,
         trace: &mut Trace,
-        exchange: impl std::future::Future<Output = Result<T, forward::ForwardError>>,
+        deadlines: &mut Deadlines,
+        exchange: impl Future<Output = Result<T, forward::ForwardError>>,
     ) -> Result<T, Refusal> {
         let route = &self.router.routes()[idx];
         let sent = Instant::now();
-        let result = tokio::time::timeout(route.timeout, exchange).await;
+        let deadline = tokio::time::Instant::from_std(sent + route.timeout);
+        let result = deadlines.run(deadline, exchange).await.ok_or(());
         let upstream_time = sent.elapsed();
         self.runtime[idx]
             .upstream_duration
@@ -421,7 +435,9 @@ impl Proxy {
         };
 
         // 2-4. Who is it, may it call this route, its limits and credits.
-        let (credits, standing) = self.admit_key(idx, &key, parts.uri.query(), trace).await?;
+        let (credits, standing) = self
+            .admit_key(idx, &key, parts.uri.query(), Instant::now(), trace)
+            .await?;
         let principal = trace
             .principal
             .as_ref()
@@ -437,7 +453,12 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, body);
 
         let resp = self
-            .call_upstream(idx, trace, self.upstreams.send(&rt.origin, upstream_req))
+            .call_upstream(
+                idx,
+                trace,
+                &mut Deadlines::default(),
+                self.upstreams.send(&rt.origin, upstream_req),
+            )
             .await;
 
         // 6. Charge what the upstream answered (or give back credits taken for nothing).
@@ -475,7 +496,7 @@ impl Proxy {
                 Check::Refill(r) => {
                     rate = Some(r);
                     let Some(charge) = &rt.charge else { break };
-                    match m.refill(principal, charge, credits).await {
+                    match Box::pin(m.refill(principal, charge, credits)).await {
                         Ok(true) => continue,
                         Ok(false) => break,
                         Err(_) => return Err((Refusal::Deny(DenyReason::StoreUnavailable), None)),
@@ -611,45 +632,54 @@ impl Proxy {
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 
-/// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers):
-/// the account's rate (quota per 1 s window, with its burst) and its pool's credits. Written on
-/// the stack, then copied once into each field's value.
-fn rate_limit_values(s: &Standing) -> (Buf, Buf) {
-    let mut policy = Buf::new();
-    let mut state = Buf::new();
+/// The IETF `RateLimit-Policy` value (draft-ietf-httpapi-ratelimit-headers): the account's rate
+/// (quota per 1 s window, with its burst) and its pool's credits. `false`: there is none.
+fn push_policy(o: &mut Vec<u8>, s: &Standing) -> bool {
     if let Some(r) = s.rate {
-        policy.push(b"\"rate\";q=");
-        policy.num(r.limit.rps.into());
-        policy.push(b";w=1;burst=");
-        policy.num(r.limit.burst.into());
-        state.push(b"\"rate\";r=");
-        state.num(r.remaining.into());
-        state.push(if r.remaining == 0 { b";t=1" } else { b";t=0" });
+        o.extend_from_slice(b"\"rate\";q=");
+        push_num(o, r.limit.rps.into());
+        o.extend_from_slice(b";w=1;burst=");
+        push_num(o, r.limit.burst.into());
     }
-    if let Some((included, remaining)) = s.credits {
-        if !policy.is_empty() {
-            policy.push(b", ");
+    if let Some((included, _)) = s.credits {
+        if s.rate.is_some() {
+            o.extend_from_slice(b", ");
         }
-        policy.push(b"\"credits\";q=");
-        policy.num(included);
-        if let Some(rem) = remaining {
-            if !state.is_empty() {
-                state.push(b", ");
-            }
-            state.push(b"\"credits\";r=");
-            state.num(rem);
-        }
+        o.extend_from_slice(b"\"credits\";q=");
+        push_num(o, included);
     }
-    (policy, state)
+    s.rate.is_some() || s.credits.is_some()
 }
 
+/// The `RateLimit` value: what is left of each. `false`: there is none.
+fn push_state(o: &mut Vec<u8>, s: &Standing) -> bool {
+    if let Some(r) = s.rate {
+        o.extend_from_slice(b"\"rate\";r=");
+        push_num(o, r.remaining.into());
+        o.extend_from_slice(if r.remaining == 0 { b";t=1" } else { b";t=0" });
+    }
+    let credits = s.credits.and_then(|(_, remaining)| remaining);
+    if let Some(rem) = credits {
+        if s.rate.is_some() {
+            o.extend_from_slice(b", ");
+        }
+        o.extend_from_slice(b"\"credits\";r=");
+        push_num(o, rem);
+    }
+    s.rate.is_some() || credits.is_some()
+}
+
+type PushValue = fn(&mut Vec<u8>, &Standing) -> bool;
+const RATE_LIMIT_FIELDS: [(&HeaderName, PushValue); 2] =
+    [(&RATELIMIT_POLICY, push_policy), (&RATELIMIT, push_state)];
+
 fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
-    let (policy, state) = rate_limit_values(s);
-    for (name, value) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, state)] {
-        if value.is_empty() {
+    for (name, push) in RATE_LIMIT_FIELDS {
+        let mut value = Vec::with_capacity(64);
+        if !push(&mut value, s) {
             continue;
         }
-        if let Ok(v) = HeaderValue::from_bytes(value.bytes()) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             h.insert(name.clone(), v);
         }
     }
@@ -657,72 +687,42 @@ fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
 
 /// The same fields, appended to a raw response head.
 fn rate_limit_headers_into(out: &mut Vec<u8>, s: &Standing) {
-    let (policy, state) = rate_limit_values(s);
-    for (name, value) in [(&RATELIMIT_POLICY, policy), (&RATELIMIT, state)] {
-        if value.is_empty() {
-            continue;
-        }
+    for (name, push) in RATE_LIMIT_FIELDS {
+        let start = out.len();
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// A field value built on the stack: the longest `RateLimit-Policy` is under 100 bytes.
-struct Buf {
-    bytes: [u8; 128],
-    len: usize,
-}
-
-impl Buf {
-    fn new() -> Buf {
-        Buf {
-            bytes: [0; 128],
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, b: &[u8]) {
-        let end = (self.len + b.len()).min(self.bytes.len());
-        let n = end - self.len;
-        self.bytes[self.len..end].copy_from_slice(&b[..n]);
-        self.len = end;
-    }
-
-    /// Appends `n` in decimal, two digits per step.
-    fn num(&mut self, mut n: u64) {
-        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-            2021222324252627282930313233343536373839\
-            4041424344454647484950515253545556575859\
-            6061626364656667686970717273747576777879\
-            8081828384858687888990919293949596979899";
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        while n >= 100 {
-            let pair = (n % 100) as usize * 2;
-            n /= 100;
-            i -= 2;
-            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-        }
-        if n >= 10 {
-            let pair = n as usize * 2;
-            i -= 2;
-            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        if push(out, s) {
+            out.extend_from_slice(b"\r\n");
         } else {
-            i -= 1;
-            digits[i] = b'0' + n as u8;
+            out.truncate(start);
         }
-        self.push(&digits[i..]);
     }
+}
 
-    fn is_empty(&self) -> bool {
-        self.len == 0
+/// Appends `n` in decimal, two digits per step.
+fn push_num(out: &mut Vec<u8>, mut n: u64) {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
-
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
+        i -= 1;
+        digits[i] = b'0' + n as u8;
     }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The client's `x-request-id` if it is sane, else a new random one.
@@ -735,26 +735,87 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     new_request_id()
 }
 
-/// [`request_id`] from a raw field value.
-fn request_id_from(value: Option<&[u8]>) -> HeaderValue {
-    if let Some(v) = value {
-        if !v.is_empty() && v.len() <= 128 {
-            if let Ok(v) = HeaderValue::from_bytes(v) {
-                return v;
-            }
-        }
-    }
-    new_request_id()
+fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&random_hex()).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-fn new_request_id() -> HeaderValue {
+/// 32 random hex digits: a new request id.
+fn random_hex() -> [u8; 32] {
     let n: u128 = rand::random();
     let mut hex = [0u8; 32];
     for (i, d) in hex.iter_mut().enumerate() {
         let nibble = (n >> (124 - 4 * i)) & 0xf;
         *d = b"0123456789abcdef"[nibble as usize];
     }
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    hex
+}
+
+/// A request's id on the fast path, without an allocation: the client's `x-request-id` when it is
+/// one (1 to 128 bytes; the head parser checked its bytes as a field value's), else 32 random hex
+/// digits.
+pub(crate) enum RequestId<'a> {
+    Given(&'a [u8]),
+    New([u8; 32]),
+}
+
+impl<'a> RequestId<'a> {
+    pub(crate) fn from_field(value: Option<&'a [u8]>) -> RequestId<'a> {
+        match value {
+            Some(v) if !v.is_empty() && v.len() <= 128 => RequestId::Given(v),
+            _ => RequestId::New(random_hex()),
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(v) => v,
+            RequestId::New(hex) => hex,
+        }
+    }
+}
+
+/// The route timeouts of one connection's requests, one after another, without a timer-wheel
+/// insert and removal for each: the timer stays armed at an earlier request's deadline and, when
+/// it fires before the current request's, is moved there. Most requests never touch it.
+#[derive(Default)]
+pub(crate) struct Deadlines {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadlines {
+    /// `fut`'s output, or `None` if `deadline` passes first.
+    pub(crate) async fn run<F: Future>(
+        &mut self,
+        deadline: tokio::time::Instant,
+        fut: F,
+    ) -> Option<F::Output> {
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() > deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
+                return std::task::Poll::Ready(Some(out));
+            }
+            // Armed at or before `deadline`: fired at its own deadline, which may be earlier.
+            while sleep.as_mut().poll(cx).is_ready() {
+                if sleep.deadline() >= deadline {
+                    return std::task::Poll::Ready(None);
+                }
+                sleep.as_mut().reset(deadline);
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
 }
 
 /// The client end of a connection, with its address pre-rendered once for `x-forwarded-for`.
@@ -781,12 +842,69 @@ fn finish(mut resp: Response<ResponseBody>, request_id: HeaderValue) -> Response
 mod tests {
     use super::*;
 
+    /// Both paths' `RateLimit-Policy` and `RateLimit` fields, for each mix of a rate and credits.
+    #[test]
+    fn rate_limit_fields_the_same_on_both_paths() {
+        use tollgate_core::Limit;
+        use tollgate_meter::RateState;
+        let rate = Some(RateState {
+            limit: Limit {
+                rps: 50,
+                burst: 100,
+            },
+            remaining: 0,
+        });
+        let cases = [
+            (
+                rate,
+                None,
+                Some(r#""rate";q=50;w=1;burst=100"#),
+                Some(r#""rate";r=0;t=1"#),
+            ),
+            (
+                rate,
+                Some((1000, Some(7))),
+                Some(r#""rate";q=50;w=1;burst=100, "credits";q=1000"#),
+                Some(r#""rate";r=0;t=1, "credits";r=7"#),
+            ),
+            (None, Some((1000, None)), Some(r#""credits";q=1000"#), None),
+            (
+                None,
+                Some((5, Some(5))),
+                Some(r#""credits";q=5"#),
+                Some(r#""credits";r=5"#),
+            ),
+            (None, None, None, None),
+        ];
+        for (rate, credits, policy, state) in cases {
+            let s = Standing {
+                rate,
+                credits,
+                taken: 0,
+            };
+            let mut map = http::HeaderMap::new();
+            rate_limit_headers(&mut map, &s);
+            let get = |name: &str| map.get(name).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(get("ratelimit-policy").as_deref(), policy);
+            assert_eq!(get("ratelimit").as_deref(), state);
+            let mut raw = Vec::new();
+            rate_limit_headers_into(&mut raw, &s);
+            let mut want = String::new();
+            for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+                if let Some(v) = value {
+                    want.push_str(&format!("{name}: {v}\r\n"));
+                }
+            }
+            assert_eq!(String::from_utf8(raw).unwrap(), want);
+        }
+    }
+
     #[test]
     fn numbers_in_decimal() {
         for n in [0u64, 7, 10, 99, 100, 101, 1_000_000_000, 12_345, u64::MAX] {
-            let mut b = Buf::new();
-            b.num(n);
-            assert_eq!(b.bytes(), n.to_string().as_bytes());
+            let mut b = b"x".to_vec();
+            push_num(&mut b, n);
+            assert_eq!(b, format!("x{n}").as_bytes());
         }
     }
 }

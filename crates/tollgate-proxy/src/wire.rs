@@ -164,16 +164,18 @@ pub async fn exchange(
             .await
             .map_err(no_retry)?;
     }
-    read_response(conn, *req.method() == Method::HEAD, replayable).await
+    read_response(conn, *req.method() == Method::HEAD, replayable, to_response).await
 }
 
 /// Sends a request head already serialized (no body) and reads the response head: the data
-/// plane's fast path.
-pub async fn exchange_raw(
+/// plane's fast path. `take` sees the head where it lies in the connection's buffer (say, to copy
+/// its fields into the client's response) and says what becomes of it; no header map is built.
+pub async fn exchange_raw<T>(
     conn: &mut Conn,
     head: &[u8],
     head_req: bool,
-) -> Result<(Response<()>, Framing), WireError> {
+    take: impl FnMut(&RawHead<'_>) -> io::Result<T>,
+) -> Result<(T, Framing), WireError> {
     let sent = async {
         conn.write_all(head).await?;
         conn.flush().await
@@ -185,39 +187,40 @@ pub async fn exchange_raw(
             retryable: true,
         });
     }
-    read_response(conn, head_req, true).await
+    read_response(conn, head_req, true, take).await
 }
 
-async fn read_response(
+/// A final response head (not 1xx), borrowed from the connection's buffer: fields as httparse
+/// found them (names as the upstream spelled them, values checked for forbidden bytes).
+pub struct RawHead<'a> {
+    pub status: StatusCode,
+    pub http10: bool,
+    pub fields: &'a [httparse::Header<'a>],
+}
+
+impl RawHead<'_> {
+    /// Every value of the fields named `name` (case-insensitive).
+    fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.fields
+            .iter()
+            .filter(move |f| f.name.eq_ignore_ascii_case(name))
+            .map(|f| f.value)
+    }
+}
+
+async fn read_response<T>(
     conn: &mut Conn,
     head_req: bool,
     replayable: bool,
-) -> Result<(Response<()>, Framing), WireError> {
-    let no_retry = |error| WireError {
-        error,
-        retryable: false,
-    };
+    mut take: impl FnMut(&RawHead<'_>) -> io::Result<T>,
+) -> Result<(T, Framing), WireError> {
     let mut first = true;
     loop {
-        match parse_head(&conn.buf) {
-            Ok(Some((resp, len))) => {
-                conn.buf.advance(len);
-                let status = resp.status();
-                if status.is_informational() {
-                    // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
-                    if status == StatusCode::SWITCHING_PROTOCOLS {
-                        return Err(no_retry(bad("upstream switched protocols unasked")));
-                    }
-                    continue;
-                }
-                let framing = framing(&resp, head_req).map_err(no_retry)?;
-                return Ok((resp, framing));
-            }
-            Ok(None) if conn.buf.len() >= MAX_HEAD => {
-                return Err(no_retry(bad("upstream response head too large")))
-            }
-            Ok(None) => {}
-            Err(e) => return Err(no_retry(e)),
+        if let Some(done) = take_head(&mut conn.buf, head_req, &mut take) {
+            return done.map_err(|error| WireError {
+                error,
+                retryable: false,
+            });
         }
         match conn.read_more().await {
             Ok(0) => {
@@ -235,6 +238,38 @@ async fn read_response(
                 let retryable = first && conn.buf.is_empty() && replayable;
                 return Err(WireError { error, retryable });
             }
+        }
+    }
+}
+
+/// The final response head at the start of `buf`, given to `take` and consumed (1xx heads before
+/// it are skipped); `None` until a whole one is there. Not async, so the parser's field array
+/// lives on the stack and not in every future that awaits a response.
+fn take_head<T>(
+    buf: &mut BytesMut,
+    head_req: bool,
+    take: &mut impl FnMut(&RawHead<'_>) -> io::Result<T>,
+) -> Option<io::Result<(T, Framing)>> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match parse_head(buf, &mut fields) {
+            Ok(Some((head, len))) if head.status.is_informational() => {
+                // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Some(Err(bad("upstream switched protocols unasked")));
+                }
+                buf.advance(len);
+            }
+            Ok(Some((head, len))) => {
+                let done = framing(&head, head_req).and_then(|f| Ok((take(&head)?, f)));
+                buf.advance(len);
+                return Some(done);
+            }
+            Ok(None) if buf.len() >= MAX_HEAD => {
+                return Some(Err(bad("upstream response head too large")))
+            }
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
         }
     }
 }
@@ -330,10 +365,12 @@ async fn write_body(conn: &mut Conn, body: &mut ProxyBody, chunked: bool) -> io:
     conn.flush().await
 }
 
-/// A complete response head at the start of `buf`: the response and the head's length.
-fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<()>, usize)>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut headers);
+/// A complete response head at the start of `buf`, and its length.
+fn parse_head<'b>(
+    buf: &'b [u8],
+    fields: &'b mut [httparse::Header<'b>],
+) -> io::Result<Option<(RawHead<'b>, usize)>> {
+    let mut parsed = httparse::Response::new(fields);
     let len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -341,22 +378,32 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Response<()>, usize)>> {
     };
     let code = parsed.code.ok_or_else(|| bad("no status"))?;
     let status = StatusCode::from_u16(code).map_err(|_| bad("bad status code"))?;
-    // Room for the fields the proxy adds (RateLimit, x-request-id) without a rehash.
-    let mut map = HeaderMap::with_capacity(parsed.headers.len() + 8);
-    for h in parsed.headers.iter() {
+    let head = RawHead {
+        status,
+        http10: parsed.version == Some(0),
+        fields: parsed.headers,
+    };
+    Ok(Some((head, len)))
+}
+
+/// The head as an `http::Response` (hyper's path), with room for the fields the proxy adds
+/// (RateLimit, x-request-id) without a rehash.
+fn to_response(head: &RawHead<'_>) -> io::Result<Response<()>> {
+    let mut map = HeaderMap::with_capacity(head.fields.len() + 8);
+    for h in head.fields {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("bad field name"))?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad field value"))?;
         map.append(name, value);
     }
     let mut resp = Response::new(());
-    *resp.status_mut() = status;
-    *resp.version_mut() = if parsed.version == Some(0) {
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = if head.http10 {
         http::Version::HTTP_10
     } else {
         http::Version::HTTP_11
     };
     *resp.headers_mut() = map;
-    Ok(Some((resp, len)))
+    Ok(resp)
 }
 
 /// How the response body is delimited, and whether the connection may be kept afterwards.
@@ -374,28 +421,23 @@ pub enum Kind {
     UntilClose,
 }
 
-fn framing(resp: &Response<()>, head_req: bool) -> io::Result<Framing> {
-    let h = resp.headers();
-    let close = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|v| has_token(v.as_bytes(), b"close"));
-    let keep_alive = if resp.version() == http::Version::HTTP_10 {
-        h.get_all(http::header::CONNECTION)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"keep-alive"))
+fn framing(head: &RawHead<'_>, head_req: bool) -> io::Result<Framing> {
+    let close = head.values("connection").any(|v| has_token(v, b"close"));
+    let keep_alive = if head.http10 {
+        head.values("connection")
+            .any(|v| has_token(v, b"keep-alive"))
     } else {
         !close
     };
-    let status = resp.status();
+    let status = head.status;
     if head_req || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing {
             kind: Kind::Empty,
             keep_alive,
         });
     }
-    if let Some(te) = h.get(http::header::TRANSFER_ENCODING) {
-        return if has_token(te.as_bytes(), b"chunked") {
+    if let Some(te) = head.values("transfer-encoding").next() {
+        return if has_token(te, b"chunked") {
             Ok(Framing {
                 kind: Kind::Chunked,
                 keep_alive,
@@ -408,8 +450,8 @@ fn framing(resp: &Response<()>, head_req: bool) -> io::Result<Framing> {
         };
     }
     let mut length = None;
-    for v in h.get_all(http::header::CONTENT_LENGTH) {
-        let n: u64 = std::str::from_utf8(v.as_bytes())
+    for v in head.values("content-length") {
+        let n: u64 = std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| bad("bad content-length"))?;

@@ -449,7 +449,12 @@ impl KeyCache {
 
     /// The hot path: no await, no store access.
     pub fn lookup(&self, key: &KeyHash) -> CacheLookup {
-        let now = self.now_ms();
+        self.lookup_at(key, Instant::now())
+    }
+
+    /// [`lookup`](Self::lookup) as of `now`, a time the caller read already (the request's start).
+    pub fn lookup_at(&self, key: &KeyHash, now: Instant) -> CacheLookup {
+        let now = millis(now.saturating_duration_since(self.epoch));
         let key = prefix(key);
         let Some(account) = self.current_under(&key) else {
             let until = self.negative.get(&key).map(|u| *u);

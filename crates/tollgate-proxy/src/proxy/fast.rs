@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::header::{self, HeaderValue};
 use http::StatusCode;
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -26,15 +25,16 @@ use tollgate_config::UpstreamAuthTarget;
 use tollgate_core::DenyReason;
 
 use super::{
-    rate_limit_headers_into, request_id_from, Client, Proxy, X_FORWARDED_FOR, X_REQUEST_ID,
+    rate_limit_headers_into, Client, Deadlines, Proxy, RequestId, X_FORWARDED_FOR, X_REQUEST_ID,
     X_TOLLGATE_ACCOUNT, X_TOLLGATE_PARENT,
 };
 use crate::access_log::Trace;
 use crate::extract;
-use crate::forward::UpstreamBody;
+use crate::forward::{is_hop_by_hop, named_by_connection, UpstreamBody};
 use crate::respond::Refusal;
 use crate::router::Router;
 use crate::server::ProxySlot;
+use crate::wire::RawHead;
 
 /// How long a client may take to send a request head, idle keep-alive time included (as hyper's
 /// `header_read_timeout` on the other path). Re-armed at most every few seconds, not per request.
@@ -53,7 +53,11 @@ pub(crate) async fn serve_conn(
     closing: &mut watch::Receiver<bool>,
 ) -> Option<(TcpStream, Bytes)> {
     let mut buf = BytesMut::with_capacity(4096);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut scratch = Scratch {
+        out: Vec::with_capacity(1024),
+        up: Vec::with_capacity(1024),
+        deadlines: Deadlines::default(),
+    };
     let sleep = tokio::time::sleep(HEADER_TIMEOUT);
     tokio::pin!(sleep);
     let mut armed_at = tokio::time::Instant::now();
@@ -72,11 +76,6 @@ pub(crate) async fn serve_conn(
                     None if buf.len() >= max_head => return Some((stream, buf.freeze())),
                     None => {}
                 }
-            }
-            let now = tokio::time::Instant::now();
-            if now.duration_since(armed_at) >= REARM_AFTER {
-                sleep.as_mut().reset(now + HEADER_TIMEOUT);
-                armed_at = now;
             }
             let idle = buf.is_empty();
             let read = tokio::select! {
@@ -110,13 +109,22 @@ pub(crate) async fn serve_conn(
             {
                 break 'request Verdict::Hyper;
             }
-            out.clear();
             let close = head.close || draining.load(Ordering::Relaxed);
-            let body = proxy.serve_head(&head, client, close, &mut out).await;
-            let written = match body {
-                None => stream.write_all(&out).await,
-                Some(body) => write_streaming(&mut stream, &out, body).await,
+            let (body, ended) = proxy.serve_head(&head, client, close, &mut scratch).await;
+            let (written, ended) = match body {
+                None => (stream.write_all(&scratch.out).await, ended),
+                Some(body) => {
+                    let written = write_streaming(&mut stream, &scratch.out, body).await;
+                    (written, Instant::now())
+                }
             };
+            // The time a client has for its next head runs from about now: the timer moves
+            // when it was last set a while ago (a clock read per request is `ended`'s already).
+            let ended = tokio::time::Instant::from_std(ended);
+            if ended.saturating_duration_since(armed_at) >= REARM_AFTER {
+                sleep.as_mut().reset(ended + HEADER_TIMEOUT);
+                armed_at = ended;
+            }
             match written {
                 Err(_) => Verdict::Gone,
                 Ok(()) if close => Verdict::Close,
@@ -137,6 +145,15 @@ pub(crate) async fn serve_conn(
             buf = BytesMut::with_capacity(4096);
         }
     }
+}
+
+/// What a connection keeps from one request to the next.
+struct Scratch {
+    /// The response for the client.
+    out: Vec<u8>,
+    /// The request for the upstream.
+    up: Vec<u8>,
+    deadlines: Deadlines,
 }
 
 enum Verdict {
@@ -267,30 +284,36 @@ impl Proxy {
         head: &Head<'_, '_>,
         client: &Client,
         close: bool,
-        out: &mut Vec<u8>,
-    ) -> Option<UpstreamBody> {
+        scratch: &mut Scratch,
+    ) -> (Option<UpstreamBody>, Instant) {
         let started = Instant::now();
-        let request_id = request_id_from(head.field("x-request-id"));
+        let out = &mut scratch.out;
+        out.clear();
+        let id = RequestId::from_field(head.field("x-request-id"));
+        let request_id = id.as_bytes();
         let mut trace = Trace::default();
         let Some(idx) = head.route else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
-            self.record(None, started, &request_id, &trace, Err(r));
-            write_refusal(out, r, None, &request_id, head.head_req, close);
-            return None;
+            let ended = self.record(None, started, request_id, &trace, Err(r));
+            write_refusal(out, r, None, request_id, head.head_req, close);
+            return (None, ended);
         };
         match self
-            .forward_head(idx, head, client, &request_id, &mut trace, close, out)
+            .forward_head(
+                idx, head, client, request_id, started, &mut trace, close, scratch,
+            )
             .await
         {
             Ok((status, body)) => {
-                self.record(Some(idx), started, &request_id, &trace, Ok(status));
-                body
+                let ended = self.record(Some(idx), started, request_id, &trace, Ok(status));
+                (body, ended)
             }
             Err((r, retry_after)) => {
-                self.record(Some(idx), started, &request_id, &trace, Err(r));
+                let ended = self.record(Some(idx), started, request_id, &trace, Err(r));
+                let out = &mut scratch.out;
                 out.clear();
-                write_refusal(out, r, retry_after, &request_id, head.head_req, close);
-                None
+                write_refusal(out, r, retry_after, request_id, head.head_req, close);
+                (None, ended)
             }
         }
     }
@@ -301,32 +324,36 @@ impl Proxy {
         idx: usize,
         head: &Head<'_, '_>,
         client: &Client,
-        request_id: &HeaderValue,
+        request_id: &[u8],
+        started: Instant,
         trace: &mut Trace,
         close: bool,
-        out: &mut Vec<u8>,
+        scratch: &mut Scratch,
     ) -> Result<(StatusCode, Option<UpstreamBody>), (Refusal, Option<u64>)> {
         let rt = &self.runtime[idx];
+        let Scratch { out, up, deadlines } = scratch;
 
         // 1. The key, from the head sources (a fast-path request has no body to look in).
         let key = extract::from_fields(|name| head.field(name), head.query, &self.sources)
             .ok_or((Refusal::Deny(DenyReason::KeyMissing), None))?;
 
         // 2-4. Who, may it, limits and credits: the same code as hyper's path.
-        let (credits, standing) = self.admit_key(idx, &key, head.query, trace).await?;
+        let (credits, standing) = self
+            .admit_key(idx, &key, head.query, started, trace)
+            .await?;
         let principal = trace
             .principal
             .as_ref()
             .ok_or((Refusal::Deny(DenyReason::KeyUnknown), None))?;
 
         // 5. The upstream request, its fields copied as they came but for Tollgate's own.
-        out.clear();
-        out.extend_from_slice(head.method.as_bytes());
-        out.push(b' ');
-        self.write_target(head, rt, out)?;
-        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(rt.host_header.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        up.clear();
+        up.extend_from_slice(head.method.as_bytes());
+        up.push(b' ');
+        self.write_target(head, rt, up)?;
+        up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        up.extend_from_slice(rt.host_header.as_bytes());
+        up.extend_from_slice(b"\r\n");
         let auth_header = match &rt.auth {
             Some((UpstreamAuthTarget::Header(name), value)) => Some((name.as_str(), value)),
             _ => None,
@@ -355,72 +382,58 @@ impl Proxy {
             {
                 continue;
             }
-            push_field(out, name.as_bytes(), f.value);
+            push_field(up, name.as_bytes(), f.value);
         }
         let account = &principal.account;
         push_field(
-            out,
+            up,
             X_TOLLGATE_ACCOUNT.as_str().as_bytes(),
             account.id.as_bytes(),
         );
         push_field(
-            out,
+            up,
             X_TOLLGATE_PARENT.as_str().as_bytes(),
             principal.tenant.id.as_bytes(),
         );
-        push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
-        out.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
-        out.extend_from_slice(b": ");
+        push_field(up, X_REQUEST_ID.as_str().as_bytes(), request_id);
+        up.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+        up.extend_from_slice(b": ");
         if let Some(prev) = xff {
-            out.extend_from_slice(prev);
-            out.extend_from_slice(b", ");
+            up.extend_from_slice(prev);
+            up.extend_from_slice(b", ");
         }
-        out.extend_from_slice(client.ip.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        up.extend_from_slice(client.ip.as_bytes());
+        up.extend_from_slice(b"\r\n");
         if let Some((name, value)) = auth_header {
-            push_field(out, name.as_bytes(), value.as_bytes());
+            push_field(up, name.as_bytes(), value.as_bytes());
         }
-        out.extend_from_slice(b"\r\n");
+        up.extend_from_slice(b"\r\n");
 
+        // 7. The response head for the client, its fields copied from the upstream's where they
+        // lie in the connection's buffer (no header map), less hop-by-hop ones and those Tollgate
+        // sets. The rest of the head follows once the answer is charged.
+        let head_req = head.head_req;
         let answer = self
             .call_upstream(
                 idx,
                 trace,
-                self.upstreams.send_raw(&rt.origin, out, head.head_req),
+                deadlines,
+                self.upstreams
+                    .send_raw(&rt.origin, up, head_req, |raw: &RawHead<'_>| {
+                        Ok(client_head(raw, head_req, out))
+                    }),
             )
             .await;
 
         // 6. Charge what the upstream answered (or give back credits taken for nothing).
-        let status = answer.as_ref().ok().map(|(r, _)| r.status());
+        let status = answer.as_ref().ok().map(|((status, _), _)| *status);
         self.settle(idx, trace, credits, standing.as_ref(), status);
-        let (resp, body) = answer.map_err(|r| (r, None))?;
+        let ((status, has_date), body) = answer.map_err(|r| (r, None))?;
 
-        // 7. The response head for the client.
-        let status = resp.status();
-        let mut fields = resp.into_parts().0.headers;
-        crate::forward::strip_hop_by_hop(&mut fields);
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\n");
-        let mut has_date = false;
-        for (name, value) in &fields {
-            if *name == header::CONTENT_LENGTH && !head.head_req
-                || *name == X_REQUEST_ID
-                || name.as_str() == "ratelimit"
-                || name.as_str() == "ratelimit-policy"
-            {
-                continue;
-            }
-            has_date |= *name == header::DATE;
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
         if let Some(s) = &standing {
             rate_limit_headers_into(out, s);
         }
-        push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+        push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id);
         if !has_date {
             push_date(out);
         }
@@ -502,6 +515,49 @@ fn dropped_request_field(name: &str) -> bool {
     DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
 }
 
+/// The status line and fields of the client's response, from the upstream's head: its fields as
+/// they came, less hop-by-hop ones (and those `Connection` names), `content-length` (set again
+/// from the body, but for `HEAD`) and the ones Tollgate sets. The status, and whether a `date` came.
+fn client_head(raw: &RawHead<'_>, head_req: bool, out: &mut Vec<u8>) -> (StatusCode, bool) {
+    let status = raw.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let connection = || {
+        raw.fields
+            .iter()
+            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .map(|f| f.value)
+    };
+    // Usually `Connection: keep-alive` or none: then no field needs looking up in it.
+    let names_fields = connection().any(|v| {
+        v.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+    });
+    let mut has_date = false;
+    for f in raw.fields {
+        let name = f.name;
+        if is_hop_by_hop(name)
+            || (!head_req && name.eq_ignore_ascii_case("content-length"))
+            || name.eq_ignore_ascii_case("x-request-id")
+            || name.eq_ignore_ascii_case("ratelimit")
+            || name.eq_ignore_ascii_case("ratelimit-policy")
+            || (names_fields && named_by_connection(connection(), name))
+        {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case("date");
+        push_field(out, name.as_bytes(), f.value);
+    }
+    (status, has_date)
+}
+
 fn is_bearer(v: &[u8]) -> bool {
     v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && !v[7..].trim_ascii().is_empty()
 }
@@ -514,9 +570,9 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 fn push_length(out: &mut Vec<u8>, n: u64) {
-    let mut b = super::Buf::new();
-    b.num(n);
-    push_field(out, b"content-length", b.bytes());
+    out.extend_from_slice(b"content-length: ");
+    super::push_num(out, n);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `date`, as hyper's server adds it: rendered once a second per worker.
@@ -543,7 +599,7 @@ fn write_refusal(
     out: &mut Vec<u8>,
     r: Refusal,
     retry_after: Option<u64>,
-    request_id: &HeaderValue,
+    request_id: &[u8],
     head_req: bool,
     close: bool,
 ) {
@@ -558,11 +614,11 @@ fn write_refusal(
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(secs) = retry_after {
-        let mut b = super::Buf::new();
-        b.num(secs);
-        push_field(out, header::RETRY_AFTER.as_str().as_bytes(), b.bytes());
+        out.extend_from_slice(b"retry-after: ");
+        super::push_num(out, secs);
+        out.extend_from_slice(b"\r\n");
     }
-    push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+    push_field(out, X_REQUEST_ID.as_str().as_bytes(), request_id);
     push_date(out);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
