@@ -251,7 +251,8 @@ fn take_head<T>(
     take: &mut impl FnMut(&RawHead<'_>) -> io::Result<T>,
 ) -> Option<io::Result<(T, Framing)>> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Left uninitialized: the parser writes the fields it finds (4 KiB not cleared per head).
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         match parse_head(buf, &mut fields) {
             Ok(Some((head, len))) if head.status.is_informational() => {
                 // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
@@ -368,10 +369,14 @@ async fn write_body(conn: &mut Conn, body: &mut ProxyBody, chunked: bool) -> io:
 /// A complete response head at the start of `buf`, and its length.
 fn parse_head<'b>(
     buf: &'b [u8],
-    fields: &'b mut [httparse::Header<'b>],
+    fields: &'b mut [std::mem::MaybeUninit<httparse::Header<'b>>],
 ) -> io::Result<Option<(RawHead<'b>, usize)>> {
-    let mut parsed = httparse::Response::new(fields);
-    let len = match parsed.parse(buf) {
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        fields,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(bad(&format!("bad upstream response head: {e}"))),

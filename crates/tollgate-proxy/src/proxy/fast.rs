@@ -94,9 +94,10 @@ pub(crate) async fn serve_conn(
         let proxy = slot.load_full();
         let mut head_len = 0;
         let verdict = 'request: {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut fields);
-            match req.parse(&buf) {
+            // Left uninitialized: the parser writes the fields it finds.
+            let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut []);
+            match req.parse_with_uninit_headers(&buf, &mut fields) {
                 Ok(httparse::Status::Complete(n)) => head_len = n,
                 _ => break 'request Verdict::Hyper,
             }
