@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Two or more Tollgate builds side by side with nginx, against a held setup: wall-clock req/s and
+# p99 of admitted requests, rounds alternating, to tell whether a change helps.
+#
+#   HOLD=1 benches/load/run.sh &                   # the upstream, nginx and the seeded store, held
+#   benches/load/ab.sh OLD_BIN NEW_BIN [...]
+#
+# Each BIN runs on its own copy of the seeded embedded store with the load run's settings (one
+# worker, metering and per-key metrics on, access log off), pinned to PROXY_CPU [0]; wrk -c CONNS
+# [64] on LOAD_CPU [1] for DURATION [8] s per contender per round, ROUNDS [5] rounds, in the order
+# nginx, BIN1, BIN2, ... (rotated each round). Prints each contender's median req/s and p99 and its
+# median per-round ratio to nginx. OUT [benches/load/out] is the held run's output directory.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+[ $# -ge 1 ] || { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+OUT=${OUT:-$HERE/out}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-5}
+CONNS=${CONNS:-64}
+[ -f "$OUT/hold.txt" ] || { echo "ab.sh: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
+read -r _ UP _ NGINX _ _ _ _ _ KEYS _ _ <"$OUT/hold.txt"
+NGINX=${NGINX%%/*}
+SEED=$(dirname "$KEYS")
+REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+D=$(mktemp -d /tmp/tollgate-ab.XXXXXX)
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$D"
+}
+trap cleanup EXIT
+
+NAMES=(nginx) PORTS=("$NGINX")
+i=0
+for bin in "$@"; do
+  i=$((i + 1))
+  dir="$D/$i"
+  mkdir -p "$dir"
+  cp "$SEED/tollgate.db" "$dir/tollgate.db"
+  port=$(free_port) account=$(free_port) ops=$(free_port)
+  cat >"$dir/gateway.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$port"
+workers = 1
+[account_api]
+listen = "127.0.0.1:$account"
+[ops]
+listen = "127.0.0.1:$ops"
+[store]
+backend = "embedded"
+path = "$dir/tollgate.db"
+[metering]
+flush_interval = "250ms"
+[metrics]
+per_key = true
+[logging]
+access_sample = 0
+[limits]
+parent = { rps = 1000000000, burst = 1000000000 }
+child = { rps = 1000000000, burst = 1000000000 }
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "http://127.0.0.1:$UP"
+product = "whois"
+credits = 1
+TOML
+  TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_ab_$RANDOM$RANDOM \
+    taskset -c "$PROXY_CPU" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &
+  PIDS+=($!)
+  for _ in $(seq 120); do
+    curl -sf -o /dev/null "http://127.0.0.1:$ops/readyz" && break
+    kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$dir/log" >&2; exit 1; }
+    sleep 0.5
+  done
+  NAMES+=("$i:$(basename "$bin")") PORTS+=("$port")
+done
+
+load() { # PORT SECONDS -> "req/s p99_ms"
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$2s" --latency -s "$HERE/keys.lua" \
+    "http://127.0.0.1:$1" -- "$KEYS" "$REQ_PATH" 2>&1 |
+    awk '/Requests\/sec/ { r = $2 } / 99%/ { v = $2; if (v ~ /us$/) p = v / 1000; else if (v ~ /ms$/) p = v + 0; else p = v * 1000 } END { printf "%d %.3f\n", r, p }'
+}
+for p in "${PORTS[@]}"; do load "$p" 3 >/dev/null; done # warm-up: caches, pools
+n=${#PORTS[@]}
+: >"$D/rows"
+for r in $(seq "$ROUNDS"); do
+  for k in $(seq 0 $((n - 1))); do
+    j=$(((k + r) % n))
+    echo "$r ${NAMES[$j]} $(load "${PORTS[$j]}" "$DURATION")" | tee -a "$D/rows" >&2
+  done
+done
+python3 - "$D/rows" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+by = {}
+for r, name, rps, p99 in rows:
+    by.setdefault(name, {})[r] = (float(rps), float(p99))
+base = by["nginx"]
+print(f"{'contender':<28} {'req/s':>9} {'p99 ms':>7} {'req/s vs nginx':>15} {'p99 vs nginx':>13}")
+for name, rounds in by.items():
+    rps = statistics.median(v[0] for v in rounds.values())
+    p99 = statistics.median(v[1] for v in rounds.values())
+    rr = statistics.median(rounds[k][0] / base[k][0] for k in rounds)
+    pr = statistics.median(rounds[k][1] / base[k][1] for k in rounds)
+    print(f"{name:<28} {rps:>9.0f} {p99:>7.2f} {rr:>14.3f}x {pr:>12.3f}x")
+PY
