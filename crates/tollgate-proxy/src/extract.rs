@@ -118,19 +118,9 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
 
 /// Whether the query string has a parameter named in `names` (so [`strip_query`] would change it).
 pub fn has_param(query: &str, names: &[String]) -> bool {
-    let q = query.as_bytes();
-    names.iter().any(|name| {
-        // Each place the name starts a parameter and is followed by `=`, `&` or the end.
-        let mut from = 0;
-        while let Some(at) = query[from..].find(name.as_str()).map(|i| i + from) {
-            let starts = at == 0 || q[at - 1] == b'&';
-            let ends = matches!(q.get(at + name.len()), None | Some(b'=') | Some(b'&'));
-            if starts && ends {
-                return true;
-            }
-            from = at + 1;
-        }
-        false
+    query.split('&').any(|pair| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        names.iter().any(|n| n == key)
     })
 }
 

@@ -385,9 +385,16 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 /// Whether a field named `name` is one of the hop-by-hop fields (not counting those a `Connection`
 /// field names).
 pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+    // By length first: most names are ruled out without a comparison.
+    let is = |h: &str| name.eq_ignore_ascii_case(h);
+    match name.len() {
+        2 => is("te"),
+        7 => is("upgrade"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        _ => false,
+    }
 }
 
 /// Whether one of the `Connection` values names the field `name` (`close` and `keep-alive` name
@@ -447,6 +454,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn raw_hop_by_hop_names_are_the_header_maps() {
+        for h in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(h.as_str()), "{h}");
+            assert!(is_hop_by_hop(&h.as_str().to_ascii_uppercase()), "{h}");
+        }
+        for other in [
+            "date",
+            "content-length",
+            "tee",
+            "x-upgrade",
+            "connections",
+            "",
+        ] {
+            assert!(!is_hop_by_hop(other), "{other}");
+        }
+    }
     use http_body_util::{BodyExt, Either, Full};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;

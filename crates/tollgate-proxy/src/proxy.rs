@@ -685,17 +685,37 @@ fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
     }
 }
 
-/// The same fields, appended to a raw response head.
+/// The same fields, appended to a raw response head. The policy, the same for every request
+/// under the same limits, is rendered once per change on each worker.
 fn rate_limit_headers_into(out: &mut Vec<u8>, s: &Standing) {
-    for (name, push) in RATE_LIMIT_FIELDS {
-        let start = out.len();
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        if push(out, s) {
-            out.extend_from_slice(b"\r\n");
-        } else {
-            out.truncate(start);
+    type Policy = (Option<(u32, u32)>, Option<u64>);
+    thread_local! {
+        static POLICY: std::cell::RefCell<(Option<Policy>, Vec<u8>)> =
+            const { std::cell::RefCell::new((None, Vec::new())) };
+    }
+    let policy: Policy = (
+        s.rate.map(|r| (r.limit.rps, r.limit.burst)),
+        s.credits.map(|(included, _)| included),
+    );
+    POLICY.with_borrow_mut(|(rendered, field)| {
+        if *rendered != Some(policy) {
+            field.clear();
+            push_rate_limit_field(field, &RATELIMIT_POLICY, push_policy, s);
+            *rendered = Some(policy);
         }
+        out.extend_from_slice(field);
+    });
+    push_rate_limit_field(out, &RATELIMIT, push_state, s);
+}
+
+fn push_rate_limit_field(out: &mut Vec<u8>, name: &HeaderName, push: PushValue, s: &Standing) {
+    let start = out.len();
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    if push(out, s) {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.truncate(start);
     }
 }
 
@@ -866,6 +886,13 @@ mod tests {
                 Some((1000, Some(7))),
                 Some(r#""rate";q=50;w=1;burst=100, "credits";q=1000"#),
                 Some(r#""rate";r=0;t=1, "credits";r=7"#),
+            ),
+            // The same policy as the case before (rendered once), another state.
+            (
+                rate,
+                Some((1000, Some(3))),
+                Some(r#""rate";q=50;w=1;burst=100, "credits";q=1000"#),
+                Some(r#""rate";r=0;t=1, "credits";r=3"#),
             ),
             (None, Some((1000, None)), Some(r#""credits";q=1000"#), None),
             (

@@ -530,7 +530,7 @@ fn client_head(raw: &RawHead<'_>, head_req: bool, out: &mut Vec<u8>) -> (StatusC
     let connection = || {
         raw.fields
             .iter()
-            .filter(|f| f.name.eq_ignore_ascii_case("connection"))
+            .filter(|f| f.name.len() == 10 && f.name.eq_ignore_ascii_case("connection"))
             .map(|f| f.value)
     };
     // Usually `Connection: keep-alive` or none: then no field needs looking up in it.
@@ -544,16 +544,19 @@ fn client_head(raw: &RawHead<'_>, head_req: bool, out: &mut Vec<u8>) -> (StatusC
     let mut has_date = false;
     for f in raw.fields {
         let name = f.name;
-        if is_hop_by_hop(name)
-            || (!head_req && name.eq_ignore_ascii_case("content-length"))
-            || name.eq_ignore_ascii_case("x-request-id")
-            || name.eq_ignore_ascii_case("ratelimit")
-            || name.eq_ignore_ascii_case("ratelimit-policy")
-            || (names_fields && named_by_connection(connection(), name))
-        {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        // Tollgate's own, and the length (set again from the body): by length first.
+        let own = match name.len() {
+            9 => is("ratelimit"),
+            12 => is("x-request-id"),
+            14 => !head_req && is("content-length"),
+            16 => is("ratelimit-policy"),
+            _ => false,
+        };
+        if own || is_hop_by_hop(name) || (names_fields && named_by_connection(connection(), name)) {
             continue;
         }
-        has_date |= name.eq_ignore_ascii_case("date");
+        has_date |= name.len() == 4 && is("date");
         push_field(out, name.as_bytes(), f.value);
     }
     (status, has_date)
