@@ -432,19 +432,11 @@ impl KeyCache {
         self.accounts.get(id).map(|e| e.key().0.clone())
     }
 
-    /// The current entry of the account the key index holds `key` for: `None` if it holds none,
-    /// `Some(None)` if that account's current entry is not keyed by `key`.
-    fn current_under(&self, key: &KeyPrefix) -> Option<Option<Arc<CachedAccount>>> {
-        // The id index is read with the key index's shard read-locked; nothing locks them the
-        // other way round (writers take one, release it, then take the other).
-        let account = {
-            let indexed = self.keys.get(key)?;
-            self.current(&indexed.key().0.id)
-        };
-        // Usually the entry the index holds. If the index trails a refresh, the current entry
-        // (same key) is the one to judge by; if the account was since loaded by another key
-        // (rotated), this key no longer names it: a miss, and the store says what it is now.
-        Some(account.filter(|a| a.key == *key))
+    /// The current entry of the account the key index holds `key` for: `None` if it holds none.
+    /// One look-up: [`install`](Self::install) and [`forget`](Self::forget) change the key index
+    /// before the id index, so the key index never trails the account's current entry.
+    fn current_under(&self, key: &KeyPrefix) -> Option<Arc<CachedAccount>> {
+        self.keys.get(key).map(|e| e.key().0.clone())
     }
 
     /// The hot path: no await, no store access.
@@ -465,7 +457,7 @@ impl KeyCache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return CacheLookup::Miss;
         };
-        match account.and_then(|a| self.principal_of(a, now)) {
+        match self.principal_of(account, now) {
             Some(p) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 CacheLookup::Hit(p)
@@ -497,7 +489,7 @@ impl KeyCache {
 
     /// Whatever is cached for the key, fresh or not (the store-down fallback).
     fn stale_principal(&self, key: &KeyHash) -> Option<Principal> {
-        let account = self.current_under(&prefix(key))??;
+        let account = self.current_under(&prefix(key))?;
         let tenant = match &account.parent {
             None => account.clone(),
             Some(link) => self.current(&link.id)?,
@@ -509,9 +501,9 @@ impl KeyCache {
     /// indexed; otherwise (a refresh) its key is the one of the entry it replaces, and stays indexed
     /// only if it still is: a key removed meanwhile must not come back with a refresh.
     fn install(&self, entry: &Arc<CachedAccount>, by_key: bool) {
-        // The id index first: while the key index still holds the entry this one replaces,
-        // look-ups by its key find this one current, under the same key.
-        let old = replace(&self.accounts, ById(entry.clone()));
+        // The key index first: a look-up by key reads that index alone, so from here on it finds
+        // this entry (the id index follows; a child's look-up of this as its parent finds the old
+        // entry until then, as if it had come a moment earlier).
         if entry.key != NO_KEY {
             if by_key {
                 replace(&self.keys, ByKey(entry.clone()));
@@ -522,6 +514,7 @@ impl KeyCache {
                 }
             }
         }
+        let old = replace(&self.accounts, ById(entry.clone()));
         if let Some(ById(old)) = old {
             // Loaded by another key: the old one no longer names the account.
             if old.key != NO_KEY && old.key != entry.key {
@@ -530,10 +523,15 @@ impl KeyCache {
         }
     }
 
-    /// Drops an account's entry (and its key's index element).
+    /// Drops an account's entry (and its key's index element, first: see `install`).
     fn forget(&self, id: &str) {
+        let key = self.accounts.get(id).map(|e| e.key().0.key);
+        if let Some(key) = key.filter(|k| *k != NO_KEY) {
+            self.keys.remove_if(&key, |k, _| &*k.0.id == id);
+        }
         if let Some((ById(old), ())) = self.accounts.remove(id) {
-            if old.key != NO_KEY {
+            // Loaded by another key meanwhile: that one goes too.
+            if old.key != NO_KEY && Some(old.key) != key {
                 self.keys.remove_if(&old.key, |k, _| k.0.id == old.id);
             }
         }
