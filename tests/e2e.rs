@@ -421,6 +421,23 @@ async fn restart_keeps_keys_and_sigterm_drains() {
         "the key survives a restart"
     );
 
+    // A kept-alive connection (the fast path), idle when SIGTERM comes: closed by the drain.
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        idle.write_all(
+            format!(
+                "GET /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (status, head, _) = read_response(&mut idle, &mut Vec::new()).await;
+        assert_eq!(status, 200, "{head}");
+    }
+
     // An in-flight request completes across SIGTERM, and the process exits 0.
     let url = format!("{}/whoisserver/WhoisService/slow", g.proxy);
     let k = key.clone();
@@ -435,10 +452,26 @@ async fn restart_keeps_keys_and_sigterm_drains() {
         },
     )
     .await;
+    let t = std::time::Instant::now();
     let status = g.terminate().await;
     assert!(status.success(), "exit status {status}");
+    // Well inside drain_timeout (30 s): the idle connection did not hold the drain up.
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        t.elapsed()
+    );
     let r = inflight.await.unwrap().unwrap();
     assert_eq!(r.status, 200, "in-flight request was dropped");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), {
+        use tokio::io::AsyncReadExt;
+        idle.read_to_end(&mut rest)
+    })
+    .await
+    .expect("the idle connection is closed")
+    .unwrap_or(0);
+    assert_eq!(n, 0, "bytes on an idle connection: {rest:?}");
 }
 
 #[test]

@@ -60,6 +60,10 @@ pub(crate) async fn serve_conn(
     };
     let sleep = tokio::time::sleep(HEADER_TIMEOUT);
     tokio::pin!(sleep);
+    // One wait for the drain per connection, not one per request: it stays registered with the
+    // channel between polls (and sees a `true` sent while it was not being polled).
+    let closed = closing.wait_for(|c| *c);
+    tokio::pin!(closed);
     let mut armed_at = tokio::time::Instant::now();
     loop {
         // 1. A whole request head (pipelined ones may already be in the buffer). Its end is
@@ -82,7 +86,7 @@ pub(crate) async fn serve_conn(
                 biased;
                 r = stream.read_buf(&mut buf) => r,
                 () = &mut sleep => return None,
-                _ = closing.wait_for(|c| *c), if idle => return None,
+                _ = &mut closed, if idle => return None,
             };
             match read {
                 Ok(0) | Err(_) => return None,
