@@ -105,23 +105,28 @@ fn bearer_token(value: Option<&[u8]>) -> Option<&[u8]> {
     }
 }
 
+/// A query string's `(name, value)` pairs: split on `&`, then on the first `=` (no `=`: an empty
+/// value). A plain byte loop: queries are short, and `str`'s searchers cost more to set up.
+fn pairs(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
+    query
+        .as_bytes()
+        .split(|&b| b == b'&')
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        })
+}
+
 /// The first non-empty value of `name` in a query string, percent-decoded.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<Vec<u8>> {
-    for pair in query?.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == name && !v.is_empty() {
-            return Some(percent_decode(v.as_bytes()).collect());
-        }
-    }
-    None
+    pairs(query?)
+        .find(|(k, v)| *k == name.as_bytes() && !v.is_empty())
+        .map(|(_, v)| percent_decode(v).collect())
 }
 
 /// Whether the query string has a parameter named in `names` (so [`strip_query`] would change it).
 pub fn has_param(query: &str, names: &[String]) -> bool {
-    query.split('&').any(|pair| {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        names.iter().any(|n| n == key)
-    })
+    pairs(query).any(|(key, _)| names.iter().any(|n| n.as_bytes() == key))
 }
 
 /// The query string less every parameter named in `names`; `None` if nothing is left.
@@ -245,5 +250,18 @@ mod tests {
         let p = parts("/x", &[("content-type", "application/json; charset=utf-8")]);
         assert!(is_json(&p));
         assert!(!is_json(&parts("/x", &[("content-type", "text/plain")])));
+    }
+
+    #[test]
+    fn query_pairs_split_on_the_first_equals_sign() {
+        let names = vec!["apiKey".to_owned()];
+        assert_eq!(
+            query_param(Some("a=1&apiKey=&apiKey=k%2B1=x"), "apiKey").unwrap(),
+            b"k+1=x"
+        );
+        assert_eq!(query_param(Some("apiKey&b=2"), "apiKey"), None);
+        assert_eq!(query_param(None, "apiKey"), None);
+        assert!(has_param("b=2&apiKey", &names));
+        assert!(!has_param("b=apiKey&apiKeys=1", &names));
     }
 }

@@ -198,16 +198,6 @@ pub struct RawHead<'a> {
     pub fields: &'a [httparse::Header<'a>],
 }
 
-impl RawHead<'_> {
-    /// Every value of the fields named `name` (case-insensitive).
-    fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
-        self.fields
-            .iter()
-            .filter(move |f| f.name.eq_ignore_ascii_case(name))
-            .map(|f| f.value)
-    }
-}
-
 async fn read_response<T>(
     conn: &mut Conn,
     head_req: bool,
@@ -427,10 +417,36 @@ pub enum Kind {
 }
 
 fn framing(head: &RawHead<'_>, head_req: bool) -> io::Result<Framing> {
-    let close = head.values("connection").any(|v| has_token(v, b"close"));
+    // One pass over the fields, names told apart by length first.
+    let (mut close, mut keep_alive_token) = (false, false);
+    let mut te: Option<&[u8]> = None;
+    let mut length: Result<Option<u64>, &'static str> = Ok(None);
+    for f in head.fields {
+        let is = |n: &str| f.name.eq_ignore_ascii_case(n);
+        match f.name.len() {
+            10 if is("connection") => {
+                close |= has_token(f.value, b"close");
+                keep_alive_token |= has_token(f.value, b"keep-alive");
+            }
+            17 if is("transfer-encoding") => {
+                te.get_or_insert(f.value);
+            }
+            14 if is("content-length") => {
+                let n = std::str::from_utf8(f.value.trim_ascii())
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                length = match (length, n) {
+                    (Err(e), _) => Err(e),
+                    (_, None) => Err("bad content-length"),
+                    (Ok(Some(l)), Some(n)) if l != n => Err("conflicting content-length"),
+                    (Ok(_), Some(n)) => Ok(Some(n)),
+                };
+            }
+            _ => {}
+        }
+    }
     let keep_alive = if head.http10 {
-        head.values("connection")
-            .any(|v| has_token(v, b"keep-alive"))
+        keep_alive_token
     } else {
         !close
     };
@@ -441,7 +457,7 @@ fn framing(head: &RawHead<'_>, head_req: bool) -> io::Result<Framing> {
             keep_alive,
         });
     }
-    if let Some(te) = head.values("transfer-encoding").next() {
+    if let Some(te) = te {
         return if has_token(te, b"chunked") {
             Ok(Framing {
                 kind: Kind::Chunked,
@@ -454,18 +470,7 @@ fn framing(head: &RawHead<'_>, head_req: bool) -> io::Result<Framing> {
             })
         };
     }
-    let mut length = None;
-    for v in head.values("content-length") {
-        let n: u64 = std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| bad("bad content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(bad("conflicting content-length"));
-        }
-        length = Some(n);
-    }
-    Ok(match length {
+    Ok(match length.map_err(bad)? {
         Some(0) => Framing {
             kind: Kind::Empty,
             keep_alive,
@@ -718,4 +723,69 @@ fn read_or_eof(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
 
 fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The framing of a response head (`HTTP/1.x` and its fields), or the error's text.
+    fn frame(head: &str, head_req: bool) -> Result<(Kind, bool), String> {
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let (raw, _) = parse_head(head.as_bytes(), &mut fields).unwrap().unwrap();
+        framing(&raw, head_req)
+            .map(|f| (f.kind, f.keep_alive))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h11 = |fields: &str| format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        assert_eq!(
+            frame(&h11("Content-Length: 5\r\n"), false),
+            Ok((Kind::Length(5), true))
+        );
+        assert_eq!(
+            frame(&h11("content-length:  0 \r\n"), false),
+            Ok((Kind::Empty, true))
+        );
+        // The same length twice is one length; two lengths are an error, a bad one too.
+        let twice = h11("Content-Length: 5\r\nContent-Length: 5\r\n");
+        assert_eq!(frame(&twice, false), Ok((Kind::Length(5), true)));
+        let conflict = h11("Content-Length: 5\r\nContent-Length: 6\r\n");
+        assert_eq!(
+            frame(&conflict, false),
+            Err("conflicting content-length".into())
+        );
+        assert_eq!(
+            frame(&h11("Content-Length: x\r\n"), false),
+            Err("bad content-length".into())
+        );
+        // No body for HEAD (whatever its length says), and then a bad length does not matter.
+        assert_eq!(
+            frame(&h11("Content-Length: x\r\n"), true),
+            Ok((Kind::Empty, true))
+        );
+        // Transfer-Encoding wins over Content-Length; a coding other than chunked runs to close.
+        let chunked = h11("Transfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n");
+        assert_eq!(frame(&chunked, false), Ok((Kind::Chunked, true)));
+        let gzip = h11("Transfer-Encoding: gzip\r\n");
+        assert_eq!(frame(&gzip, false), Ok((Kind::UntilClose, false)));
+        // Neither: to the end of the connection, which is then not kept.
+        assert_eq!(
+            frame(&h11("X-A: 1\r\n"), false),
+            Ok((Kind::UntilClose, false))
+        );
+        // Connection: close on 1.1; 1.0 keeps the connection only when asked to.
+        let close = h11("Connection: Keep-Alive, close\r\nContent-Length: 1\r\n");
+        assert_eq!(frame(&close, false), Ok((Kind::Length(1), false)));
+        let h10 = "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(frame(h10, false), Ok((Kind::Length(1), false)));
+        let h10_kept = "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(frame(h10_kept, false), Ok((Kind::Length(1), true)));
+        // 204 and 304 have no body.
+        let no_content = "HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n";
+        assert_eq!(frame(no_content, false), Ok((Kind::Empty, true)));
+    }
 }
