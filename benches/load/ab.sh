@@ -12,6 +12,8 @@
 # median per-round ratio to nginx. OUT [benches/load/out] is the held run's output directory.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=gateway-toml.sh
+. "$HERE/gateway-toml.sh"
 [ $# -ge 1 ] || { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
@@ -44,32 +46,8 @@ for bin in "$@"; do
   mkdir -p "$dir"
   cp "$SEED/tollgate.db" "$dir/tollgate.db"
   port=$(free_port) account=$(free_port) ops=$(free_port)
-  cat >"$dir/gateway.toml" <<TOML
-[proxy]
-listen = "127.0.0.1:$port"
-workers = 1
-[account_api]
-listen = "127.0.0.1:$account"
-[ops]
-listen = "127.0.0.1:$ops"
-[store]
-backend = "embedded"
-path = "$dir/tollgate.db"
-[metering]
-flush_interval = "250ms"
-[metrics]
-per_key = true
-[logging]
-access_sample = 0
-[limits]
-parent = { rps = 1000000000, burst = 1000000000 }
-child = { rps = 1000000000, burst = 1000000000 }
-[[routes]]
-prefix = "/whoisserver/WhoisService"
-upstream = "http://127.0.0.1:$UP"
-product = "whois"
-credits = 1
-TOML
+  gateway_toml "$port" "$account" "$ops" "$UP" "backend = \"embedded\"
+path = \"$dir/tollgate.db\"" >"$dir/gateway.toml"
   TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_ab_$RANDOM$RANDOM \
     taskset -c "$PROXY_CPU" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &
   PIDS+=($!)

@@ -13,6 +13,8 @@
 # there, for callgrind_annotate. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=gateway-toml.sh
+. "$HERE/gateway-toml.sh"
 BIN=${1:?usage: callgrind.sh BIN [SECONDS]}
 SECS=${2:-15}
 OUT=${OUT:-$HERE/out}
@@ -28,32 +30,8 @@ D=$(mktemp -d /tmp/tollgate-callgrind.XXXXXX)
 trap '[ -z "${VG:-}" ] || kill "$VG" 2>/dev/null || true; rm -rf "$D"' EXIT
 cp "$SEED/tollgate.db" "$D/tollgate.db"
 PORT=$(free_port) ACCOUNT=$(free_port) OPS=$(free_port)
-cat >"$D/gateway.toml" <<TOML
-[proxy]
-listen = "127.0.0.1:$PORT"
-workers = 1
-[account_api]
-listen = "127.0.0.1:$ACCOUNT"
-[ops]
-listen = "127.0.0.1:$OPS"
-[store]
-backend = "embedded"
-path = "$D/tollgate.db"
-[metering]
-flush_interval = "250ms"
-[metrics]
-per_key = true
-[logging]
-access_sample = 0
-[limits]
-parent = { rps = 1000000000, burst = 1000000000 }
-child = { rps = 1000000000, burst = 1000000000 }
-[[routes]]
-prefix = "/whoisserver/WhoisService"
-upstream = "http://127.0.0.1:$UP"
-product = "whois"
-credits = 1
-TOML
+gateway_toml "$PORT" "$ACCOUNT" "$OPS" "$UP" "backend = \"embedded\"
+path = \"$D/tollgate.db\"" >"$D/gateway.toml"
 TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_callgrind_$RANDOM$RANDOM \
   taskset -c "$PROXY_CPU" valgrind --tool=callgrind --separate-threads=yes \
   --callgrind-out-file="$D/cg.out" "$BIN" run --config "$D/gateway.toml" 2>"$D/log" &

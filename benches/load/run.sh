@@ -18,6 +18,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=gateway-toml.sh
+. "$HERE/gateway-toml.sh"
 ROOT=$(cd "$HERE/../.." && pwd)
 
 SMOKE=0
@@ -317,34 +319,7 @@ start_tollgate() {
   local account_port ops_port
   account_port=$(free_port)
   ops_port=$(free_port)
-  cat >"$dir/gateway.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$TG_PORT"
-# One data-plane thread on the one core Tollgate is pinned to, as nginx runs one worker.
-workers = 1
-[account_api]
-listen = "127.0.0.1:$account_port"
-[ops]
-listen = "127.0.0.1:$ops_port"
-[store]
-$2
-[metering]
-flush_interval = "$FLUSH_INTERVAL"
-[metrics]
-per_key = true
-# nginx runs with access_log off; Tollgate's refusal log stays on (capped per second).
-[logging]
-access_sample = 0
-# The limiter runs on every request; the limits are set high enough that the load is never refused.
-[limits]
-parent = { rps = 1000000000, burst = 1000000000 }
-child = { rps = 1000000000, burst = 1000000000 }
-[[routes]]
-prefix = "/whoisserver/WhoisService"
-upstream = "http://127.0.0.1:$UP_PORT"
-product = "whois"
-credits = 1
-EOF
+  gateway_toml "$TG_PORT" "$account_port" "$ops_port" "$UP_PORT" "$2" "$FLUSH_INTERVAL" >"$dir/gateway.toml"
   "$TOLLGATE_BIN" check --config "$dir/gateway.toml" >&2
   TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_load_$RANDOM$RANDOM \
     taskset -c "$PROXY_CPU" "$TOLLGATE_BIN" run --config "$dir/gateway.toml" 2>"$dir/tollgate.log" &

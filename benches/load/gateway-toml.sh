@@ -1,0 +1,35 @@
+# Sourced by run.sh, ab.sh and callgrind.sh: the gateway.toml every load run gives Tollgate.
+#
+#   gateway_toml PORT ACCOUNT_PORT OPS_PORT UPSTREAM_PORT STORE_TOML [FLUSH_INTERVAL] > gateway.toml
+#
+# STORE_TOML is the body of the [store] section; FLUSH_INTERVAL defaults to 250ms.
+gateway_toml() {
+  cat <<EOF
+[proxy]
+listen = "127.0.0.1:$1"
+# One data-plane thread on the one core Tollgate is pinned to, as nginx runs one worker.
+workers = 1
+[account_api]
+listen = "127.0.0.1:$2"
+[ops]
+listen = "127.0.0.1:$3"
+[store]
+$5
+[metering]
+flush_interval = "${6:-250ms}"
+[metrics]
+per_key = true
+# nginx runs with access_log off; Tollgate's refusal log stays on (capped per second).
+[logging]
+access_sample = 0
+# The limiter runs on every request; the limits are set high enough that the load is never refused.
+[limits]
+parent = { rps = 1000000000, burst = 1000000000 }
+child = { rps = 1000000000, burst = 1000000000 }
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "http://127.0.0.1:$4"
+product = "whois"
+credits = 1
+EOF
+}
