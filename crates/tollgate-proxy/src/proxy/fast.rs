@@ -414,9 +414,9 @@ impl Proxy {
         }
         up.extend_from_slice(b"\r\n");
 
-        // 7. The response head for the client, its fields copied from the upstream's where they
-        // lie in the connection's buffer (no header map), less hop-by-hop ones and those Tollgate
-        // sets. The rest of the head follows once the answer is charged.
+        // The exchange. As the upstream's response head arrives, the start of the client's (step
+        // 7) is written from it where it lies in the connection's buffer (no header map): its
+        // status line and fields, less hop-by-hop ones and those Tollgate sets.
         let head_req = head.head_req;
         let answer = self
             .call_upstream(
@@ -434,6 +434,8 @@ impl Proxy {
         let status = answer.as_ref().ok().map(|((status, _), _)| *status);
         self.settle(idx, trace, credits, standing.as_ref(), status);
         let ((status, has_date), body) = answer.map_err(|r| (r, None))?;
+
+        // 7. The rest of the client's response head: Tollgate's fields, then the body's framing.
 
         if let Some(s) = &standing {
             rate_limit_headers_into(out, s);
