@@ -397,16 +397,16 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     }
 }
 
-/// Whether one of the `Connection` values names the field `name` (`close` and `keep-alive` name
-/// none).
-pub fn named_by_connection<'v>(connection: impl Iterator<Item = &'v [u8]>, name: &str) -> bool {
-    connection
-        .flat_map(|v| v.split(|b| *b == b','))
+/// The field names a `Connection` value lists: its tokens less `close` and `keep-alive` (which
+/// name none). The one reading of that list for both paths, requests and responses.
+pub fn connection_names(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|b| *b == b',')
         .map(<[u8]>::trim_ascii)
-        .any(|token| {
-            !token.eq_ignore_ascii_case(b"close")
-                && !token.eq_ignore_ascii_case(b"keep-alive")
-                && token.eq_ignore_ascii_case(name.as_bytes())
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
         })
 }
 
@@ -426,14 +426,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present & 1 != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
         for v in headers.get_all(header::CONNECTION) {
-            for token in v.as_bytes().split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.is_empty()
-                    || token.eq_ignore_ascii_case(b"close")
-                    || token.eq_ignore_ascii_case(b"keep-alive")
-                {
-                    continue;
-                }
+            for token in connection_names(v.as_bytes()) {
                 if let Ok(n) = HeaderName::from_bytes(token) {
                     named.push(n);
                 }

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::access_log::Trace;
 use crate::extract;
-use crate::forward::{is_hop_by_hop, named_by_connection, UpstreamBody};
+use crate::forward::{connection_names, is_hop_by_hop, UpstreamBody};
 use crate::respond::Refusal;
 use crate::router::Router;
 use crate::server::ProxySlot;
@@ -246,15 +246,14 @@ impl<'h, 'b> Head<'h, 'b> {
             {
                 return None;
             } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in f.value.split(|b| *b == b',') {
-                    let token = token.trim_ascii();
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
-                        // It names fields to drop: hyper's path handles that.
-                        return None;
-                    }
+                if connection_names(f.value).next().is_some() {
+                    // It names fields to drop: hyper's path handles that.
+                    return None;
                 }
+                close |= f
+                    .value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             }
         }
         let host = crate::router::host_of(host?);
@@ -540,13 +539,10 @@ fn client_head(raw: &RawHead<'_>, head_req: bool, out: &mut Vec<u8>) -> (StatusC
             .map(|f| f.value)
     };
     // Usually `Connection: keep-alive` or none: then no field needs looking up in it.
-    let names_fields = connection().any(|v| {
-        v.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"close")
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-        })
-    });
+    let names_fields = connection().any(|v| connection_names(v).next().is_some());
+    let named = |name: &str| {
+        connection().any(|v| connection_names(v).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+    };
     let mut has_date = false;
     for f in raw.fields {
         let name = f.name;
@@ -559,7 +555,7 @@ fn client_head(raw: &RawHead<'_>, head_req: bool, out: &mut Vec<u8>) -> (StatusC
             16 => is("ratelimit-policy"),
             _ => false,
         };
-        if own || is_hop_by_hop(name) || (names_fields && named_by_connection(connection(), name)) {
+        if own || is_hop_by_hop(name) || (names_fields && named(name)) {
             continue;
         }
         has_date |= name.len() == 4 && is("date");
