@@ -345,6 +345,14 @@ async fn every_refusal_has_its_status_and_code() {
         504,
         "upstream_timeout",
     );
+    // The same on hyper's path (a body), which times each request with a timer of its own.
+    expect(
+        &post_json(&slow, &[("x-api-key", &pkey)], &json!({"q": 1}))
+            .await
+            .unwrap(),
+        504,
+        "upstream_timeout",
+    );
 
     // The refusals are counted by route and outcome.
     let m = get(&format!("{}/metrics", g.ops), &[]).await.unwrap();

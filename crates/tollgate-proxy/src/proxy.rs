@@ -349,13 +349,20 @@ impl Proxy {
         &self,
         idx: usize,
         trace: &mut Trace,
-        deadlines: &mut Deadlines,
+        deadlines: Option<&mut Deadlines>,
         exchange: impl Future<Output = Result<T, forward::ForwardError>>,
     ) -> Result<T, Refusal> {
         let route = &self.router.routes()[idx];
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + route.timeout);
-        let result = deadlines.run(deadline, exchange).await.ok_or(());
+        // A connection's own timer where it keeps one (the fast path); else a timer for this
+        // request alone.
+        let result = match deadlines {
+            Some(d) => d.run(deadline, exchange).await.ok_or(()),
+            None => tokio::time::timeout_at(deadline, exchange)
+                .await
+                .map_err(|_| ()),
+        };
         let upstream_time = sent.elapsed();
         self.runtime[idx]
             .upstream_duration
@@ -456,7 +463,7 @@ impl Proxy {
             .call_upstream(
                 idx,
                 trace,
-                &mut Deadlines::default(),
+                None,
                 self.upstreams.send(&rt.origin, upstream_req),
             )
             .await;

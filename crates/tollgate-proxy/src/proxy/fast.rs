@@ -421,7 +421,7 @@ impl Proxy {
             .call_upstream(
                 idx,
                 trace,
-                deadlines,
+                Some(deadlines),
                 self.upstreams
                     .send_raw(&rt.origin, up, head_req, |raw: &RawHead<'_>| {
                         Ok(client_head(raw, head_req, out))
