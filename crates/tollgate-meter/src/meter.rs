@@ -2,10 +2,10 @@
 //!
 //! A request adds to two atomics in a cell keyed by (account, product, pool, UTC day); nothing on
 //! the request path locks or allocates once the cell exists. The flusher turns what each cell
-//! gained since the last successful flush into one [`UsageBatch`] with a unique id. A batch that
-//! failed (store down, reply lost) is retried with the *same* id until the store takes it, so the
-//! store counts it once; only then do the cells' flushed marks move. Prometheus reads the same
-//! cells at scrape time.
+//! gained since the last successful flush into one [`UsageBatch`] with the next number. A batch
+//! that failed (store down, reply lost) is retried with the *same* number until the store takes
+//! it, so the store counts it once; only then do the cells' flushed marks move. Prometheus reads
+//! the same cells at scrape time.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -171,13 +171,13 @@ impl Meter {
                 }
                 self.flushed_credits.fetch_add(credits, Ordering::Relaxed);
                 if pending.attempts > 0 {
-                    tracing::info!(batch = %pending.batch.id, attempts = pending.attempts + 1, "usage batch written after retries");
+                    tracing::info!(batch = %pending.batch.id(), attempts = pending.attempts + 1, "usage batch written after retries");
                 }
                 Ok(true)
             }
             Err(e) => {
                 pending.attempts += 1;
-                tracing::warn!(batch = %pending.batch.id, error = %e, unflushed_credits = self.unflushed_credits(), "usage flush failed; will retry the same batch");
+                tracing::warn!(batch = %pending.batch.id(), error = %e, unflushed_credits = self.unflushed_credits(), "usage flush failed; will retry the same batch");
                 *self.pending.lock() = Some(pending);
                 Err(e)
             }
@@ -210,10 +210,13 @@ impl Meter {
         if deltas.is_empty() {
             return None;
         }
+        // Numbered in order, the next only once the last was taken (`pending` is empty here): the
+        // order `UsageBatch` promises the store.
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         Some(Pending {
             batch: UsageBatch {
-                id: format!("{}-{seq}", self.node),
+                writer: self.node.clone(),
+                seq,
                 deltas,
             },
             cells,

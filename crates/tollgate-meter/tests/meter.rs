@@ -14,11 +14,13 @@ use tollgate_meter::{CellKey, Credits, Meter, RateLimits};
 use tollgate_store::*;
 
 /// The real embedded store, with two faults a test can switch on: the store is unreachable
-/// (nothing written), or the write happens and its reply is lost.
+/// (nothing written), or the write happens and its reply is lost. `tries` lists the (writer,
+/// number) of every batch sent, in order.
 struct Faulty {
     inner: EmbeddedStore,
     down: AtomicBool,
     lose_replies: AtomicU32,
+    tries: parking_lot::Mutex<Vec<(String, u64)>>,
 }
 
 #[async_trait]
@@ -68,6 +70,7 @@ impl Store for Faulty {
         self.inner.rotate_key(id, k).await
     }
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
+        self.tries.lock().push((batch.writer.clone(), batch.seq));
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("injected: store down".into()));
         }
@@ -117,6 +120,7 @@ fn faulty() -> (Arc<Faulty>, tempfile::TempDir) {
             inner,
             down: AtomicBool::new(false),
             lose_replies: AtomicU32::new(0),
+            tries: parking_lot::Mutex::new(Vec::new()),
         }),
         dir,
     )
@@ -214,6 +218,13 @@ async fn a_lost_reply_is_retried_and_counted_once() {
     assert_eq!(meter.flush_all(Duration::from_secs(5)).await, 0);
     let got = stored_totals(&*store, &["acc_a"]).await;
     assert_eq!((got.requests, got.credits), (11, 33));
+    // The order a store may rely on (`UsageBatch`): the retry carries the same number, and the
+    // next number comes only after it was taken.
+    let node = meter.node_id().to_owned();
+    assert_eq!(
+        *store.tries.lock(),
+        vec![(node.clone(), 0), (node.clone(), 0), (node, 1)]
+    );
 }
 
 #[tokio::test]

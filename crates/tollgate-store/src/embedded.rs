@@ -21,7 +21,7 @@
 //! | `subscriptions` | (parent id, pool) | the [`Subscription`] as JSON, so a scan is sorted by pool |
 //! | `usage_v2` | (account id, day, product, pool) | (requests, credits) |
 //! | `pool_usage_v2` | (parent id, pool) | credits, the tenant's roll-up of all its members |
-//! | `batches` | usage batch id | unix seconds it was recorded |
+//! | `batches` | usage batch id (`writer-seq`) | unix seconds it was recorded |
 //! | `batches_by_time` | (unix seconds, batch id) | (), to prune ids past the retention in order |
 //! | `leases` | (parent id, pool) | credits reserved by [`Store::lease_credits`] and not released |
 //! | `meta` | name | counter (`child_seq`: the next creation sequence) |
@@ -471,11 +471,12 @@ impl Inner {
 
     fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
         let now = self.now();
+        let batch_id = batch.id();
         let txn = self.begin_write("begin usage write")?;
         {
             let mut batches = txn.open_table(BATCHES).ctx("open batches")?;
             if batches
-                .get(batch.id.as_str())
+                .get(batch_id.as_str())
                 .ctx("read batch id")?
                 .is_some()
             {
@@ -499,10 +500,10 @@ impl Inner {
                 batches.remove(id.as_str()).ctx("prune batch id")?;
             }
             batches
-                .insert(batch.id.as_str(), now)
+                .insert(batch_id.as_str(), now)
                 .ctx("write batch id")?;
             by_time
-                .insert((now, batch.id.as_str()), ())
+                .insert((now, batch_id.as_str()), ())
                 .ctx("write batch id")?;
 
             let mut usage = txn.open_table(USAGE).ctx("open usage")?;

@@ -22,7 +22,7 @@
 //! | `T:u:<account id>` | hash | `r␟<day>␟<product>␟<pool>` -> requests, `c␟…` -> credits (␟ = U+001F) |
 //! | `T:pool` | hash | pool -> all credits the tenant ever used from it (its members' roll-up) |
 //! | `T:lease` | hash | pool -> credits leased to nodes and not given back |
-//! | `T:b:<batch id>` | string | marker of a usage batch applied to this tenant; expires after 2 days |
+//! | `T:w` | hash | writer (gateway process) -> `<seq> <unix s>`: its last usage batch applied to this tenant; writers silent for 2 days are dropped |
 //!
 //! # Crash safety across slots
 //!
@@ -45,9 +45,11 @@
 //!   dies in between leaves the change out of the feed; followers still converge within the
 //!   cache's `max_staleness`.
 //!
-//! Usage batches are split by tenant and each part is applied by one script that first sets the
-//! part's batch marker (`SET NX`), so a retried batch is never counted twice, even if only some of
-//! its tenants' parts had been applied.
+//! Usage batches are split by tenant and each part is applied by one script that first compares
+//! the batch's number with the last one of its writer applied to the tenant (`T:w`), and records
+//! it, so a retried batch is never counted twice, even if only some of its tenants' parts had been
+//! applied. A writer sends its batches in order and the next only once the last was taken, so one
+//! number per writer and tenant is all the memory this takes (not a marker per batch).
 //!
 //! Every other write reads the record it changes and applies the change with a script that first
 //! checks the record is still exactly as read (compare-and-set on its JSON), retrying if not, so
@@ -151,8 +153,8 @@ impl Inner {
     }
 }
 
-/// Wall-clock unix milliseconds (for feed entries and email claims; never for invitation expiry,
-/// which is judged on the caller's `now`).
+/// Wall-clock unix milliseconds (for feed entries, email claims and the age of a writer's last
+/// usage batch; never for invitation expiry, which is judged on the caller's `now`).
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

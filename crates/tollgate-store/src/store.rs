@@ -96,12 +96,26 @@ pub struct UsageDelta {
     pub credits: u64,
 }
 
-/// A batch of usage written atomically and at most once per `id`.
+/// A batch of usage written atomically and at most once per (`writer`, `seq`).
+///
+/// A writer (one gateway process) numbers its batches 0, 1, 2, ... and sends batch `n + 1` only
+/// after the store took batch `n`, retrying `n` with the same number until then. A store may rely
+/// on that order: the Redis store keeps, per tenant, only the last number it applied of each
+/// writer, and treats a batch numbered at or below it as a retry (a no-op).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageBatch {
-    /// Unique per batch (node id + sequence); a batch whose id the store has seen is a no-op.
-    pub id: String,
+    /// The writer's id: unique per process (the meter's node id).
+    pub writer: String,
+    /// The batch's number among the writer's batches, increasing by one per batch taken.
+    pub seq: u64,
     pub deltas: Vec<UsageDelta>,
+}
+
+impl UsageBatch {
+    /// `writer-seq`: the batch's id in logs and in the embedded store's table of seen batches.
+    pub fn id(&self) -> String {
+        format!("{}-{}", self.writer, self.seq)
+    }
 }
 
 /// The key tree, usage and change feed. Every write to the key tree appends to the change feed
@@ -167,8 +181,8 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- usage ----
 
-    /// Adds every delta, and the parent's roll-up, in one atomic step; a batch id seen before is a
-    /// no-op, so a retry after a lost reply never counts twice.
+    /// Adds every delta, and the parent's roll-up, in one atomic step; a batch seen before (same
+    /// writer and number) is a no-op, so a retry after a lost reply never counts twice.
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
 
     /// Usage rows of these accounts between the two days inclusive, sorted by account, day, product.

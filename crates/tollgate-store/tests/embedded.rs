@@ -31,9 +31,11 @@ fn delta(account: &str, parent: &str, day: Day, requests: u64, credits: u64) -> 
     }
 }
 
-fn batch(id: &str, deltas: Vec<UsageDelta>) -> UsageBatch {
+/// The first batch of the writer `writer`.
+fn batch(writer: &str, deltas: Vec<UsageDelta>) -> UsageBatch {
     UsageBatch {
-        id: id.to_owned(),
+        writer: writer.to_owned(),
+        seq: 0,
         deltas,
     }
 }
@@ -338,10 +340,11 @@ async fn concurrent_batches_add_up_exactly() {
         let (p, c) = (parent.id.clone(), child.id.clone());
         tasks.push(tokio::spawn(async move {
             for b in 0..BATCHES {
-                let one = batch(
-                    &format!("node{t}-{b}"),
-                    vec![delta(&c, &p, day, 1, t + 1), delta(&p, &p, day, 1, 1)],
-                );
+                let one = UsageBatch {
+                    writer: format!("node{t}"),
+                    seq: b,
+                    deltas: vec![delta(&c, &p, day, 1, t + 1), delta(&p, &p, day, 1, 1)],
+                };
                 store.record_usage(&one).await.unwrap();
                 // Every other batch is retried, as after a lost reply.
                 if b % 2 == 0 {

@@ -224,7 +224,8 @@ async fn no_plaintext_key_or_token_is_stored() {
         };
         store
             .record_usage(&UsageBatch {
-                id: format!("batch-{n}"),
+                writer: "node_t".into(),
+                seq: n as u64,
                 deltas: vec![delta],
             })
             .await
@@ -638,8 +639,9 @@ fn openssl(parts: &[&[&str]]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_many_tenants_counts_each_part_once() {
     // On a single server, tenants' parts share script calls (64 to a call): 150 tenants make
-    // three calls. Each part stays exactly-once on its own marker: one whose marker is already
-    // there (it landed in an earlier try whose reply was lost) is skipped, the rest apply, and a
+    // three calls. Each part stays exactly-once on its tenant's record of the writer's last batch:
+    // one whose tenant already has this batch (it landed in an earlier try whose reply was lost)
+    // is skipped, the rest apply (one whose tenant has the writer's previous batch too), and a
     // whole retry applies nothing.
     let redis = TestRedis::start();
     let store = single(&redis).await;
@@ -658,12 +660,22 @@ async fn a_batch_over_many_tenants_counts_each_part_once() {
         })
         .collect();
     let batch = UsageBatch {
-        id: "node_x-7".into(),
+        writer: "node_x".into(),
+        seq: 7,
         deltas,
     };
+    let at = format!("{NOW}");
     assert_eq!(
-        redis.cli(&["SET", "{tg:t:par_42}:b:node_x-7", "1"]).trim(),
-        "OK"
+        redis
+            .cli(&["HSET", "{tg:t:par_42}:w", "node_x", &format!("7 {at}")])
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        redis
+            .cli(&["HSET", "{tg:t:par_43}:w", "node_x", &format!("6 {at}")])
+            .trim(),
+        "1"
     );
     redis.cli(&["CONFIG", "RESETSTAT"]);
     store.record_usage(&batch).await.unwrap();
@@ -711,4 +723,74 @@ async fn a_batch_over_many_tenants_counts_each_part_once() {
         };
         assert_eq!(got, expect, "account acc_{t}_1");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_batches_keep_one_number_per_writer_not_a_key_per_batch() {
+    // A node flushes every 250 ms for as long as it runs: what a tenant keeps to make batches
+    // exactly-once must not grow with the batches, only with the writers, and writers long gone
+    // must be dropped.
+    let redis = TestRedis::start();
+    let store = single(&redis).await;
+    let today = Day::from_unix_secs(NOW);
+    let one = |writer: &str, seq: u64, credits: u64| UsageBatch {
+        writer: writer.into(),
+        seq,
+        deltas: vec![UsageDelta {
+            account_id: "acc_1".into(),
+            parent_id: "par_1".into(),
+            product: "whois".into(),
+            pool: "whois".into(),
+            day: today,
+            requests: 1,
+            credits,
+        }],
+    };
+    for seq in 0..50 {
+        store.record_usage(&one("node_a", seq, 1)).await.unwrap();
+    }
+    store.record_usage(&one("node_b", 0, 1)).await.unwrap();
+    // An earlier batch of a writer, sent again (it landed, its reply was lost), changes nothing.
+    store.record_usage(&one("node_a", 10, 100)).await.unwrap();
+    store.record_usage(&one("node_a", 49, 100)).await.unwrap();
+    assert_eq!(
+        store.pool_usage("par_1").await.unwrap(),
+        vec![("whois".to_owned(), 51)]
+    );
+    assert_eq!(redis.cli(&["HLEN", "{tg:t:par_1}:w"]).trim(), "2");
+    let last = redis.cli(&["HGET", "{tg:t:par_1}:w", "node_a"]);
+    assert!(last.starts_with("49 "), "node_a's last batch: {last:?}");
+    let keys = redis.cli(&["KEYS", "{tg:t:par_1}:*"]);
+    let mut keys: Vec<&str> = keys.lines().collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "{tg:t:par_1}:pool",
+            "{tg:t:par_1}:u:acc_1",
+            "{tg:t:par_1}:w"
+        ],
+        "one record of writers, no key per batch"
+    );
+
+    // Twenty writers last heard from long ago and one heard from now: a new writer's first batch
+    // drops the old ones and keeps the rest.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for n in 0..20 {
+        redis.cli(&["HSET", "{tg:t:par_1}:w", &format!("gone_{n}"), "3 1000"]);
+    }
+    redis.cli(&["HSET", "{tg:t:par_1}:w", "live", &format!("3 {now}")]);
+    assert_eq!(redis.cli(&["HLEN", "{tg:t:par_1}:w"]).trim(), "23");
+    store.record_usage(&one("node_c", 0, 1)).await.unwrap();
+    let writers = redis.cli(&["HKEYS", "{tg:t:par_1}:w"]);
+    let mut writers: Vec<&str> = writers.lines().collect();
+    writers.sort_unstable();
+    assert_eq!(writers, ["live", "node_a", "node_b", "node_c"]);
+    assert_eq!(
+        store.pool_usage("par_1").await.unwrap(),
+        vec![("whois".to_owned(), 52)]
+    );
 }

@@ -264,7 +264,8 @@ impl Harness {
     ) {
         let n = self.batch.fetch_add(1, Ordering::SeqCst);
         let batch = UsageBatch {
-            id: format!("test-{n}"),
+            writer: format!("test-{n}"),
+            seq: 0,
             deltas: vec![UsageDelta {
                 account_id: account.into(),
                 parent_id: parent.into(),

@@ -5,8 +5,9 @@ use tollgate_core::{generate_id, Day, Totals, UsageRow};
 use super::{fresh_email, fresh_id, make_child, make_parent};
 use crate::{Store, UsageBatch, UsageDelta};
 
-fn fresh_batch_id() -> String {
-    generate_id(&mut rand::rng(), "batch_")
+/// The first batch of a writer of its own: (writer, number).
+fn fresh_batch_id() -> (String, u64) {
+    (generate_id(&mut rand::rng(), "node_"), 0)
 }
 
 fn day(n: i32) -> Day {
@@ -51,15 +52,16 @@ fn row(
     }
 }
 
-async fn record(store: &dyn Store, id: &str, deltas: Vec<UsageDelta>, check: &str) {
+async fn record(store: &dyn Store, id: &(String, u64), deltas: Vec<UsageDelta>, check: &str) {
     let batch = UsageBatch {
-        id: id.to_owned(),
+        writer: id.0.clone(),
+        seq: id.1,
         deltas,
     };
     store
         .record_usage(&batch)
         .await
-        .unwrap_or_else(|e| panic!("{check}: record_usage({id}) failed: {e:?}"));
+        .unwrap_or_else(|e| panic!("{check}: record_usage({}) failed: {e:?}", batch.id()));
 }
 
 async fn pools(store: &dyn Store, parent_id: &str) -> Vec<(String, u64)> {
@@ -122,10 +124,19 @@ pub async fn record_usage_exact_and_idempotent(store: &dyn Store) {
         "{CHECK}: a batch id counted twice in the pool"
     );
 
+    // The writer's next batch adds, once; another writer's empty batch changes nothing.
+    let next = (batch.0.clone(), 1);
     record(
         store,
-        &fresh_batch_id(),
+        &next,
         vec![delta(c, p, "whois", "whois", day(0), 1, 1)],
+        CHECK,
+    )
+    .await;
+    record(
+        store,
+        &next,
+        vec![delta(c, p, "whois", "whois", day(0), 50, 50)],
         CHECK,
     )
     .await;
@@ -133,7 +144,7 @@ pub async fn record_usage_exact_and_idempotent(store: &dyn Store) {
     assert_eq!(
         store.usage(&[c.to_owned()], day(0), day(0)).await.unwrap(),
         vec![row(c, "whois", "whois", day(0), 6, 10)],
-        "{CHECK}: a second batch adds to the cell"
+        "{CHECK}: a second batch adds to the cell, its retry does not"
     );
     assert_eq!(
         pools(store, p).await,

@@ -103,9 +103,10 @@ impl TenantKeys {
         format!("{}:lease", self.tag)
     }
 
-    /// Marker of a usage batch applied to this tenant (expires after the batch retention).
-    pub(super) fn batch(&self, batch_id: &str) -> String {
-        format!("{}:b:{batch_id}", self.tag)
+    /// Hash: writer (a gateway process) -> `<seq> <unix s>`, the last of its usage batches applied
+    /// to this tenant and when.
+    pub(super) fn writers(&self) -> String {
+        format!("{}:w", self.tag)
     }
 }
 
@@ -186,7 +187,7 @@ mod tests {
             t.usage("acc_2"),
             t.pool_usage(),
             t.leases(),
-            t.batch("b1"),
+            t.writers(),
         ] {
             assert!(key.starts_with("{tg:t:acc_1}:"), "{key}");
         }

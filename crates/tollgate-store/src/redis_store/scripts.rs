@@ -61,14 +61,17 @@ if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return false end
 return redis.call('GET', KEYS[1])
 ";
 
-/// Tenants' parts of a usage batch, each applied at most once per batch id on its own marker (a
-/// part whose marker exists is skipped: it landed in an earlier try). One call may carry several
+/// Tenants' parts of a usage batch, each applied at most once: a tenant's writers hash holds the
+/// number of the last batch of each writer applied to it, and a part numbered at or below it is a
+/// retry that landed before (skipped). A writer's first part on a tenant whose hash has 16 or more
+/// writers first drops the writers not heard from within the retention (processes long gone), so
+/// the hash stays as small as the number of live gateway processes. One call may carry several
 /// tenants only on a single server (their keys span hash slots); on Redis Cluster, one each.
-/// KEYS: per tenant, its batch marker, its pool usage, then the usage hash of each of its
-/// accounts. ARGV: marker lifetime in seconds, then per tenant: (number of account hashes, number
-/// of deltas), then per delta: (index of its usage hash counted from the tenant's pool-usage key,
-/// requests field, credits field, pool, requests, credits). A counter that would overflow is
-/// pinned at i64::MAX. Returns how many parts were applied.
+/// KEYS: per tenant, its writers hash, its pool usage, then the usage hash of each of its
+/// accounts. ARGV: writer, batch number (decimal), now (unix s), retention (s), then per tenant:
+/// (number of account hashes, number of deltas), then per delta: (index of its usage hash counted
+/// from the tenant's pool-usage key, requests field, credits field, pool, requests, credits). A
+/// counter that would overflow is pinned at i64::MAX. Returns how many parts were applied.
 const RECORD_USAGE_GROUP: &str = r"
 local function add(key, field, n)
   local r = redis.pcall('HINCRBY', key, field, n)
@@ -76,11 +79,26 @@ local function add(key, field, n)
     redis.call('HSET', key, field, '9223372036854775807')
   end
 end
-local k, a, applied = 1, 2, 0
+-- Decimal strings compared exactly (no float rounding): shorter is smaller.
+local function below(x, y)
+  return #x < #y or (#x == #y and x < y)
+end
+local writer, seq, now, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local stamp = seq .. ' ' .. ARGV[3]
+local k, a, applied = 1, 5, 0
 while a <= #ARGV do
   local accounts, deltas = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 2
-  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[1]) then
+  local w = KEYS[k]
+  local last = redis.call('HGET', w, writer)
+  if not last or below(string.match(last, '^%d+') or '', seq) then
+    if not last and redis.call('HLEN', w) >= 16 then
+      local all = redis.call('HGETALL', w)
+      for i = 1, #all, 2 do
+        local at = tonumber(string.match(all[i + 1], ' (%d+)$') or '0')
+        if at < now - keep then redis.call('HDEL', w, all[i]) end
+      end
+    end
     local pool = KEYS[k + 1]
     for i = a, a + (deltas - 1) * 6, 6 do
       local h = KEYS[k + 1 + tonumber(ARGV[i])]
@@ -88,6 +106,7 @@ while a <= #ARGV do
       add(h, ARGV[i + 2], ARGV[i + 5])
       add(pool, ARGV[i + 3], ARGV[i + 5])
     end
+    redis.call('HSET', w, writer, stamp)
     applied = applied + 1
   end
   k = k + 2 + accounts

@@ -13,8 +13,8 @@ use super::keys::{parse_usage_field, usage_fields, FIELD_SEP};
 use super::Inner;
 use crate::{StoreError, StoreResult, UsageBatch, UsageDelta};
 
-/// How long a batch marker lives: far longer than any flusher retries a batch (as in the
-/// embedded store).
+/// How long a writer's last batch number is kept after its last batch on a tenant: far longer
+/// than any flusher retries a batch (as in the embedded store).
 const BATCH_RETENTION: Duration = Duration::from_secs(2 * 86_400);
 /// Requests one call keeps in flight at once (they share the multiplexed connection).
 const PARALLEL: usize = 32;
@@ -48,8 +48,8 @@ impl Inner {
         for chunk in accounts.chunks(PARALLEL) {
             try_join_all(chunk.iter().map(|(a, t)| self.index_for_usage(a, t))).await?;
         }
-        // Each tenant's part is exactly-once on its own marker: a retry after a partial failure
-        // applies only the parts that did not land. Parts of different tenants are independent,
+        // Each tenant's part is exactly-once on the tenant's record of the writer's last batch: a
+        // retry after a partial failure applies only the parts that did not land. Parts of different tenants are independent,
         // so they go out concurrently (they live on different cluster nodes anyway). On a single
         // server, up to GROUP tenants' parts share one script call: a flush of a thousand tenants
         // is then 16 calls rather than a thousand, on the gateway's core and on Redis's. They go
@@ -58,7 +58,7 @@ impl Inner {
         let parts: Vec<(&str, Vec<&UsageDelta>)> = by_tenant.into_iter().collect();
         if matches!(self.conns.main, Conn::Single(_)) {
             for group in parts.chunks(GROUP) {
-                self.record_group_usage(&batch.id, group).await?;
+                self.record_group_usage(batch, group).await?;
             }
             return Ok(());
         }
@@ -66,7 +66,7 @@ impl Inner {
             try_join_all(
                 chunk
                     .iter()
-                    .map(|part| self.record_group_usage(&batch.id, std::slice::from_ref(part))),
+                    .map(|part| self.record_group_usage(batch, std::slice::from_ref(part))),
             )
             .await?;
         }
@@ -92,15 +92,20 @@ impl Inner {
     /// Tenants' parts in one call (several only on a single server); see `RECORD_USAGE_GROUP`.
     async fn record_group_usage(
         &self,
-        batch_id: &str,
+        batch: &UsageBatch,
         parts: &[(&str, Vec<&UsageDelta>)],
     ) -> StoreResult<()> {
+        let now = super::now_ms() / 1000;
         let mut script = self.scripts.record_usage_group.prepare_invoke();
-        script.arg(BATCH_RETENTION.as_secs());
+        script
+            .arg(&batch.writer)
+            .arg(batch.seq)
+            .arg(now)
+            .arg(BATCH_RETENTION.as_secs());
         let mut slots: HashMap<&str, usize> = HashMap::new();
         for (tenant, deltas) in parts {
             let tk = self.keys.tenant(tenant);
-            script.key(tk.batch(batch_id));
+            script.key(tk.writers());
             script.key(tk.pool_usage());
             slots.clear();
             for d in deltas {
