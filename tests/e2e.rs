@@ -896,6 +896,45 @@ timeout = "1s"
     );
 }
 
+/// The query key comes out wherever it stands, and only it: the fast path (GET), hyper's
+/// (POST) and HTTP/2 send the upstream the same target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_key_is_cut_out_of_the_target_and_nothing_else() {
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let (_, key) = create_parent(&g, "owner@q.example", &["whois"]).await;
+    let base = format!("{}/whoisserver/WhoisService", g.proxy);
+    let cases = [
+        (format!("apiKey={key}&a=1&&b=x%26y"), "a=1&b=x%26y"),
+        (format!("a=1&apiKey={key}&apiKeyX=2"), "a=1&apiKeyX=2"),
+        (format!("a=1&apiKey={key}"), "a=1"),
+        (format!("apiKey={key}"), ""),
+    ];
+    for (query, want) in &cases {
+        let url = format!("{base}?{query}");
+        let replies = [
+            ("GET", get(&url, &[]).await.unwrap()),
+            (
+                "POST",
+                post_json(&url, &[], &json!({"x": 1})).await.unwrap(),
+            ),
+            ("h2", send_h2c(Method::GET, &url, &[]).await.unwrap()),
+        ];
+        for (how, r) in &replies {
+            assert_eq!(r.status, 200, "{how} {query}");
+        }
+        let seen = up.requests();
+        for (rec, (how, _)) in seen[seen.len() - 3..].iter().zip(&replies) {
+            let want = if want.is_empty() {
+                "/whoisserver/WhoisService".to_owned()
+            } else {
+                format!("/whoisserver/WhoisService?{want}")
+            };
+            assert_eq!(rec.uri, want, "{how} {query}");
+        }
+    }
+}
+
 /// The vendor's own credential goes upstream in place of the client's key, by query or header, on
 /// both paths (GET: fast path; POST with a body: hyper's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

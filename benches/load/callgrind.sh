@@ -10,7 +10,8 @@
 # wrk -c8 on LOAD_CPU [1] for SECONDS [15] over the active keys; prints the requests served, the
 # data-plane thread's instruction count and their ratio. OUT [benches/load/out] is the held run's
 # output directory (its hold.txt names the upstream). KEEP=DIR copies callgrind's output files
-# there, for callgrind_annotate. Needs valgrind (apt-get install valgrind).
+# there, for callgrind_annotate. H2=1 sends HTTP/2 instead (h2load -c8 -m10, h2c, the key in the
+# apiKey parameter, as the load run's h2 phase). Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=gateway-toml.sh
@@ -41,8 +42,16 @@ for _ in $(seq 240); do
   kill -0 "$VG" 2>/dev/null || { cat "$D/log" >&2; exit 1; }
   sleep 0.5
 done
-timeout $((SECS + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c8 -d"${SECS}s" -s "$HERE/keys.lua" \
-  "http://127.0.0.1:$PORT" -- "$KEYS" "/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON" >/dev/null
+REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
+if [ "${H2:-0}" = 1 ]; then
+  # HTTP/2 (h2c), as the load run's h2 phase: the key in the apiKey parameter, one URI per key.
+  awk -v base="http://127.0.0.1:$PORT" -v path="$REQ_PATH" \
+    '$0 != "" { print (NR == 1 ? base : "") path "&apiKey=" $0 }' "$KEYS" >"$D/uris.txt"
+  timeout $((SECS + 60)) taskset -c "$LOAD_CPU" h2load -t1 -c8 -m10 -D "$SECS" -i "$D/uris.txt" >/dev/null
+else
+  timeout $((SECS + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c8 -d"${SECS}s" -s "$HERE/keys.lua" \
+    "http://127.0.0.1:$PORT" -- "$KEYS" "$REQ_PATH" >/dev/null
+fi
 N=$(curl -s "http://127.0.0.1:$OPS/metrics" | awk '/^tollgate_requests_total/ { s += $2 } END { printf "%d\n", s }')
 kill -INT "$VG"
 wait "$VG" || true

@@ -521,49 +521,74 @@ impl Proxy {
         uri: &Uri,
         rt: &RouteRuntime,
     ) -> Result<Option<PathAndQuery>, (Refusal, Option<u64>)> {
-        let path = uri.path();
-        let mut query: Option<std::borrow::Cow<'_, str>> = uri.query().map(Into::into);
-        let mut changed = false;
-        if !self.forward_key && !self.strip_query.is_empty() {
-            if let Some(q) = uri.query() {
-                if extract::has_param(q, &self.strip_query) {
-                    let names: Vec<&str> = self.strip_query.iter().map(String::as_str).collect();
-                    query = extract::strip_query(q, &names).map(Into::into);
-                    changed = true;
-                }
-            }
+        let (path, query) = (uri.path(), uri.query());
+        let mut target = Vec::new();
+        if self.push_upstream_target(path, query, rt, &mut target) {
+            return PathAndQuery::from_maybe_shared(Bytes::from(target))
+                .map(Some)
+                .map_err(|_| (Refusal::BadRequest, None));
         }
-        if let Some((UpstreamAuthTarget::Query(name), value)) = &rt.auth {
-            let enc =
-                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
-            let q = match query {
-                Some(q) => {
-                    let without = extract::strip_query(&q, &[name.as_str()]);
-                    match without {
-                        Some(w) => format!("{w}&{name}={enc}"),
-                        None => format!("{name}={enc}"),
-                    }
-                }
-                None => format!("{name}={enc}"),
-            };
-            query = Some(q.into());
-            changed = true;
+        if uri.scheme().is_none() && uri.authority().is_none() {
+            return Ok(None);
         }
-        if !changed {
-            if uri.scheme().is_none() && uri.authority().is_none() {
-                return Ok(None);
-            }
-            return Ok(Some(
-                uri.path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            ));
-        }
-        let pq = match query {
-            None => PathAndQuery::try_from(path),
-            Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        Ok(Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        ))
+    }
+
+    /// Appends the upstream's request target to `out` if it differs from the client's: `path`,
+    /// then the query less the key's parameters (unless the key is forwarded) and less the
+    /// upstream credential's, then the credential. Empty `&&` pairs go on a rewrite. `false`,
+    /// with `out` untouched: the client's target goes as it is.
+    fn push_upstream_target(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        rt: &RouteRuntime,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let strip = !self.forward_key
+            && !self.strip_query.is_empty()
+            && query.is_some_and(|q| extract::has_param(q, &self.strip_query));
+        let auth = match &rt.auth {
+            Some((UpstreamAuthTarget::Query(name), value)) => Some((name.as_str(), value)),
+            _ => None,
         };
-        pq.map(Some).map_err(|_| (Refusal::BadRequest, None))
+        // The common case (a query without the key) is one read of it, nothing written.
+        if !strip && auth.is_none() {
+            return false;
+        }
+        out.reserve(path.len() + query.map_or(0, str::len) + 1);
+        out.extend_from_slice(path.as_bytes());
+        let mut sep = b'?';
+        for pair in query.unwrap_or("").as_bytes().split(|&b| b == b'&') {
+            let name = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => &pair[..i],
+                None => pair,
+            };
+            if pair.is_empty()
+                || (strip && self.strip_query.iter().any(|n| n.as_bytes() == name))
+                || auth.is_some_and(|(n, _)| n.as_bytes() == name)
+            {
+                continue;
+            }
+            out.push(sep);
+            sep = b'&';
+            out.extend_from_slice(pair);
+        }
+        let Some((name, value)) = auth else {
+            return true;
+        };
+        out.push(sep);
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        let enc = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+        for piece in enc {
+            out.extend_from_slice(piece.as_bytes());
+        }
+        true
     }
 
     fn prepare_headers(
@@ -677,33 +702,56 @@ fn push_state(o: &mut Vec<u8>, s: &Standing) -> bool {
 }
 
 type PushValue = fn(&mut Vec<u8>, &Standing) -> bool;
-const RATE_LIMIT_FIELDS: [(&HeaderName, PushValue); 2] =
-    [(&RATELIMIT_POLICY, push_policy), (&RATELIMIT, push_state)];
 
 fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
-    for (name, push) in RATE_LIMIT_FIELDS {
-        let mut value = Vec::with_capacity(64);
-        if !push(&mut value, s) {
-            continue;
+    thread_local! {
+        static POLICY: std::cell::RefCell<Option<(Policy, Option<HeaderValue>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let policy = policy_of(s);
+    let value = POLICY.with_borrow_mut(|memo| match memo {
+        Some((p, v)) if *p == policy => v.clone(),
+        _ => {
+            let mut value = Vec::with_capacity(96);
+            let v = push_policy(&mut value, s)
+                .then(|| HeaderValue::from_maybe_shared(Bytes::from(value)).ok())
+                .flatten();
+            *memo = Some((policy, v.clone()));
+            v
         }
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-            h.insert(name.clone(), v);
+    });
+    if let Some(v) = value {
+        h.insert(RATELIMIT_POLICY.clone(), v);
+    }
+    let mut value = Vec::with_capacity(64);
+    if push_state(&mut value, s) {
+        if let Ok(mut v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            // What is left changes from response to response: over HTTP/2 it goes out as a
+            // never-indexed literal (see `finish`); the policy repeats and stays indexable.
+            v.set_sensitive(true);
+            h.insert(RATELIMIT.clone(), v);
         }
     }
+}
+
+/// What a `RateLimit-Policy` value is made of: the rate and burst, the pool's included credits.
+type Policy = (Option<(u32, u32)>, Option<u64>);
+
+fn policy_of(s: &Standing) -> Policy {
+    (
+        s.rate.map(|r| (r.limit.rps, r.limit.burst)),
+        s.credits.map(|(included, _)| included),
+    )
 }
 
 /// The same fields, appended to a raw response head. The policy, the same for every request
 /// under the same limits, is rendered once per change on each worker.
 fn rate_limit_headers_into(out: &mut Vec<u8>, s: &Standing) {
-    type Policy = (Option<(u32, u32)>, Option<u64>);
     thread_local! {
         static POLICY: std::cell::RefCell<(Option<Policy>, Vec<u8>)> =
             const { std::cell::RefCell::new((None, Vec::new())) };
     }
-    let policy: Policy = (
-        s.rate.map(|r| (r.limit.rps, r.limit.burst)),
-        s.credits.map(|(included, _)| included),
-    );
+    let policy = policy_of(s);
     POLICY.with_borrow_mut(|(rendered, field)| {
         if *rendered != Some(policy) {
             field.clear();
@@ -860,7 +908,11 @@ impl Client {
     }
 }
 
-fn finish(mut resp: Response<ResponseBody>, request_id: HeaderValue) -> Response<ResponseBody> {
+fn finish(mut resp: Response<ResponseBody>, mut request_id: HeaderValue) -> Response<ResponseBody> {
+    // Unique to the response: HTTP/2's HPACK would add it to the connection's dynamic table and
+    // push out the fields that repeat (server, content type, rate-limit policy), which then go
+    // out in full again. "Sensitive" makes it a never-indexed literal; HTTP/1.1 is unaffected.
+    request_id.set_sensitive(true);
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp
 }

@@ -261,7 +261,9 @@ fn start(
     let fast = conn.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let conn = conn.clone();
-        async move {
+        // Boxed: the request's future is several KiB, and HTTP/2 moves each stream's future
+        // into a task of its own (three copies a request, where the box costs one allocation).
+        Box::pin(async move {
             let (shared, client) = &*conn;
             // Loaded once per request: a reload in the meantime does not change this request's
             // routes, limits or prices.
@@ -272,7 +274,7 @@ fn start(
                 resp.headers_mut().insert(CONNECTION, CLOSE.clone());
             }
             Ok::<_, std::convert::Infallible>(resp)
-        }
+        })
     });
     match tls {
         None => {

@@ -354,7 +354,7 @@ impl Proxy {
         up.clear();
         up.extend_from_slice(head.method.as_bytes());
         up.push(b' ');
-        self.write_target(head, rt, up)?;
+        self.write_target(head, rt, up);
         up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         up.extend_from_slice(rt.host_header.as_bytes());
         up.extend_from_slice(b"\r\n");
@@ -475,31 +475,11 @@ impl Proxy {
 
     /// The request target for the upstream: as the client sent it, unless a query key is taken
     /// out or the upstream's credential goes into the query.
-    fn write_target(
-        &self,
-        head: &Head<'_, '_>,
-        rt: &super::RouteRuntime,
-        out: &mut Vec<u8>,
-    ) -> Result<(), (Refusal, Option<u64>)> {
-        let rewrite = matches!(rt.auth, Some((UpstreamAuthTarget::Query(_), _)))
-            || (!self.forward_key
-                && !self.strip_query.is_empty()
-                && head
-                    .query
-                    .is_some_and(|q| extract::has_param(q, &self.strip_query)));
-        if !rewrite {
+    fn write_target(&self, head: &Head<'_, '_>, rt: &super::RouteRuntime, out: &mut Vec<u8>) {
+        let path = head.target.split_once('?').map_or(head.target, |(p, _)| p);
+        if !self.push_upstream_target(path, head.query, rt, out) {
             out.extend_from_slice(head.target.as_bytes());
-            return Ok(());
         }
-        let uri: http::Uri = head
-            .target
-            .parse()
-            .map_err(|_| (Refusal::BadRequest, None))?;
-        match self.upstream_path_and_query(&uri, rt)? {
-            Some(pq) => out.extend_from_slice(pq.as_str().as_bytes()),
-            None => out.extend_from_slice(head.target.as_bytes()),
-        }
-        Ok(())
     }
 }
 
