@@ -340,9 +340,9 @@ prefix = \"tg\""
 TR_PORT=$TG_PORT TR_PID=$TG_PID
 
 if [ "${HOLD:-0}" = 1 ]; then
-  printf 'upstream %s nginx-proxy %s/%s tollgate-embedded %s/%s tollgate-redis %s/%s keys %s unknown %s\n' \
+  printf 'upstream %s nginx-proxy %s/%s tollgate-embedded %s/%s tollgate-redis %s/%s keys %s unknown %s redis %s\n' \
     "$UP_PORT" "$NP_PORT" "$NGINX_PROXY_PID" "$TE_PORT" "$TE_PID" "$TR_PORT" "$TR_PID" "$KEYS" "$UNKNOWN" \
-    >"$OUT/hold.txt"
+    "$REDIS_PORT" >"$OUT/hold.txt"
   log "holding (HOLD=1): $(cat "$OUT/hold.txt"); kill $$ to stop"
   wait
 fi
