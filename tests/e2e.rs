@@ -187,15 +187,41 @@ async fn key_in_every_source_is_admitted_and_stripped() {
     assert_eq!(last.header("x-request-id"), Some("req-123"));
     assert_eq!(last.header("x-tollgate-account"), Some(pid.as_str()));
 
-    // HTTP/2 cleartext from the client (the test client speaks only h2 here).
-    let r = send_h2c(Method::GET, &url, &[("x-api-key", &key)])
+    // HTTP/2 cleartext from the client (the test client speaks only h2 here): the same rules for
+    // the fields that go upstream, and HTTP/2's split cookies joined into one field for HTTP/1.1.
+    let r = send_h2c(
+        Method::GET,
+        &url,
+        &[
+            ("x-api-key", &key),
+            ("x-request-id", "req-h2"),
+            ("x-tollgate-parent", "acc_forged"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("accept", "application/json"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("req-h2"));
+    assert!(r.header("ratelimit").is_some(), "{:?}", r.headers);
+    let last = up.last().unwrap();
+    assert_eq!(last.method, Method::GET);
+    assert_eq!(last.header("x-tollgate-account"), Some(pid.as_str()));
+    assert_eq!(last.header("x-tollgate-parent"), Some(pid.as_str()));
+    assert_eq!(last.header("x-request-id"), Some("req-h2"));
+    assert_eq!(last.header("x-api-key"), None);
+    assert_eq!(last.header("cookie"), Some("a=1; b=2"));
+    assert_eq!(last.header("x-forwarded-for"), Some("10.0.0.1, 127.0.0.1"));
+    assert_eq!(last.header("accept"), Some("application/json"));
+    let r = send_h2c(Method::HEAD, &url, &[("x-api-key", &key)])
         .await
         .unwrap();
     assert_eq!(r.status, 200);
-    assert_eq!(
-        up.last().unwrap().header("x-tollgate-account"),
-        Some(pid.as_str())
-    );
+    assert!(r.body.is_empty());
+    assert_eq!(up.last().unwrap().method, Method::HEAD);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -451,22 +451,39 @@ impl Proxy {
             .ok_or((Refusal::Deny(DenyReason::KeyUnknown), None))?;
 
         // 5. Forward, in origin form; the client's path and query as they came unless a key or
-        // the upstream's credential is taken out or put in.
-        if let Some(pq) = self.upstream_path_and_query(&parts.uri, rt)? {
-            parts.uri = Uri::from(pq);
-        }
-        parts.version = http::Version::HTTP_11;
-        self.prepare_headers(&mut parts.headers, rt, principal, client, request_id);
-        let upstream_req = Request::from_parts(parts, body);
-
-        let resp = self
-            .call_upstream(
+        // the upstream's credential is taken out or put in. An HTTP/2 GET or HEAD (no body)
+        // goes as the fast path's requests do: its head written as bytes from the client's
+        // fields; anything else through a header map.
+        let bodiless = matches!(&body, Either::Left(b) if hyper::body::Body::is_end_stream(b));
+        let resp = if parts.version == http::Version::HTTP_2
+            && bodiless
+            && matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        {
+            let head_req = parts.method == http::Method::HEAD;
+            let up = self.upstream_head_h2(&parts, rt, principal, client, request_id);
+            self.call_upstream(idx, trace, None, async {
+                let (head, body) = self
+                    .upstreams
+                    .send_raw(&rt.origin, &up, head_req, crate::wire::to_response)
+                    .await?;
+                Ok(head.map(|()| body))
+            })
+            .await
+        } else {
+            if let Some(pq) = self.upstream_path_and_query(&parts.uri, rt)? {
+                parts.uri = Uri::from(pq);
+            }
+            parts.version = http::Version::HTTP_11;
+            self.prepare_headers(&mut parts.headers, rt, principal, client, request_id);
+            let upstream_req = Request::from_parts(parts, body);
+            self.call_upstream(
                 idx,
                 trace,
                 None,
                 self.upstreams.send(&rt.origin, upstream_req),
             )
-            .await;
+            .await
+        };
 
         // 6. Charge what the upstream answered (or give back credits taken for nothing).
         let status = resp.as_ref().ok().map(Response::status);
@@ -478,6 +495,58 @@ impl Proxy {
             rate_limit_headers(&mut rparts.headers, s);
         }
         Ok(Response::from_parts(rparts, Either::Left(rbody)))
+    }
+
+    /// The HTTP/1.1 head of an HTTP/2 GET or HEAD for the upstream, with the fast path's field
+    /// rules. HTTP/2 may split `cookie` into several fields; HTTP/1.1 gets them joined with "; "
+    /// into one (RFC 9113, section 8.2.3).
+    fn upstream_head_h2(
+        &self,
+        parts: &http::request::Parts,
+        rt: &RouteRuntime,
+        principal: &Principal,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) -> Vec<u8> {
+        let mut up = Vec::with_capacity(512);
+        up.extend_from_slice(parts.method.as_str().as_bytes());
+        up.push(b' ');
+        let uri = &parts.uri;
+        if !self.push_upstream_target(uri.path(), uri.query(), rt, &mut up) {
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            up.extend_from_slice(pq.as_bytes());
+        }
+        up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        up.extend_from_slice(rt.host_header.as_bytes());
+        up.extend_from_slice(b"\r\n");
+        let mut cookies = parts.headers.get_all(header::COOKIE).iter();
+        let joined = match (cookies.next(), cookies.next()) {
+            (Some(first), Some(_)) => {
+                let all = parts.headers.get_all(header::COOKIE).iter();
+                let mut v = first.as_bytes().to_vec();
+                for c in all.skip(1) {
+                    v.extend_from_slice(b"; ");
+                    v.extend_from_slice(c.as_bytes());
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        let fields = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| joined.is_none() || *name != header::COOKIE)
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .chain(joined.as_deref().map(|v| ("cookie", v)));
+        self.write_upstream_fields(
+            fields,
+            rt,
+            principal,
+            client,
+            request_id.as_bytes(),
+            &mut up,
+        );
+        up
     }
 
     /// Rate limit, backlog bound and pooled credits; leases more credits when the local slice is

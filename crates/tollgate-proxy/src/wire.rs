@@ -383,7 +383,7 @@ fn parse_head<'b>(
 
 /// The head as an `http::Response` (hyper's path), with room for the fields the proxy adds
 /// (RateLimit, x-request-id) without a rehash.
-fn to_response(head: &RawHead<'_>) -> io::Result<Response<()>> {
+pub(crate) fn to_response(head: &RawHead<'_>) -> io::Result<Response<()>> {
     let mut map = HeaderMap::with_capacity(head.fields.len() + 8);
     for h in head.fields {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("bad field name"))?;

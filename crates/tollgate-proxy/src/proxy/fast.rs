@@ -358,60 +358,14 @@ impl Proxy {
         up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         up.extend_from_slice(rt.host_header.as_bytes());
         up.extend_from_slice(b"\r\n");
-        let auth_header = match &rt.auth {
-            Some((UpstreamAuthTarget::Header(name), value)) => Some((name.as_str(), value)),
-            _ => None,
-        };
-        let mut xff: Option<&[u8]> = None;
-        for f in head.fields {
-            let name = f.name;
-            if dropped_request_field(name)
-                || (!self.forward_key
-                    && self
-                        .strip_headers
-                        .iter()
-                        .any(|h| h.as_str().eq_ignore_ascii_case(name)))
-                || auth_header.is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
-            {
-                continue;
-            }
-            if name.eq_ignore_ascii_case("x-forwarded-for") {
-                xff.get_or_insert(f.value);
-                continue;
-            }
-            if name.eq_ignore_ascii_case("authorization")
-                && !self.forward_key
-                && self.strip_bearer
-                && is_bearer(f.value)
-            {
-                continue;
-            }
-            push_field(up, name.as_bytes(), f.value);
-        }
-        let account = &principal.account;
-        push_field(
+        self.write_upstream_fields(
+            head.fields.iter().map(|f| (f.name, f.value)),
+            rt,
+            principal,
+            client,
+            request_id,
             up,
-            X_TOLLGATE_ACCOUNT.as_str().as_bytes(),
-            account.id.as_bytes(),
         );
-        push_field(
-            up,
-            X_TOLLGATE_PARENT.as_str().as_bytes(),
-            principal.tenant.id.as_bytes(),
-        );
-        push_field(up, X_REQUEST_ID.as_str().as_bytes(), request_id);
-        up.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
-        up.extend_from_slice(b": ");
-        if let Some(prev) = xff {
-            up.extend_from_slice(prev);
-            up.extend_from_slice(b", ");
-        }
-        up.extend_from_slice(client.ip.as_bytes());
-        up.extend_from_slice(b"\r\n");
-        if let Some((name, value)) = auth_header {
-            push_field(up, name.as_bytes(), value.as_bytes());
-        }
-        up.extend_from_slice(b"\r\n");
 
         // The exchange. As the upstream's response head arrives, the start of the client's (step
         // 7) is written from it where it lies in the connection's buffer (no header map): its
@@ -471,6 +425,75 @@ impl Proxy {
                 Ok((status, Some(UpstreamBody::Streaming(b))))
             }
         }
+    }
+
+    /// The upstream request's fields after its request line and `host`: the client's as they
+    /// came, less hop-by-hop ones, Tollgate's own and the key's (unless the key is forwarded);
+    /// then the attribution, the request id, `x-forwarded-for` and the upstream's credential;
+    /// then the blank line. Shared by the fast path (httparse's fields) and HTTP/2 GET and HEAD
+    /// (a header map's).
+    pub(super) fn write_upstream_fields<'f>(
+        &self,
+        fields: impl Iterator<Item = (&'f str, &'f [u8])>,
+        rt: &super::RouteRuntime,
+        principal: &tollgate_store::Principal,
+        client: &Client,
+        request_id: &[u8],
+        up: &mut Vec<u8>,
+    ) {
+        let auth_header = match &rt.auth {
+            Some((UpstreamAuthTarget::Header(name), value)) => Some((name.as_str(), value)),
+            _ => None,
+        };
+        let mut xff: Option<&[u8]> = None;
+        for (name, value) in fields {
+            if dropped_request_field(name)
+                || (!self.forward_key
+                    && self
+                        .strip_headers
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(name)))
+                || auth_header.is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                xff.get_or_insert(value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case("authorization")
+                && !self.forward_key
+                && self.strip_bearer
+                && is_bearer(value)
+            {
+                continue;
+            }
+            push_field(up, name.as_bytes(), value);
+        }
+        let account = &principal.account;
+        push_field(
+            up,
+            X_TOLLGATE_ACCOUNT.as_str().as_bytes(),
+            account.id.as_bytes(),
+        );
+        push_field(
+            up,
+            X_TOLLGATE_PARENT.as_str().as_bytes(),
+            principal.tenant.id.as_bytes(),
+        );
+        push_field(up, X_REQUEST_ID.as_str().as_bytes(), request_id);
+        up.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+        up.extend_from_slice(b": ");
+        if let Some(prev) = xff {
+            up.extend_from_slice(prev);
+            up.extend_from_slice(b", ");
+        }
+        up.extend_from_slice(client.ip.as_bytes());
+        up.extend_from_slice(b"\r\n");
+        if let Some((name, value)) = auth_header {
+            push_field(up, name.as_bytes(), value.as_bytes());
+        }
+        up.extend_from_slice(b"\r\n");
     }
 
     /// The request target for the upstream: as the client sent it, unless a query key is taken
