@@ -1,0 +1,217 @@
+//! The upstream's request: its target (the key's query parameter out, the upstream's credential
+//! in) and its fields, edited in a header map (hyper's path) or written as bytes (HTTP/2 GET and
+//! HEAD; the fast path writes its own from the same rules, `fast::write_upstream_fields`).
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::Uri;
+use tollgate_config::UpstreamAuthTarget;
+use tollgate_store::Principal;
+
+use super::{
+    Client, Proxy, RouteRuntime, X_FORWARDED_FOR, X_REQUEST_ID, X_TOLLGATE_ACCOUNT,
+    X_TOLLGATE_PARENT,
+};
+use crate::respond::Refusal;
+use crate::{extract, forward};
+
+impl Proxy {
+    /// The HTTP/1.1 head of an HTTP/2 GET or HEAD for the upstream, with the fast path's field
+    /// rules. HTTP/2 may split `cookie` into several fields; HTTP/1.1 gets them joined with "; "
+    /// into one (RFC 9113, section 8.2.3).
+    pub(super) fn upstream_head_h2(
+        &self,
+        parts: &http::request::Parts,
+        rt: &RouteRuntime,
+        principal: &Principal,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) -> Vec<u8> {
+        let mut up = Vec::with_capacity(512);
+        up.extend_from_slice(parts.method.as_str().as_bytes());
+        up.push(b' ');
+        let uri = &parts.uri;
+        if !self.push_upstream_target(uri.path(), uri.query(), rt, &mut up) {
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            up.extend_from_slice(pq.as_bytes());
+        }
+        up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        up.extend_from_slice(rt.host_header.as_bytes());
+        up.extend_from_slice(b"\r\n");
+        let mut cookies = parts.headers.get_all(header::COOKIE).iter();
+        let joined = match (cookies.next(), cookies.next()) {
+            (Some(first), Some(_)) => {
+                let all = parts.headers.get_all(header::COOKIE).iter();
+                let mut v = first.as_bytes().to_vec();
+                for c in all.skip(1) {
+                    v.extend_from_slice(b"; ");
+                    v.extend_from_slice(c.as_bytes());
+                }
+                Some(v)
+            }
+            _ => None,
+        };
+        let fields = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| joined.is_none() || *name != header::COOKIE)
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .chain(joined.as_deref().map(|v| ("cookie", v)));
+        self.write_upstream_fields(
+            fields,
+            rt,
+            principal,
+            client,
+            request_id.as_bytes(),
+            &mut up,
+        );
+        up
+    }
+
+    /// The upstream request target when it differs from the client's (`None`: pass it through;
+    /// an HTTP/2 client's absolute URI is reduced to origin form too).
+    pub(super) fn upstream_path_and_query(
+        &self,
+        uri: &Uri,
+        rt: &RouteRuntime,
+    ) -> Result<Option<PathAndQuery>, (Refusal, Option<u64>)> {
+        let (path, query) = (uri.path(), uri.query());
+        let mut target = Vec::new();
+        if self.push_upstream_target(path, query, rt, &mut target) {
+            return PathAndQuery::from_maybe_shared(Bytes::from(target))
+                .map(Some)
+                .map_err(|_| (Refusal::BadRequest, None));
+        }
+        if uri.scheme().is_none() && uri.authority().is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        ))
+    }
+
+    /// Appends the upstream's request target to `out` if it differs from the client's: `path`,
+    /// then the query less the key's parameters (unless the key is forwarded) and less the
+    /// upstream credential's, then the credential. Empty `&&` pairs go on a rewrite. `false`,
+    /// with `out` untouched: the client's target goes as it is.
+    pub(super) fn push_upstream_target(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        rt: &RouteRuntime,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let strip = !self.forward_key
+            && !self.strip_query.is_empty()
+            && query.is_some_and(|q| extract::has_param(q, &self.strip_query));
+        let auth = match &rt.auth {
+            Some((UpstreamAuthTarget::Query(name), value)) => Some((name.as_str(), value)),
+            _ => None,
+        };
+        // The common case (a query without the key) is one read of it, nothing written.
+        if !strip && auth.is_none() {
+            return false;
+        }
+        out.reserve(path.len() + query.map_or(0, str::len) + 1);
+        out.extend_from_slice(path.as_bytes());
+        let mut sep = b'?';
+        for pair in query.unwrap_or("").as_bytes().split(|&b| b == b'&') {
+            let name = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => &pair[..i],
+                None => pair,
+            };
+            if pair.is_empty()
+                || (strip && self.strip_query.iter().any(|n| n.as_bytes() == name))
+                || auth.is_some_and(|(n, _)| n.as_bytes() == name)
+            {
+                continue;
+            }
+            out.push(sep);
+            sep = b'&';
+            out.extend_from_slice(pair);
+        }
+        let Some((name, value)) = auth else {
+            return true;
+        };
+        out.push(sep);
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        let enc = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+        for piece in enc {
+            out.extend_from_slice(piece.as_bytes());
+        }
+        true
+    }
+
+    pub(super) fn prepare_headers(
+        &self,
+        h: &mut http::HeaderMap,
+        rt: &RouteRuntime,
+        principal: &Principal,
+        client: &Client,
+        request_id: &HeaderValue,
+    ) {
+        forward::strip_hop_by_hop(h);
+        // Room for the fields added below, so they cost no rehash.
+        h.reserve(8);
+        // One pass finds what there is to take out (usually just the key's own field), so a
+        // field that is not there costs no hashed removal.
+        let (mut keys, mut spoofed) = (false, false);
+        for k in h.keys() {
+            if k == X_TOLLGATE_ACCOUNT || k == X_TOLLGATE_PARENT {
+                spoofed = true;
+            } else if self.strip_headers.contains(k) {
+                keys = true;
+            }
+        }
+        if !self.forward_key {
+            if keys {
+                for name in &self.strip_headers {
+                    h.remove(name);
+                }
+            }
+            if self.strip_bearer && extract::bearer(h.get(header::AUTHORIZATION)).is_some() {
+                h.remove(header::AUTHORIZATION);
+            }
+        }
+        // Nothing the client sends may pose as Tollgate's own attribution.
+        if spoofed {
+            h.remove(&X_TOLLGATE_ACCOUNT);
+            h.remove(&X_TOLLGATE_PARENT);
+        }
+        let account = &principal.account.account;
+        if let Ok(v) = HeaderValue::from_str(&account.id) {
+            h.insert(X_TOLLGATE_ACCOUNT.clone(), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(account.tenant_id()) {
+            h.insert(X_TOLLGATE_PARENT.clone(), v);
+        }
+        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+        h.insert(header::HOST, rt.host_header.clone());
+        let xff = match h.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+            Some(prev) => {
+                let ip = client.ip.as_bytes();
+                let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                v.extend_from_slice(prev);
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip);
+                HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+            }
+            None => Some(client.ip.clone()),
+        };
+        if let Some(v) = xff {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        if let Some((UpstreamAuthTarget::Header(name), value)) = &rt.auth {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                h.insert(n, v);
+            }
+        }
+    }
+}
