@@ -962,7 +962,7 @@ async fn a_query_key_is_cut_out_of_the_target_and_nothing_else() {
 }
 
 /// The vendor's own credential goes upstream in place of the client's key, by query or header, on
-/// both paths (GET: fast path; POST with a body: hyper's).
+/// every path (GET: fast path; POST with a body: hyper's; HTTP/2 GET: bytes, as the fast path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_credentials_replace_the_clients_key() {
     let up = StubUpstream::start().await;
@@ -999,12 +999,20 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    let r = send_h2c(Method::GET, &format!("{q}&apiKey={key}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
     let h = format!("{}/dns/lookup?name=a.example", g.proxy);
     let r = get(&h, &[("x-api-key", &key)]).await.unwrap();
     assert_eq!(r.status, 200);
+    let r = send_h2c(Method::GET, &h, &[("x-api-key", &key)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
     let seen = up.requests();
-    assert_eq!(seen.len(), 3);
-    for r in &seen[..2] {
+    assert_eq!(seen.len(), 5);
+    for r in &seen[..3] {
         assert_eq!(
             r.uri, "/whoisserver/WhoisService?domainName=a.example&apiKey=vendor%20q%261",
             "{:?}",
@@ -1012,6 +1020,8 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
         );
         assert_eq!(r.header("x-api-key"), None);
     }
-    assert_eq!(seen[2].uri, "/dns/lookup?name=a.example");
-    assert_eq!(seen[2].header("x-api-key"), Some("vendor-h"));
+    for r in &seen[3..] {
+        assert_eq!(r.uri, "/dns/lookup?name=a.example");
+        assert_eq!(r.header("x-api-key"), Some("vendor-h"));
+    }
 }
