@@ -1,0 +1,457 @@
+//! What goes upstream and what comes back, through the real `tollgate` binary on real sockets:
+//! the fast path, hyper's path and HTTP/2 side by side (targets, fields, credentials, timeouts),
+//! HTTPS upstreams over pooled connections.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::{json, Value};
+use tollgate_testkit::http::{get, post_json, send_h2c};
+use tollgate_testkit::{StubUpstream, TestGateway};
+
+mod common;
+use common::{create_parent, read_response, routes, whois, BIN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_work_over_pooled_connections() {
+    let up = StubUpstream::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, up.ca_pem.as_deref().unwrap()).unwrap();
+    let cfg = format!(
+        "[[routes]]\nprefix = \"/whoisserver/WhoisService\"\nupstream = \"{}\"\nproduct = \"whois\"\n",
+        up.url()
+    );
+    let g = TestGateway::start_with_env(
+        BIN.as_ref(),
+        &cfg,
+        &[("TOLLGATE_UPSTREAM_CA", ca.to_str().unwrap())],
+    )
+    .await;
+    let (pid, key) = create_parent(&g, "owner@tls.example", &["whois"]).await;
+    for _ in 0..10 {
+        let r = whois(&g, &key).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(up.count(), 10);
+    // Each data-plane worker (one per core by default) keeps its own pool.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    assert!(
+        up.connections() <= workers,
+        "sequential requests reuse pooled TLS connections: {} connections for 10 requests on {workers} workers",
+        up.connections()
+    );
+    let rec = up.last().unwrap();
+    assert_eq!(rec.header("x-tollgate-account"), Some(pid.as_str()));
+    assert_eq!(rec.header("host"), Some(up.addr.to_string().as_str()));
+
+    // Without the CA the upstream's certificate is refused: 502, never a silent plaintext fallback.
+    let g2 = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (_, key2) = create_parent(&g2, "owner2@tls.example", &["whois"]).await;
+    let r = whois(&g2, &key2).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (502, "upstream_unavailable".into())
+    );
+}
+
+/// One keep-alive connection: pipelined GETs (the fast path), then a POST with a body (hyper
+/// takes the connection over with the bytes already read), then a GET again (hyper's from then
+/// on). Every response is right and nothing of the key or spoofed attribution reaches upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_through_both_paths() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let (pid, key) = create_parent(&g, "owner@paths.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let get = |id: &str| {
+        format!(
+            "GET /whoisserver/WhoisService?domainName=a.example HTTP/1.1\r\nHost: {addr}\r\n\
+             X-Api-Key: {key}\r\nX-Tollgate-Account: forged\r\nX-Forwarded-For: 10.0.0.9\r\n\
+             X-Request-Id: {id}\r\n\r\n"
+        )
+    };
+    let mut buf = Vec::new();
+    // Two pipelined in one write.
+    s.write_all(format!("{}{}", get("r-1"), get("r-2")).as_bytes())
+        .await
+        .unwrap();
+    for id in ["r-1", "r-2"] {
+        let (status, head, _) = read_response(&mut s, &mut buf).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("x-request-id: {id}")),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("ratelimit-policy:"),
+            "{head}"
+        );
+    }
+    // A body: hyper's path, same connection.
+    let body = r#"{"q":"x"}"#;
+    s.write_all(
+        format!(
+            "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    s.write_all(get("r-3").as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: r-3"),
+        "{head}"
+    );
+
+    let seen = up.requests();
+    assert_eq!(seen.len(), 4);
+    for r in &seen {
+        assert_eq!(r.header("x-api-key"), None, "the key went upstream");
+        assert_eq!(r.header("x-tollgate-account"), Some(pid.as_str()));
+    }
+    for i in [0, 1, 3] {
+        assert_eq!(
+            seen[i].header("x-forwarded-for"),
+            Some("10.0.0.9, 127.0.0.1")
+        );
+    }
+    assert_eq!(seen[2].header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen[2].method, Method::POST);
+    assert_eq!(&seen[2].body[..], body.as_bytes());
+    assert_eq!(seen[0].header("x-request-id"), Some("r-1"));
+
+    // HEAD on the fast path: the length, no body, the connection still usable.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "HEAD /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             X-Request-Id: x-head-probe\r\n\r\n{}",
+            get("r-4")
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((status, body.len()), (200, 0), "{head}");
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-request-id: r-4"),
+        "{head}"
+    );
+
+    // A refusal on the fast path, then Connection: close is honoured.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\n\
+             X-Api-Key: at_nonexistentnonexistentnonexi\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 401, "{head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "key_unknown");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    let mut rest = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "the connection closes after Connection: close");
+}
+
+/// An upstream that answers every request on its connections with `head` and a `{}` body.
+async fn raw_upstream(head: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let req = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = req
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        buf.drain(..end + 4 + len);
+                        let resp = format!("{head}Content-Length: 2\r\n\r\n{{}}");
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The upstream's response fields reach the client less the hop-by-hop ones (and those its
+/// `Connection` names) and less the ones Tollgate sets itself, the same on both paths (GET: the
+/// fast path; POST with a body: hyper's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_fields_lose_hop_by_hop_and_spoofed_ones_on_both_paths() {
+    use tokio::io::AsyncWriteExt;
+    let up = raw_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive, X-Hop\r\n\
+         X-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+         X-Request-Id: from-upstream\r\nRateLimit: \"forged\";r=1\r\n\
+         RateLimit-Policy: \"forged\";q=1\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
+         X-Kept: yes\r\nX-Kept: twice\r\n",
+    )
+    .await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up)).await;
+    let (_, key) = create_parent(&g, "owner@fields.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let requests = [
+        format!(
+            "GET /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             X-Request-Id: mine\r\n\r\n"
+        ),
+        format!(
+            "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             X-Request-Id: mine\r\nContent-Length: 2\r\n\r\n{{}}"
+        ),
+    ];
+    let mut seen = Vec::new();
+    for req in requests {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let (status, head, body) = read_response(&mut s, &mut buf).await;
+        assert_eq!((status, &body[..]), (200, &b"{}"[..]), "{head}");
+        let mut fields: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        fields.sort();
+        let all = |name: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(all("x-kept"), ["twice", "yes"], "{head}");
+        assert_eq!(all("content-type"), ["application/json"], "{head}");
+        assert_eq!(all("content-length"), ["2"], "{head}");
+        assert_eq!(all("x-request-id"), ["mine"], "{head}");
+        assert_eq!(all("date"), ["Tue, 01 Dec 2026 10:00:00 GMT"], "{head}");
+        for gone in ["x-hop", "keep-alive", "proxy-connection"] {
+            assert!(all(gone).is_empty(), "{gone} reached the client: {head}");
+        }
+        for ours in ["ratelimit", "ratelimit-policy"] {
+            let values = all(ours);
+            assert_eq!(values.len(), 1, "{head}");
+            assert!(!values[0].contains("forged"), "{head}");
+        }
+        // `connection` is the gateway's own (keep-alive), never the upstream's list.
+        assert!(
+            all("connection").iter().all(|v| !v.contains("X-Hop")),
+            "{head}"
+        );
+        seen.push(
+            fields
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| n != "connection")
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(seen[0], seen[1], "the two paths forward different fields");
+}
+
+/// On one kept-alive connection (the fast path keeps one timer for the route timeouts of its
+/// requests), each request gets its whole timeout: a request still running when an earlier
+/// request's deadline passes is not cut short, and one that runs past its own gets 504 on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_gets_its_whole_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    up.script("/t/medium", 200, Duration::from_millis(600));
+    up.script("/t/slow", 200, Duration::from_secs(3));
+    let cfg = format!(
+        r#"
+[[routes]]
+prefix = "/t"
+upstream = "{}"
+product = "whois"
+timeout = "1s"
+"#,
+        up.url()
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (_, key) = create_parent(&g, "owner@timeouts.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n");
+
+    // Arms the connection's timer for t0 + 1 s.
+    s.write_all(get("/t/fast").as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    // Time passing is the scenario here: the next request starts 0.7 s in and its upstream takes
+    // 0.6 s, so the first request's deadline passes while it runs; its own is 1.7 s.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(get("/t/medium").as_bytes()).await.unwrap();
+    let (status, head, _) = read_response(&mut s, &mut buf).await;
+    assert_eq!(
+        status, 200,
+        "cut short by an earlier request's deadline: {head}"
+    );
+
+    let t = std::time::Instant::now();
+    s.write_all(get("/t/slow").as_bytes()).await.unwrap();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    let took = t.elapsed();
+    assert_eq!(status, 504, "{head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(2900),
+        "504 after {took:?}, the route timeout is 1 s"
+    );
+}
+
+/// The query key comes out wherever it stands, and only it: the fast path (GET), hyper's
+/// (POST) and HTTP/2 send the upstream the same target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_key_is_cut_out_of_the_target_and_nothing_else() {
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let (_, key) = create_parent(&g, "owner@q.example", &["whois"]).await;
+    let base = format!("{}/whoisserver/WhoisService", g.proxy);
+    let cases = [
+        (format!("apiKey={key}&a=1&&b=x%26y"), "a=1&b=x%26y"),
+        (format!("a=1&apiKey={key}&apiKeyX=2"), "a=1&apiKeyX=2"),
+        (format!("a=1&apiKey={key}"), "a=1"),
+        (format!("apiKey={key}"), ""),
+    ];
+    for (query, want) in &cases {
+        let url = format!("{base}?{query}");
+        let replies = [
+            ("GET", get(&url, &[]).await.unwrap()),
+            (
+                "POST",
+                post_json(&url, &[], &json!({"x": 1})).await.unwrap(),
+            ),
+            ("h2", send_h2c(Method::GET, &url, &[]).await.unwrap()),
+        ];
+        for (how, r) in &replies {
+            assert_eq!(r.status, 200, "{how} {query}");
+        }
+        let seen = up.requests();
+        for (rec, (how, _)) in seen[seen.len() - 3..].iter().zip(&replies) {
+            let want = if want.is_empty() {
+                "/whoisserver/WhoisService".to_owned()
+            } else {
+                format!("/whoisserver/WhoisService?{want}")
+            };
+            assert_eq!(rec.uri, want, "{how} {query}");
+        }
+    }
+}
+
+/// The vendor's own credential goes upstream in place of the client's key, by query or header, on
+/// every path (GET: fast path; POST with a body: hyper's; HTTP/2 GET: bytes, as the fast path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_credentials_replace_the_clients_key() {
+    let up = StubUpstream::start().await;
+    let cfg = format!(
+        r#"
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "{u}"
+product = "whois"
+upstream_auth = {{ query = "apiKey", env = "TG_TEST_VENDOR_Q" }}
+
+[[routes]]
+prefix = "/dns"
+upstream = "{u}"
+product = "whois"
+upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
+"#,
+        u = up.url()
+    );
+    let g = TestGateway::start_with_env(
+        BIN.as_ref(),
+        &cfg,
+        &[
+            ("TG_TEST_VENDOR_Q", "vendor q&1"),
+            ("TG_TEST_VENDOR_H", "vendor-h"),
+        ],
+    )
+    .await;
+    let (_, key) = create_parent(&g, "owner@vendor.example", &["whois"]).await;
+    let q = format!("{}/whoisserver/WhoisService?domainName=a.example", g.proxy);
+    let r = get(&format!("{q}&apiKey={key}"), &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = post_json(&q, &[("x-api-key", &key)], &json!({"x": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = send_h2c(Method::GET, &format!("{q}&apiKey={key}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let h = format!("{}/dns/lookup?name=a.example", g.proxy);
+    let r = get(&h, &[("x-api-key", &key)]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = send_h2c(Method::GET, &h, &[("x-api-key", &key)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 5);
+    for r in &seen[..3] {
+        assert_eq!(
+            r.uri, "/whoisserver/WhoisService?domainName=a.example&apiKey=vendor%20q%261",
+            "{:?}",
+            r.method
+        );
+        assert_eq!(r.header("x-api-key"), None);
+    }
+    for r in &seen[3..] {
+        assert_eq!(r.uri, "/dns/lookup?name=a.example");
+        assert_eq!(r.header("x-api-key"), Some("vendor-h"));
+    }
+}
