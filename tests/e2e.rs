@@ -164,6 +164,19 @@ async fn key_in_every_source_is_admitted_and_stripped() {
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
     assert_eq!(up.last().unwrap().method, Method::HEAD);
+    // Another method goes through hyper's path: its split cookies are joined too.
+    let r = send_h2c(
+        Method::POST,
+        &url,
+        &[("x-api-key", &key), ("cookie", "a=1"), ("cookie", "b=2")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let last = up.last().unwrap();
+    assert_eq!(last.method, Method::POST);
+    assert_eq!(last.header("cookie"), Some("a=1; b=2"));
+    assert_eq!(last.headers.get_all("cookie").iter().count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -475,6 +475,13 @@ impl Proxy {
             if let Some(pq) = self.upstream_path_and_query(&parts.uri, rt)? {
                 parts.uri = Uri::from(pq);
             }
+            if parts.version == http::Version::HTTP_2 {
+                if let Some(v) = upstream::joined_cookies(&parts.headers) {
+                    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                        parts.headers.insert(header::COOKIE, v);
+                    }
+                }
+            }
             parts.version = http::Version::HTTP_11;
             self.prepare_headers(&mut parts.headers, rt, principal, client, request_id);
             let upstream_req = Request::from_parts(parts, body);

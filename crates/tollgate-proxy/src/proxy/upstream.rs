@@ -18,8 +18,7 @@ use crate::{extract, forward};
 
 impl Proxy {
     /// The HTTP/1.1 head of an HTTP/2 GET or HEAD for the upstream, with the fast path's field
-    /// rules. HTTP/2 may split `cookie` into several fields; HTTP/1.1 gets them joined with "; "
-    /// into one (RFC 9113, section 8.2.3).
+    /// rules; split cookies joined (see `joined_cookies`).
     pub(super) fn upstream_head_h2(
         &self,
         parts: &http::request::Parts,
@@ -39,19 +38,7 @@ impl Proxy {
         up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
         up.extend_from_slice(rt.host_header.as_bytes());
         up.extend_from_slice(b"\r\n");
-        let mut cookies = parts.headers.get_all(header::COOKIE).iter();
-        let joined = match (cookies.next(), cookies.next()) {
-            (Some(first), Some(_)) => {
-                let all = parts.headers.get_all(header::COOKIE).iter();
-                let mut v = first.as_bytes().to_vec();
-                for c in all.skip(1) {
-                    v.extend_from_slice(b"; ");
-                    v.extend_from_slice(c.as_bytes());
-                }
-                Some(v)
-            }
-            _ => None,
-        };
+        let joined = joined_cookies(&parts.headers);
         let fields = parts
             .headers
             .iter()
@@ -214,4 +201,19 @@ impl Proxy {
             }
         }
     }
+}
+
+/// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 upstream must get them as one,
+/// joined with "; " (RFC 9113, section 8.2.3). `None`: there are fewer than two.
+pub(super) fn joined_cookies(h: &http::HeaderMap) -> Option<Vec<u8>> {
+    let mut cookies = h.get_all(header::COOKIE).iter();
+    let first = cookies.next()?;
+    let mut rest = cookies.peekable();
+    rest.peek()?;
+    let mut v = first.as_bytes().to_vec();
+    for c in rest {
+        v.extend_from_slice(b"; ");
+        v.extend_from_slice(c.as_bytes());
+    }
+    Some(v)
 }
