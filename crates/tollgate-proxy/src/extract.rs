@@ -95,7 +95,7 @@ pub fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
     bearer_token(value.map(HeaderValue::as_bytes))
 }
 
-fn bearer_token(value: Option<&[u8]>) -> Option<&[u8]> {
+pub fn bearer_token(value: Option<&[u8]>) -> Option<&[u8]> {
     let v = value?;
     if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
         let t = v[7..].trim_ascii();
@@ -108,13 +108,15 @@ fn bearer_token(value: Option<&[u8]>) -> Option<&[u8]> {
 /// A query string's `(name, value)` pairs: split on `&`, then on the first `=` (no `=`: an empty
 /// value). A plain byte loop: queries are short, and `str`'s searchers cost more to set up.
 fn pairs(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
-    query
-        .as_bytes()
-        .split(|&b| b == b'&')
-        .map(|pair| match pair.iter().position(|&b| b == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &[][..]),
-        })
+    query.as_bytes().split(|&b| b == b'&').map(split_pair)
+}
+
+/// One `name=value` pair of a query string as (name, value); no `=`: an empty value.
+pub fn split_pair(pair: &[u8]) -> (&[u8], &[u8]) {
+    match pair.iter().position(|&b| b == b'=') {
+        Some(i) => (&pair[..i], &pair[i + 1..]),
+        None => (pair, &[][..]),
+    }
 }
 
 /// The first non-empty value of `name` in a query string, percent-decoded.

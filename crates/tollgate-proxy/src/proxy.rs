@@ -475,15 +475,9 @@ impl Proxy {
             if let Some(pq) = self.upstream_path_and_query(&parts.uri, rt)? {
                 parts.uri = Uri::from(pq);
             }
-            if parts.version == http::Version::HTTP_2 {
-                if let Some(v) = upstream::joined_cookies(&parts.headers) {
-                    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
-                        parts.headers.insert(header::COOKIE, v);
-                    }
-                }
-            }
+            let http2 = parts.version == http::Version::HTTP_2;
             parts.version = http::Version::HTTP_11;
-            self.prepare_headers(&mut parts.headers, rt, principal, client, request_id);
+            self.prepare_headers(&mut parts.headers, http2, rt, principal, client, request_id);
             let upstream_req = Request::from_parts(parts, body);
             self.call_upstream(
                 idx,

@@ -21,13 +21,9 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tollgate_config::UpstreamAuthTarget;
 use tollgate_core::DenyReason;
 
-use super::{
-    rate_limit_headers_into, Client, Deadlines, Proxy, RequestId, X_FORWARDED_FOR, X_REQUEST_ID,
-    X_TOLLGATE_ACCOUNT, X_TOLLGATE_PARENT,
-};
+use super::{rate_limit_headers_into, Client, Deadlines, Proxy, RequestId, X_REQUEST_ID};
 use crate::access_log::Trace;
 use crate::extract;
 use crate::forward::{connection_names, is_hop_by_hop, UpstreamBody};
@@ -352,12 +348,7 @@ impl Proxy {
 
         // 5. The upstream request, its fields copied as they came but for Tollgate's own.
         up.clear();
-        up.extend_from_slice(head.method.as_bytes());
-        up.push(b' ');
-        self.write_target(head, rt, up);
-        up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        up.extend_from_slice(rt.host_header.as_bytes());
-        up.extend_from_slice(b"\r\n");
+        self.write_request_start(head.method, head.target, head.query, rt, up);
         self.write_upstream_fields(
             head.fields.iter().map(|f| (f.name, f.value)),
             rt,
@@ -426,102 +417,6 @@ impl Proxy {
             }
         }
     }
-
-    /// The upstream request's fields after its request line and `host`: the client's as they
-    /// came, less hop-by-hop ones, Tollgate's own and the key's (unless the key is forwarded);
-    /// then the attribution, the request id, `x-forwarded-for` and the upstream's credential;
-    /// then the blank line. Shared by the fast path (httparse's fields) and HTTP/2 GET and HEAD
-    /// (a header map's).
-    pub(super) fn write_upstream_fields<'f>(
-        &self,
-        fields: impl Iterator<Item = (&'f str, &'f [u8])>,
-        rt: &super::RouteRuntime,
-        principal: &tollgate_store::Principal,
-        client: &Client,
-        request_id: &[u8],
-        up: &mut Vec<u8>,
-    ) {
-        let auth_header = match &rt.auth {
-            Some((UpstreamAuthTarget::Header(name), value)) => Some((name.as_str(), value)),
-            _ => None,
-        };
-        let mut xff: Option<&[u8]> = None;
-        for (name, value) in fields {
-            if dropped_request_field(name)
-                || (!self.forward_key
-                    && self
-                        .strip_headers
-                        .iter()
-                        .any(|h| h.as_str().eq_ignore_ascii_case(name)))
-                || auth_header.is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
-            {
-                continue;
-            }
-            if name.eq_ignore_ascii_case("x-forwarded-for") {
-                xff.get_or_insert(value);
-                continue;
-            }
-            if name.eq_ignore_ascii_case("authorization")
-                && !self.forward_key
-                && self.strip_bearer
-                && is_bearer(value)
-            {
-                continue;
-            }
-            push_field(up, name.as_bytes(), value);
-        }
-        let account = &principal.account;
-        push_field(
-            up,
-            X_TOLLGATE_ACCOUNT.as_str().as_bytes(),
-            account.id.as_bytes(),
-        );
-        push_field(
-            up,
-            X_TOLLGATE_PARENT.as_str().as_bytes(),
-            principal.tenant.id.as_bytes(),
-        );
-        push_field(up, X_REQUEST_ID.as_str().as_bytes(), request_id);
-        up.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
-        up.extend_from_slice(b": ");
-        if let Some(prev) = xff {
-            up.extend_from_slice(prev);
-            up.extend_from_slice(b", ");
-        }
-        up.extend_from_slice(client.ip.as_bytes());
-        up.extend_from_slice(b"\r\n");
-        if let Some((name, value)) = auth_header {
-            push_field(up, name.as_bytes(), value.as_bytes());
-        }
-        up.extend_from_slice(b"\r\n");
-    }
-
-    /// The request target for the upstream: as the client sent it, unless a query key is taken
-    /// out or the upstream's credential goes into the query.
-    fn write_target(&self, head: &Head<'_, '_>, rt: &super::RouteRuntime, out: &mut Vec<u8>) {
-        let path = head.target.split_once('?').map_or(head.target, |(p, _)| p);
-        if !self.push_upstream_target(path, head.query, rt, out) {
-            out.extend_from_slice(head.target.as_bytes());
-        }
-    }
-}
-
-/// Fields a client may send that never go upstream as they are: hop-by-hop ones, the ones
-/// Tollgate sets itself (`host`, attribution, request id).
-fn dropped_request_field(name: &str) -> bool {
-    const DROP: [&str; 10] = [
-        "host",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "x-tollgate-account",
-        "x-tollgate-parent",
-        "x-request-id",
-    ];
-    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
 }
 
 /// The status line and fields of the client's response, from the upstream's head: its fields as
@@ -567,11 +462,7 @@ fn client_head(raw: &RawHead<'_>, head_req: bool, out: &mut Vec<u8>) -> (StatusC
     (status, has_date)
 }
 
-fn is_bearer(v: &[u8]) -> bool {
-    v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") && !v[7..].trim_ascii().is_empty()
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(super) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -1,6 +1,6 @@
 //! The upstream's request: its target (the key's query parameter out, the upstream's credential
-//! in) and its fields, edited in a header map (hyper's path) or written as bytes (HTTP/2 GET and
-//! HEAD; the fast path writes its own from the same rules, `fast::write_upstream_fields`).
+//! in) and its fields, written as bytes (the fast path, HTTP/2 GET and HEAD) or edited in a header
+//! map (hyper's path), by the same rules.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -9,6 +9,7 @@ use http::Uri;
 use tollgate_config::UpstreamAuthTarget;
 use tollgate_store::Principal;
 
+use super::fast::push_field;
 use super::{
     Client, Proxy, RouteRuntime, X_FORWARDED_FOR, X_REQUEST_ID, X_TOLLGATE_ACCOUNT,
     X_TOLLGATE_PARENT,
@@ -28,16 +29,14 @@ impl Proxy {
         request_id: &HeaderValue,
     ) -> Vec<u8> {
         let mut up = Vec::with_capacity(512);
-        up.extend_from_slice(parts.method.as_str().as_bytes());
-        up.push(b' ');
-        let uri = &parts.uri;
-        if !self.push_upstream_target(uri.path(), uri.query(), rt, &mut up) {
-            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-            up.extend_from_slice(pq.as_bytes());
-        }
-        up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        up.extend_from_slice(rt.host_header.as_bytes());
-        up.extend_from_slice(b"\r\n");
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        self.write_request_start(
+            parts.method.as_str(),
+            target,
+            parts.uri.query(),
+            rt,
+            &mut up,
+        );
         let joined = joined_cookies(&parts.headers);
         let fields = parts
             .headers
@@ -54,6 +53,97 @@ impl Proxy {
             &mut up,
         );
         up
+    }
+
+    /// The upstream request line and its `host` field. `target` is the client's, in origin form,
+    /// and `query` the part of it after the `?`: the target goes as it came unless
+    /// [`Self::push_upstream_target`] rewrites it.
+    pub(super) fn write_request_start(
+        &self,
+        method: &str,
+        target: &str,
+        query: Option<&str>,
+        rt: &RouteRuntime,
+        up: &mut Vec<u8>,
+    ) {
+        up.extend_from_slice(method.as_bytes());
+        up.push(b' ');
+        let path = &target[..target.len() - query.map_or(0, |q| q.len() + 1)];
+        if !self.push_upstream_target(path, query, rt, up) {
+            up.extend_from_slice(target.as_bytes());
+        }
+        up.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        up.extend_from_slice(rt.host_header.as_bytes());
+        up.extend_from_slice(b"\r\n");
+    }
+
+    /// The upstream request's fields after its request line and `host`: the client's as they
+    /// came, less hop-by-hop ones, Tollgate's own and the key's (unless the key is forwarded);
+    /// then the attribution, the request id, `x-forwarded-for` and the upstream's credential;
+    /// then the blank line. Shared by the fast path (httparse's fields) and HTTP/2 GET and HEAD
+    /// (a header map's).
+    pub(super) fn write_upstream_fields<'f>(
+        &self,
+        fields: impl Iterator<Item = (&'f str, &'f [u8])>,
+        rt: &RouteRuntime,
+        principal: &Principal,
+        client: &Client,
+        request_id: &[u8],
+        up: &mut Vec<u8>,
+    ) {
+        let auth_header = match &rt.auth {
+            Some((UpstreamAuthTarget::Header(name), value)) => Some((name.as_str(), value)),
+            _ => None,
+        };
+        let mut xff: Option<&[u8]> = None;
+        for (name, value) in fields {
+            if dropped_request_field(name)
+                || (!self.forward_key
+                    && self
+                        .strip_headers
+                        .iter()
+                        .any(|h| h.as_str().eq_ignore_ascii_case(name)))
+                || auth_header.is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            if name.eq_ignore_ascii_case("x-forwarded-for") {
+                xff.get_or_insert(value);
+                continue;
+            }
+            if name.eq_ignore_ascii_case("authorization")
+                && !self.forward_key
+                && self.strip_bearer
+                && extract::bearer_token(Some(value)).is_some()
+            {
+                continue;
+            }
+            push_field(up, name.as_bytes(), value);
+        }
+        let account = &principal.account;
+        push_field(
+            up,
+            X_TOLLGATE_ACCOUNT.as_str().as_bytes(),
+            account.id.as_bytes(),
+        );
+        push_field(
+            up,
+            X_TOLLGATE_PARENT.as_str().as_bytes(),
+            principal.tenant.id.as_bytes(),
+        );
+        push_field(up, X_REQUEST_ID.as_str().as_bytes(), request_id);
+        up.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
+        up.extend_from_slice(b": ");
+        if let Some(prev) = xff {
+            up.extend_from_slice(prev);
+            up.extend_from_slice(b", ");
+        }
+        up.extend_from_slice(client.ip.as_bytes());
+        up.extend_from_slice(b"\r\n");
+        if let Some((name, value)) = auth_header {
+            push_field(up, name.as_bytes(), value.as_bytes());
+        }
+        up.extend_from_slice(b"\r\n");
     }
 
     /// The upstream request target when it differs from the client's (`None`: pass it through;
@@ -84,7 +174,7 @@ impl Proxy {
     /// then the query less the key's parameters (unless the key is forwarded) and less the
     /// upstream credential's, then the credential. Empty `&&` pairs go on a rewrite. `false`,
     /// with `out` untouched: the client's target goes as it is.
-    pub(super) fn push_upstream_target(
+    fn push_upstream_target(
         &self,
         path: &str,
         query: Option<&str>,
@@ -106,10 +196,7 @@ impl Proxy {
         out.extend_from_slice(path.as_bytes());
         let mut sep = b'?';
         for pair in query.unwrap_or("").as_bytes().split(|&b| b == b'&') {
-            let name = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => &pair[..i],
-                None => pair,
-            };
+            let (name, _) = extract::split_pair(pair);
             if pair.is_empty()
                 || (strip && self.strip_query.iter().any(|n| n.as_bytes() == name))
                 || auth.is_some_and(|(n, _)| n.as_bytes() == name)
@@ -133,15 +220,25 @@ impl Proxy {
         true
     }
 
+    /// The client's fields made the upstream's, in place, by the rules of
+    /// [`Self::write_upstream_fields`]; an HTTP/2 client's split cookies joined.
     pub(super) fn prepare_headers(
         &self,
         h: &mut http::HeaderMap,
+        http2: bool,
         rt: &RouteRuntime,
         principal: &Principal,
         client: &Client,
         request_id: &HeaderValue,
     ) {
         forward::strip_hop_by_hop(h);
+        if http2 {
+            if let Some(v) = joined_cookies(h) {
+                if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                    h.insert(header::COOKIE, v);
+                }
+            }
+        }
         // Room for the fields added below, so they cost no rehash.
         h.reserve(8);
         // One pass finds what there is to take out (usually just the key's own field), so a
@@ -205,7 +302,7 @@ impl Proxy {
 
 /// HTTP/2 may split `cookie` into several fields; an HTTP/1.1 upstream must get them as one,
 /// joined with "; " (RFC 9113, section 8.2.3). `None`: there are fewer than two.
-pub(super) fn joined_cookies(h: &http::HeaderMap) -> Option<Vec<u8>> {
+fn joined_cookies(h: &http::HeaderMap) -> Option<Vec<u8>> {
     let mut cookies = h.get_all(header::COOKIE).iter();
     let first = cookies.next()?;
     let mut rest = cookies.peekable();
@@ -216,4 +313,22 @@ pub(super) fn joined_cookies(h: &http::HeaderMap) -> Option<Vec<u8>> {
         v.extend_from_slice(c.as_bytes());
     }
     Some(v)
+}
+
+/// Fields a client may send that never go upstream as they are: hop-by-hop ones, the ones
+/// Tollgate sets itself (`host`, attribution, request id).
+fn dropped_request_field(name: &str) -> bool {
+    const DROP: [&str; 10] = [
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "x-tollgate-account",
+        "x-tollgate-parent",
+        "x-request-id",
+    ];
+    DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
 }
