@@ -47,24 +47,9 @@ fn push_state(o: &mut Vec<u8>, s: &Standing) -> bool {
 
 type PushValue = fn(&mut Vec<u8>, &Standing) -> bool;
 
+/// The fields, into a header map.
 pub(super) fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
-    thread_local! {
-        static POLICY: std::cell::RefCell<Option<(Policy, Option<HeaderValue>)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let policy = policy_of(s);
-    let value = POLICY.with_borrow_mut(|memo| match memo {
-        Some((p, v)) if *p == policy => v.clone(),
-        _ => {
-            let mut value = Vec::with_capacity(96);
-            let v = push_policy(&mut value, s)
-                .then(|| HeaderValue::from_maybe_shared(Bytes::from(value)).ok())
-                .flatten();
-            *memo = Some((policy, v.clone()));
-            v
-        }
-    });
-    if let Some(v) = value {
+    if let Some(v) = with_policy(s, |v| v.cloned()) {
         h.insert(RATELIMIT_POLICY.clone(), v);
     }
     let mut value = Vec::with_capacity(64);
@@ -78,33 +63,42 @@ pub(super) fn rate_limit_headers(h: &mut http::HeaderMap, s: &Standing) {
     }
 }
 
-/// What a `RateLimit-Policy` value is made of: the rate and burst, the pool's included credits.
-type Policy = (Option<(u32, u32)>, Option<u64>);
-
-fn policy_of(s: &Standing) -> Policy {
-    (
-        s.rate.map(|r| (r.limit.rps, r.limit.burst)),
-        s.credits.map(|(included, _)| included),
-    )
-}
-
-/// The same fields, appended to a raw response head. The policy, the same for every request
-/// under the same limits, is rendered once per change on each worker.
+/// The same fields, appended to a raw response head.
 pub(super) fn rate_limit_headers_into(out: &mut Vec<u8>, s: &Standing) {
-    thread_local! {
-        static POLICY: std::cell::RefCell<(Option<Policy>, Vec<u8>)> =
-            const { std::cell::RefCell::new((None, Vec::new())) };
-    }
-    let policy = policy_of(s);
-    POLICY.with_borrow_mut(|(rendered, field)| {
-        if *rendered != Some(policy) {
-            field.clear();
-            push_rate_limit_field(field, &RATELIMIT_POLICY, push_policy, s);
-            *rendered = Some(policy);
+    with_policy(s, |v| {
+        if let Some(v) = v {
+            out.extend_from_slice(RATELIMIT_POLICY.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(field);
     });
     push_rate_limit_field(out, &RATELIMIT, push_state, s);
+}
+
+/// Runs `f` with the `RateLimit-Policy` value for `s` (`None`: there is none). The value is the
+/// same for every request under the same limits, so each worker renders it once per change.
+fn with_policy<R>(s: &Standing, f: impl FnOnce(Option<&HeaderValue>) -> R) -> R {
+    /// What the value is made of: the rate and burst, the pool's included credits.
+    type Policy = (Option<(u32, u32)>, Option<u64>);
+    thread_local! {
+        static POLICY: std::cell::RefCell<Option<(Policy, Option<HeaderValue>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let policy: Policy = (
+        s.rate.map(|r| (r.limit.rps, r.limit.burst)),
+        s.credits.map(|(included, _)| included),
+    );
+    POLICY.with_borrow_mut(|memo| {
+        if !matches!(memo, Some((p, _)) if *p == policy) {
+            let mut value = Vec::with_capacity(96);
+            let v = push_policy(&mut value, s)
+                .then(|| HeaderValue::from_maybe_shared(Bytes::from(value)).ok())
+                .flatten();
+            *memo = Some((policy, v));
+        }
+        f(memo.as_ref().and_then(|(_, v)| v.as_ref()))
+    })
 }
 
 fn push_rate_limit_field(out: &mut Vec<u8>, name: &HeaderName, push: PushValue, s: &Standing) {
