@@ -10,19 +10,22 @@
 # [64] on LOAD_CPU [1] for DURATION [8] s per contender per round, ROUNDS [5] rounds, in the order
 # nginx, BIN1, BIN2, ... (rotated each round). Prints each contender's median req/s and p99 and its
 # median per-round ratio to nginx. OUT [benches/load/out] is the held run's output directory.
+# STORE=redis runs each BIN on the held run's Redis instead (the seeded tree under prefix "tg",
+# shared by the BINs, which take turns).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=gateway-toml.sh
 . "$HERE/gateway-toml.sh"
-[ $# -ge 1 ] || { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
+STORE=${STORE:-embedded}
 [ -f "$OUT/hold.txt" ] || { echo "ab.sh: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
-read -r _ UP _ NGINX _ _ _ _ _ KEYS _ _ <"$OUT/hold.txt"
+read -r _ UP _ NGINX _ _ _ _ _ KEYS _ _ _ RP _ <"$OUT/hold.txt"
 NGINX=${NGINX%%/*}
 SEED=$(dirname "$KEYS")
 REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
@@ -44,10 +47,20 @@ for bin in "$@"; do
   i=$((i + 1))
   dir="$D/$i"
   mkdir -p "$dir"
-  cp "$SEED/tollgate.db" "$dir/tollgate.db"
   port=$(free_port) account=$(free_port) ops=$(free_port)
-  gateway_toml "$port" "$account" "$ops" "$UP" "backend = \"embedded\"
-path = \"$dir/tollgate.db\"" >"$dir/gateway.toml"
+  case "$STORE" in
+    embedded)
+      cp "$SEED/tollgate.db" "$dir/tollgate.db"
+      store="backend = \"embedded\"
+path = \"$dir/tollgate.db\"" ;;
+    redis)
+      [ -n "${RP:-}" ] || { echo "ab.sh: $OUT/hold.txt names no Redis (an older run.sh?)" >&2; exit 1; }
+      store="backend = \"redis\"
+url = \"redis://127.0.0.1:$RP/0\"
+prefix = \"tg\"" ;;
+    *) echo "ab.sh: STORE is embedded or redis, not $STORE" >&2; exit 2 ;;
+  esac
+  gateway_toml "$port" "$account" "$ops" "$UP" "$store" >"$dir/gateway.toml"
   TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_ab_$RANDOM$RANDOM \
     taskset -c "$PROXY_CPU" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &
   PIDS+=($!)

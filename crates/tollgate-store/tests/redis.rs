@@ -749,6 +749,8 @@ async fn usage_batches_keep_one_number_per_writer_not_a_key_per_batch() {
     for seq in 0..50 {
         store.record_usage(&one("node_a", seq, 1)).await.unwrap();
     }
+    // Redis forgets its scripts (a restart, SCRIPT FLUSH): the next batch loads it again.
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
     store.record_usage(&one("node_b", 0, 1)).await.unwrap();
     // An earlier batch of a writer, sent again (it landed, its reply was lost), changes nothing.
     store.record_usage(&one("node_a", 10, 100)).await.unwrap();

@@ -1,6 +1,8 @@
 //! Redis key names (the data model in the parent module's docs) and the small values stored in the
 //! global indexes.
 
+use std::fmt::Write;
+
 use serde::{Deserialize, Serialize};
 use tollgate_core::{normalize_email, KeyHash};
 
@@ -9,6 +11,12 @@ use crate::{StoreError, StoreResult};
 /// Separates the parts of a usage field (`<day>␟<product>␟<pool>`): product and pool names are
 /// configuration identifiers, which never contain control characters.
 pub(super) const FIELD_SEP: char = '\u{1f}';
+
+/// Suffixes of the tenant keys the usage flush writes, shared by [`TenantKeys`] and
+/// [`Keys::write_tenant_key`].
+pub(super) const USAGE: &str = ":u:";
+pub(super) const POOL_USAGE: &str = ":pool";
+pub(super) const WRITERS: &str = ":w";
 
 /// Builds every key from the configured prefix.
 #[derive(Debug, Clone)]
@@ -57,6 +65,23 @@ impl Keys {
             tag: format!("{{{}:t:{tenant}}}", self.prefix),
         }
     }
+
+    /// Writes the tenant key `<tag><suffix><id>` (the name [`TenantKeys`] gives it) into `buf`,
+    /// cleared first: the usage flush names thousands of keys, and this names them without an
+    /// allocation each.
+    pub(super) fn write_tenant_key<'b>(
+        &self,
+        buf: &'b mut String,
+        tenant: &str,
+        suffix: &str,
+        id: &str,
+    ) -> &'b str {
+        buf.clear();
+        for part in ["{", &self.prefix, ":t:", tenant, "}", suffix, id] {
+            buf.push_str(part);
+        }
+        buf
+    }
 }
 
 /// The keys of one tenant; they share a hash tag, so one Lua script may touch them all in Cluster.
@@ -90,12 +115,12 @@ impl TenantKeys {
     /// Hash of one account's usage: `r␟<day>␟<product>␟<pool>` -> requests and
     /// `c␟<day>␟<product>␟<pool>` -> credits (integers, so HINCRBY adds them exactly).
     pub(super) fn usage(&self, account_id: &str) -> String {
-        format!("{}:u:{account_id}", self.tag)
+        format!("{}{USAGE}{account_id}", self.tag)
     }
 
     /// Hash: pool -> all credits the tenant has ever used from it.
     pub(super) fn pool_usage(&self) -> String {
-        format!("{}:pool", self.tag)
+        format!("{}{POOL_USAGE}", self.tag)
     }
 
     /// Hash: pool -> credits leased to nodes and not given back.
@@ -104,16 +129,41 @@ impl TenantKeys {
     }
 
     /// Hash: writer (a gateway process) -> `<seq> <unix s>`, the last of its usage batches applied
-    /// to this tenant and when.
+    /// to this tenant and when. (The flush names it with [`Keys::write_tenant_key`].)
+    #[cfg(test)]
     pub(super) fn writers(&self) -> String {
-        format!("{}:w", self.tag)
+        format!("{}{WRITERS}", self.tag)
     }
 }
 
 /// The usage hash fields of one cell.
+#[cfg(test)]
 pub(super) fn usage_fields(day: i32, product: &str, pool: &str) -> (String, String) {
-    let cell = format!("{day}{FIELD_SEP}{product}{FIELD_SEP}{pool}");
-    (format!("r{FIELD_SEP}{cell}"), format!("c{FIELD_SEP}{cell}"))
+    let (mut r, mut c) = (String::new(), String::new());
+    write_usage_field(&mut r, false, day, product, pool);
+    write_usage_field(&mut c, true, day, product, pool);
+    (r, c)
+}
+
+/// Writes the usage hash field of a cell's requests (or credits) into `buf`, cleared first:
+/// `r␟<day>␟<product>␟<pool>` (or `c␟...`).
+pub(super) fn write_usage_field<'b>(
+    buf: &'b mut String,
+    credits: bool,
+    day: i32,
+    product: &str,
+    pool: &str,
+) -> &'b str {
+    buf.clear();
+    buf.push(if credits { 'c' } else { 'r' });
+    buf.push(FIELD_SEP);
+    // Writing to a String cannot fail.
+    let _ = write!(buf, "{day}");
+    for part in [product, pool] {
+        buf.push(FIELD_SEP);
+        buf.push_str(part);
+    }
+    buf
 }
 
 /// Splits a usage field into (is_credits, day, product, pool).
@@ -192,6 +242,15 @@ mod tests {
             assert!(key.starts_with("{tg:t:acc_1}:"), "{key}");
         }
         assert_eq!(k.email_index(" A@B.com "), "tg:e:a@b.com");
+        let mut buf = String::from("left over");
+        for (suffix, id, named) in [
+            (USAGE, "acc_2", t.usage("acc_2")),
+            (POOL_USAGE, "", t.pool_usage()),
+            (WRITERS, "", t.writers()),
+        ] {
+            assert_eq!(k.write_tenant_key(&mut buf, "acc_1", suffix, id), named);
+        }
+        assert_eq!(t.usage("acc_2"), "{tg:t:acc_1}:u:acc_2");
     }
 
     #[test]
@@ -205,6 +264,7 @@ mod tests {
             parse_usage_field(&c),
             Some((true, -3, "reverse-whois", "drs"))
         );
+        assert_eq!(r, "r\u{1f}-3\u{1f}reverse-whois\u{1f}drs");
         assert_eq!(parse_usage_field("x"), None);
     }
 }
