@@ -14,8 +14,8 @@
 # shared by the BINs, which take turns).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=gateway-toml.sh
-. "$HERE/gateway-toml.sh"
+# shellcheck source=held.sh
+. "$HERE/held.sh"
 [ $# -ge 1 ] || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
@@ -24,13 +24,13 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
 STORE=${STORE:-embedded}
-[ -f "$OUT/hold.txt" ] || { echo "ab.sh: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
-read -r _ UP _ NGINX _ _ _ _ _ KEYS _ _ _ RP _ <"$OUT/hold.txt"
-NGINX=${NGINX%%/*}
-SEED=$(dirname "$KEYS")
+case "$STORE" in
+  embedded) read_hold ab.sh ;;
+  redis) read_hold ab.sh redis ;;
+  *) echo "ab.sh: STORE is embedded or redis, not $STORE" >&2; exit 2 ;;
+esac
 REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 D=$(mktemp -d /tmp/tollgate-ab.XXXXXX)
 PIDS=()
 cleanup() {
@@ -47,29 +47,10 @@ for bin in "$@"; do
   i=$((i + 1))
   dir="$D/$i"
   mkdir -p "$dir"
-  port=$(free_port) account=$(free_port) ops=$(free_port)
-  case "$STORE" in
-    embedded)
-      cp "$SEED/tollgate.db" "$dir/tollgate.db"
-      store="backend = \"embedded\"
-path = \"$dir/tollgate.db\"" ;;
-    redis)
-      [ -n "${RP:-}" ] || { echo "ab.sh: $OUT/hold.txt names no Redis (an older run.sh?)" >&2; exit 1; }
-      store="backend = \"redis\"
-url = \"redis://127.0.0.1:$RP/0\"
-prefix = \"tg\"" ;;
-    *) echo "ab.sh: STORE is embedded or redis, not $STORE" >&2; exit 2 ;;
-  esac
-  gateway_toml "$port" "$account" "$ops" "$UP" "$store" >"$dir/gateway.toml"
-  TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_ab_$RANDOM$RANDOM \
-    taskset -c "$PROXY_CPU" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &
-  PIDS+=($!)
-  for _ in $(seq 120); do
-    curl -sf -o /dev/null "http://127.0.0.1:$ops/readyz" && break
-    kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$dir/log" >&2; exit 1; }
-    sleep 0.5
-  done
-  NAMES+=("$i:$(basename "$bin")") PORTS+=("$port")
+  if [ "$STORE" = redis ]; then store=$(redis_store); else store=$(embedded_store "$dir"); fi
+  start_gateway "$dir" "$bin" "$store"
+  PIDS+=("$GW_PID")
+  NAMES+=("$i:$(basename "$bin")") PORTS+=("$GW_PORT")
 done
 
 load() { # PORT SECONDS -> "req/s p99_ms"

@@ -14,34 +14,21 @@
 # apiKey parameter, as the load run's h2 phase). Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=gateway-toml.sh
-. "$HERE/gateway-toml.sh"
+# shellcheck source=held.sh
+. "$HERE/held.sh"
 BIN=${1:?usage: callgrind.sh BIN [SECONDS]}
 SECS=${2:-15}
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[ -f "$OUT/hold.txt" ] || { echo "callgrind.sh: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
-read -r _ UP _ _ _ _ _ _ _ KEYS _ _ <"$OUT/hold.txt"
-SEED=$(dirname "$KEYS")
+read_hold callgrind.sh
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 D=$(mktemp -d /tmp/tollgate-callgrind.XXXXXX)
 trap '[ -z "${VG:-}" ] || kill "$VG" 2>/dev/null || true; rm -rf "$D"' EXIT
-cp "$SEED/tollgate.db" "$D/tollgate.db"
-PORT=$(free_port) ACCOUNT=$(free_port) OPS=$(free_port)
-gateway_toml "$PORT" "$ACCOUNT" "$OPS" "$UP" "backend = \"embedded\"
-path = \"$D/tollgate.db\"" >"$D/gateway.toml"
-TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_callgrind_$RANDOM$RANDOM \
-  taskset -c "$PROXY_CPU" valgrind --tool=callgrind --separate-threads=yes \
-  --callgrind-out-file="$D/cg.out" "$BIN" run --config "$D/gateway.toml" 2>"$D/log" &
-VG=$!
-for _ in $(seq 240); do
-  curl -sf -o /dev/null "http://127.0.0.1:$OPS/readyz" && break
-  kill -0 "$VG" 2>/dev/null || { cat "$D/log" >&2; exit 1; }
-  sleep 0.5
-done
+start_gateway "$D" "$BIN" "$(embedded_store "$D")" \
+  valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$D/cg.out"
+VG=$GW_PID PORT=$GW_PORT OPS=$GW_OPS
 REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 if [ "${H2:-0}" = 1 ]; then
   # HTTP/2 (h2c), as the load run's h2 phase: the key in the apiKey parameter, one URI per key.

@@ -15,34 +15,21 @@
 # OUT [benches/load/out] is the held run's output directory. Needs perf (apt-get install linux-perf).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=gateway-toml.sh
-. "$HERE/gateway-toml.sh"
+# shellcheck source=held.sh
+. "$HERE/held.sh"
 BIN=${1:?usage: flush-cost.sh BIN [SECONDS]}
 SECS=${2:-20}
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 command -v perf >/dev/null || { echo "flush-cost.sh: needs perf (apt-get install linux-perf)" >&2; exit 1; }
-[ -f "$OUT/hold.txt" ] || { echo "flush-cost.sh: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
-read -r _ UP _ _ _ _ _ _ _ KEYS _ _ _ RP _ <"$OUT/hold.txt"
-[ -n "${RP:-}" ] || { echo "flush-cost.sh: $OUT/hold.txt names no Redis (an older run.sh?)" >&2; exit 1; }
+read_hold flush-cost.sh redis
 REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 D=$(mktemp -d /tmp/tollgate-flush.XXXXXX)
-trap '[ -z "${TG:-}" ] || kill "$TG" 2>/dev/null || true; rm -rf "$D"' EXIT
-PORT=$(free_port) ACCOUNT=$(free_port) OPS=$(free_port)
-gateway_toml "$PORT" "$ACCOUNT" "$OPS" "$UP" "backend = \"redis\"
-url = \"redis://127.0.0.1:$RP/0\"
-prefix = \"tg\"" >"$D/gateway.toml"
-TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_flush_$RANDOM$RANDOM \
-  taskset -c "$PROXY_CPU" "$BIN" run --config "$D/gateway.toml" 2>"$D/log" &
-TG=$!
-for _ in $(seq 120); do
-  curl -sf -o /dev/null "http://127.0.0.1:$OPS/readyz" && break
-  kill -0 "$TG" 2>/dev/null || { cat "$D/log" >&2; exit 1; }
-  sleep 0.5
-done
+trap '[ -z "${GW_PID:-}" ] || kill "$GW_PID" 2>/dev/null || true; rm -rf "$D"' EXIT
+start_gateway "$D" "$BIN" "$(redis_store)"
+TG=$GW_PID PORT=$GW_PORT
 load() {
   timeout $(($1 + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"$1s" -s "$HERE/keys.lua" \
     "http://127.0.0.1:$PORT" -- "$KEYS" "$REQ_PATH"

@@ -14,9 +14,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SECS=${1:-20}
 OUT=${OUT:-$HERE/out}
 LOAD_CPU=${LOAD_CPU:-1}
-[ -f "$OUT/hold.txt" ] || { echo "redis-cost.sh: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
-read -r _ _ _ _ _ _ _ TR _ KEYS _ _ _ RP _ <"$OUT/hold.txt"
-[ -n "${RP:-}" ] || { echo "redis-cost.sh: $OUT/hold.txt names no Redis (an older run.sh?)" >&2; exit 1; }
+# shellcheck source=held.sh
+. "$HERE/held.sh"
+read_hold redis-cost.sh redis
 TR=${TR%/*}
 REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 RPID=$(redis-cli -p "$RP" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
