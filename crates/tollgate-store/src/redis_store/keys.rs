@@ -12,10 +12,12 @@ use crate::{StoreError, StoreResult};
 /// configuration identifiers, which never contain control characters.
 pub(super) const FIELD_SEP: char = '\u{1f}';
 
-/// Suffixes of the tenant keys the usage flush writes, shared by [`TenantKeys`] and
-/// [`Keys::write_tenant_key`].
+// Suffixes of the tenant keys the usage flush writes with [`Keys::write_tenant_key`]; the first
+// two are also named by [`TenantKeys`] (see there).
 pub(super) const USAGE: &str = ":u:";
 pub(super) const POOL_USAGE: &str = ":pool";
+/// Suffix of a tenant's hash: writer (a gateway process) -> `<seq> <unix s>`, the last of its
+/// usage batches applied to this tenant and when.
 pub(super) const WRITERS: &str = ":w";
 
 /// Builds every key from the configured prefix.
@@ -127,22 +129,6 @@ impl TenantKeys {
     pub(super) fn leases(&self) -> String {
         format!("{}:lease", self.tag)
     }
-
-    /// Hash: writer (a gateway process) -> `<seq> <unix s>`, the last of its usage batches applied
-    /// to this tenant and when. (The flush names it with [`Keys::write_tenant_key`].)
-    #[cfg(test)]
-    pub(super) fn writers(&self) -> String {
-        format!("{}{WRITERS}", self.tag)
-    }
-}
-
-/// The usage hash fields of one cell.
-#[cfg(test)]
-pub(super) fn usage_fields(day: i32, product: &str, pool: &str) -> (String, String) {
-    let (mut r, mut c) = (String::new(), String::new());
-    write_usage_field(&mut r, false, day, product, pool);
-    write_usage_field(&mut c, true, day, product, pool);
-    (r, c)
 }
 
 /// Writes the usage hash field of a cell's requests (or credits) into `buf`, cleared first:
@@ -237,7 +223,6 @@ mod tests {
             t.usage("acc_2"),
             t.pool_usage(),
             t.leases(),
-            t.writers(),
         ] {
             assert!(key.starts_with("{tg:t:acc_1}:"), "{key}");
         }
@@ -246,7 +231,7 @@ mod tests {
         for (suffix, id, named) in [
             (USAGE, "acc_2", t.usage("acc_2")),
             (POOL_USAGE, "", t.pool_usage()),
-            (WRITERS, "", t.writers()),
+            (WRITERS, "", "{tg:t:acc_1}:w".to_owned()),
         ] {
             assert_eq!(k.write_tenant_key(&mut buf, "acc_1", suffix, id), named);
         }
@@ -255,7 +240,8 @@ mod tests {
 
     #[test]
     fn usage_fields_round_trip() {
-        let (r, c) = usage_fields(-3, "reverse-whois", "drs");
+        let r = write_usage_field(&mut String::new(), false, -3, "reverse-whois", "drs").to_owned();
+        let c = write_usage_field(&mut String::new(), true, -3, "reverse-whois", "drs").to_owned();
         assert_eq!(
             parse_usage_field(&r),
             Some((false, -3, "reverse-whois", "drs"))

@@ -76,10 +76,8 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes an account's index entry (`record_usage` skips those this process wrote before).
     async fn index_for_usage(&self, account: &str, tenant: &str) -> StoreResult<()> {
-        if self.indexed.contains(account) {
-            return Ok(());
-        }
         let _: bool = self
             .conn()
             .set_nx(self.keys.account_index(account), tenant)
@@ -105,49 +103,46 @@ impl Inner {
     ) -> StoreResult<()> {
         let script = &self.scripts.record_usage_group;
         let now = super::now_ms() / 1000;
-        // Each delta's account hash, as its index among its tenant's keys after the pool usage.
-        let mut slot_of: Vec<usize> = Vec::new();
-        let mut slots: HashMap<&str, usize> = HashMap::new();
-        let mut hashes = Vec::with_capacity(parts.len());
-        for (_, deltas) in parts {
-            slots.clear();
-            for d in deltas {
-                let next = slots.len() + 1;
-                slot_of.push(*slots.entry(d.account_id.as_str()).or_insert(next));
-            }
-            hashes.push(slots.len());
-        }
-        let keys: usize = hashes.iter().map(|h| h + 2).sum();
-        let args = 4 + parts.len() * 2 + slot_of.len() * 6;
+        // Per tenant: its accounts in order of first use (their usage hashes are its keys after
+        // the writers hash and the pool usage), and each delta's account as its number there,
+        // counted from 1 (the script counts from the pool-usage key).
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let layout: Vec<(Vec<&str>, Vec<usize>)> = parts
+            .iter()
+            .map(|(_, deltas)| {
+                seen.clear();
+                let mut accounts = Vec::new();
+                let slots = deltas
+                    .iter()
+                    .map(|d| {
+                        *seen.entry(d.account_id.as_str()).or_insert_with(|| {
+                            accounts.push(d.account_id.as_str());
+                            accounts.len()
+                        })
+                    })
+                    .collect();
+                (accounts, slots)
+            })
+            .collect();
+        let keys: usize = layout.iter().map(|(accounts, _)| accounts.len() + 2).sum();
+        let args = 4 + parts.len() * 2 + 6 * parts.iter().map(|(_, d)| d.len()).sum::<usize>();
         let mut cmd = redis::Cmd::with_capacity(3 + keys + args, 64 * (keys + args));
         cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
         let mut buf = String::new();
-        let mut at = 0;
-        for ((tenant, deltas), &n) in parts.iter().zip(&hashes) {
+        for ((tenant, _), (accounts, _)) in parts.iter().zip(&layout) {
             cmd.arg(self.keys.write_tenant_key(&mut buf, tenant, WRITERS, ""));
             cmd.arg(self.keys.write_tenant_key(&mut buf, tenant, POOL_USAGE, ""));
-            let mut named = 0;
-            for (d, &slot) in deltas.iter().zip(&slot_of[at..]) {
-                // Slots are numbered in order of first use, so a new one is the next to name.
-                if slot > named {
-                    named = slot;
-                    cmd.arg(
-                        self.keys
-                            .write_tenant_key(&mut buf, tenant, USAGE, &d.account_id),
-                    );
-                }
+            for account in accounts {
+                cmd.arg(self.keys.write_tenant_key(&mut buf, tenant, USAGE, account));
             }
-            debug_assert_eq!(named, n);
-            at += deltas.len();
         }
         cmd.arg(&batch.writer)
             .arg(batch.seq)
             .arg(now)
             .arg(BATCH_RETENTION.as_secs());
-        let mut at = 0;
-        for ((_, deltas), &n) in parts.iter().zip(&hashes) {
-            cmd.arg(n).arg(deltas.len());
-            for (d, &slot) in deltas.iter().zip(&slot_of[at..]) {
+        for ((_, deltas), (accounts, slots)) in parts.iter().zip(&layout) {
+            cmd.arg(accounts.len()).arg(deltas.len());
+            for (d, slot) in deltas.iter().zip(slots) {
                 cmd.arg(slot);
                 cmd.arg(write_usage_field(
                     &mut buf, false, d.day.0, &d.product, &d.pool,
@@ -157,7 +152,6 @@ impl Inner {
                 ));
                 cmd.arg(&d.pool).arg(d.requests).arg(d.credits);
             }
-            at += deltas.len();
         }
         let mut conn = self.conn();
         match cmd.query_async::<i64>(&mut conn).await {
