@@ -29,13 +29,12 @@ REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 D=$(mktemp -d /tmp/tollgate-flush.XXXXXX)
 trap '[ -z "${GW_PID:-}" ] || kill "$GW_PID" 2>/dev/null || true; rm -rf "$D"' EXIT
 start_gateway "$D" "$BIN" "$(redis_store)"
-TG=$GW_PID PORT=$GW_PORT
 load() {
   timeout $(($1 + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"$1s" -s "$HERE/keys.lua" \
-    "http://127.0.0.1:$PORT" -- "$KEYS" "$REQ_PATH"
+    "http://127.0.0.1:$GW_PORT" -- "$KEYS" "$REQ_PATH"
 }
 load 3 >/dev/null # warm: every key cached, every account indexed for usage
-TIDS=$(for t in /proc/$TG/task/*; do
+TIDS=$(for t in /proc/$GW_PID/task/*; do
   case "$(cat "$t/comm")" in tollgate-w*) ;; *) basename "$t" ;; esac
 done | paste -sd,)
 load "$SECS" >"$D/wrk" &

@@ -1,4 +1,4 @@
-# Sourced by run.sh, ab.sh and callgrind.sh: the gateway.toml every load run gives Tollgate.
+# Sourced by run.sh and held.sh: the gateway.toml every load run gives Tollgate.
 #
 #   gateway_toml PORT ACCOUNT_PORT OPS_PORT UPSTREAM_PORT STORE_TOML [FLUSH_INTERVAL] > gateway.toml
 #
@@ -33,3 +33,8 @@ product = "whois"
 credits = 1
 EOF
 }
+
+# Bodies of its [store] section: Redis on 127.0.0.1:PORT (the seeded tree's prefix), or the
+# embedded store at PATH.
+redis_store_toml() { printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/0"\nprefix = "tg"\n' "$1"; }
+embedded_store_toml() { printf 'backend = "embedded"\npath = "%s"\n' "$1"; }

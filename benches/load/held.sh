@@ -47,8 +47,8 @@ start_gateway() {
 
 # Bodies of the [store] section for a gateway beside the hold: the held Redis (the seeded tree
 # under prefix "tg"), or a copy of the seeded embedded store made in DIR.
-redis_store() { printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/0"\nprefix = "tg"\n' "$RP"; }
+redis_store() { redis_store_toml "$RP"; }
 embedded_store() {
   cp "$(dirname "$KEYS")/tollgate.db" "$1/tollgate.db"
-  printf 'backend = "embedded"\npath = "%s/tollgate.db"\n' "$1"
+  embedded_store_toml "$1/tollgate.db"
 }

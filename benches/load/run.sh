@@ -331,12 +331,9 @@ start_tollgate() {
   expect_status "http://127.0.0.1:$TG_PORT$REQ_PATH" "$(head -1 "$UNKNOWN")" 401
   log "$name: 127.0.0.1:$TG_PORT (CPU $PROXY_CPU, ops 127.0.0.1:$ops_port)"
 }
-start_tollgate tollgate-embedded "backend = \"embedded\"
-path = \"$TMP/embedded/tollgate.db\""
+start_tollgate tollgate-embedded "$(embedded_store_toml "$TMP/embedded/tollgate.db")"
 TE_PORT=$TG_PORT TE_PID=$TG_PID
-start_tollgate tollgate-redis "backend = \"redis\"
-url = \"redis://127.0.0.1:$REDIS_PORT/0\"
-prefix = \"tg\""
+start_tollgate tollgate-redis "$(redis_store_toml "$REDIS_PORT")"
 TR_PORT=$TG_PORT TR_PID=$TG_PID
 
 if [ "${HOLD:-0}" = 1 ]; then
