@@ -1,4 +1,4 @@
-# Sourced by run.sh and held.sh: the gateway.toml every load run gives Tollgate.
+# Sourced by run.sh and held.sh: the gateway.toml every load run gives Tollgate, and its ports.
 #
 #   gateway_toml PORT ACCOUNT_PORT OPS_PORT UPSTREAM_PORT STORE_TOML [FLUSH_INTERVAL] > gateway.toml
 #
@@ -38,3 +38,9 @@ EOF
 # embedded store at PATH.
 redis_store_toml() { printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/0"\nprefix = "tg"\n' "$1"; }
 embedded_store_toml() { printf 'backend = "embedded"\npath = "%s"\n' "$1"; }
+
+# free_ports N: N free ports, held bound together while chosen so that they differ (ports picked
+# one at a time can repeat one just released): a gateway's three listeners, nginx's two.
+free_ports() {
+  python3 -c 'import socket, sys; ss = [socket.socket() for _ in range(int(sys.argv[1]))]; [s.bind(("127.0.0.1", 0)) for s in ss]; print(*(s.getsockname()[1] for s in ss))' "$1"
+}

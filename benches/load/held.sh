@@ -18,8 +18,6 @@ read_hold() {
   fi
 }
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 # start_gateway DIR BIN STORE_TOML [WRAPPER...]: writes DIR/gateway.toml (the load run's settings,
 # free ports, the held upstream, STORE_TOML as the [store] section's body) and starts BIN run on
 # it, pinned to PROXY_CPU, under WRAPPER if given (valgrind ...), its stderr in DIR/log. Sets
@@ -28,7 +26,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 start_gateway() {
   local dir=$1 bin=$2 store=$3 account
   shift 3
-  GW_PORT=$(free_port) GW_OPS=$(free_port) account=$(free_port)
+  read -r GW_PORT account GW_OPS <<<"$(free_ports 3)"
   gateway_toml "$GW_PORT" "$account" "$GW_OPS" "$UP" "$store" >"$dir/gateway.toml"
   TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_held_$RANDOM$RANDOM \
     taskset -c "$PROXY_CPU" "$@" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &

@@ -240,8 +240,7 @@ start_nginx direct "$PROXY_CPU" "$(upstream_conf "$TMP/direct" "$DIRECT_PORT")"
 DIRECT_PID=$NGINX_WORKER
 wait_http "http://127.0.0.1:$DIRECT_PORT/" 200 10
 
-NP_PORT=$(free_port)
-NP_H2_PORT=$(free_port)
+read -r NP_PORT NP_H2_PORT <<<"$(free_ports 2)"
 H2_LISTEN=""
 [ "$H2_NGINX" = 1 ] && H2_LISTEN="listen 127.0.0.1:$NP_H2_PORT http2 backlog=4096;"
 start_nginx nginx-proxy "$PROXY_CPU" "$(nginx_common "$TMP/nginx-proxy")
@@ -315,10 +314,8 @@ UNKNOWN=$SEED_DIR/unknown.txt
 start_tollgate() {
   local name=$1 dir=$TMP/$1
   mkdir -p "$dir"
-  TG_PORT=$(free_port)
   local account_port ops_port
-  account_port=$(free_port)
-  ops_port=$(free_port)
+  read -r TG_PORT account_port ops_port <<<"$(free_ports 3)"
   gateway_toml "$TG_PORT" "$account_port" "$ops_port" "$UP_PORT" "$2" "$FLUSH_INTERVAL" >"$dir/gateway.toml"
   "$TOLLGATE_BIN" check --config "$dir/gateway.toml" >&2
   TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_load_$RANDOM$RANDOM \
