@@ -284,8 +284,14 @@ async fn rolling_restart_on_shared_ports_loses_no_request_and_no_usage() {
     let (ok, failures) = load.finish().await;
     assert!(failures.is_empty(), "failed requests: {failures:?}");
 
-    // Both processes served and logged requests.
+    // Both processes served and logged requests, in plain text: their stderr is a file, not a
+    // terminal, so no colour codes.
     assert!(!lines_with(&a.log(), "tollgate::access").is_empty());
+    assert!(
+        !a.log().contains('\u{1b}'),
+        "colour codes in a log file:\n{}",
+        a.log()
+    );
     assert!(
         !lines_with(&b.log(), "tollgate::access").is_empty(),
         "{}",

@@ -1,6 +1,7 @@
 //! Wiring: open the store, build the cache, proxy and APIs, bind the three listeners, follow the
 //! change feed, reload the config on SIGHUP, and shut everything down in order on SIGTERM or SIGINT.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,8 +37,11 @@ pub fn init_logging(format: LogFormat) {
         Some("text") => LogFormat::Text,
         _ => format,
     };
+    // Colours only on a terminal: a log file or a collector gets plain text (NO_COLOR also wins).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         // Fields at the top level of each object, where log shippers look for them.
