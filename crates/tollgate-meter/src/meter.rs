@@ -197,10 +197,10 @@ impl Meter {
                 continue;
             }
             deltas.push(UsageDelta {
-                account_id: k.account.to_string(),
-                parent_id: k.parent.to_string(),
-                product: k.product.to_string(),
-                pool: k.pool.to_string(),
+                account_id: k.account.clone(),
+                parent_id: k.parent.clone(),
+                product: k.product.clone(),
+                pool: k.pool.clone(),
                 day: k.day,
                 requests: r,
                 credits: c,

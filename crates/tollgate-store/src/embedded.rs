@@ -521,12 +521,7 @@ impl Inner {
             let mut pace = Pacer::new();
             for d in deltas {
                 pace.tick();
-                let key = (
-                    d.account_id.as_str(),
-                    d.day.0,
-                    d.product.as_str(),
-                    d.pool.as_str(),
-                );
+                let key = (&*d.account_id, d.day.0, &*d.product, &*d.pool);
                 add_usage(&mut usage, key, (d.requests, d.credits))?;
                 add_pool_usage(&mut pools, (&d.parent_id, &d.pool), d.credits)?;
             }

@@ -1,5 +1,6 @@
 //! The `Store` trait: what every backend must do, with the semantics the contract suite checks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,13 +85,16 @@ pub fn unix_ms() -> u64 {
 }
 
 /// One metered cell to add: an account's requests and credits for a product, pool and day.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The names are shared with the meter's cells (`Arc<str>`): a flush of thousands of cells
+/// copies none of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageDelta {
-    pub account_id: String,
+    pub account_id: Arc<str>,
     /// The tenant it rolls up to (its own id for a parent).
-    pub parent_id: String,
-    pub product: String,
-    pub pool: String,
+    pub parent_id: Arc<str>,
+    pub product: Arc<str>,
+    pub pool: Arc<str>,
     pub day: Day,
     pub requests: u64,
     pub credits: u64,
@@ -102,7 +106,7 @@ pub struct UsageDelta {
 /// after the store took batch `n`, retrying `n` with the same number until then. A store may rely
 /// on that order: the Redis store keeps, per tenant, only the last number it applied of each
 /// writer, and treats a batch numbered at or below it as a retry (a no-op).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageBatch {
     /// The writer's id: unique per process (the meter's node id).
     pub writer: String,

@@ -21,8 +21,8 @@ fn store_in(dir: &Path) -> EmbeddedStore {
 
 fn delta(account: &str, parent: &str, day: Day, requests: u64, credits: u64) -> UsageDelta {
     UsageDelta {
-        account_id: account.to_owned(),
-        parent_id: parent.to_owned(),
+        account_id: account.into(),
+        parent_id: parent.into(),
         product: "whois".into(),
         pool: "whois".into(),
         day,

@@ -214,8 +214,8 @@ async fn no_plaintext_key_or_token_is_stored() {
         store.rotate_key(&child.id, rotated.hash()).await.unwrap();
         secrets.push(rotated.expose().to_owned());
         let delta = UsageDelta {
-            account_id: child.id.clone(),
-            parent_id: parent.id.clone(),
+            account_id: child.id.as_str().into(),
+            parent_id: parent.id.as_str().into(),
             product: "whois".into(),
             pool: "whois".into(),
             day: Day::from_unix_secs(NOW),
@@ -649,8 +649,8 @@ async fn a_batch_over_many_tenants_counts_each_part_once() {
     let deltas: Vec<UsageDelta> = (0..150)
         .flat_map(|t| {
             [0, 1].map(|c| UsageDelta {
-                account_id: format!("acc_{t}_{c}"),
-                parent_id: format!("par_{t}"),
+                account_id: format!("acc_{t}_{c}").into(),
+                parent_id: format!("par_{t}").into(),
                 product: "whois".into(),
                 pool: if t % 2 == 0 { "whois" } else { "dns" }.into(),
                 day: today,

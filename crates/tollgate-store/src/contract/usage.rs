@@ -25,10 +25,10 @@ fn delta(
     credits: u64,
 ) -> UsageDelta {
     UsageDelta {
-        account_id: account.to_owned(),
-        parent_id: parent.to_owned(),
-        product: product.to_owned(),
-        pool: pool.to_owned(),
+        account_id: account.into(),
+        parent_id: parent.into(),
+        product: product.into(),
+        pool: pool.into(),
         day,
         requests,
         credits,

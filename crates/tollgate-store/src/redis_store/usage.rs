@@ -34,7 +34,7 @@ impl Inner {
                     ));
                 }
             }
-            by_tenant.entry(d.parent_id.as_str()).or_default().push(d);
+            by_tenant.entry(&*d.parent_id).or_default().push(d);
         }
         // Usage is read by account id, so each account's tenant must be findable first. The index
         // never changes once written, so writing it before the batch is safe if the batch fails.
@@ -43,8 +43,8 @@ impl Inner {
         let accounts: Vec<(&str, &str)> = batch
             .deltas
             .iter()
-            .filter(|d| !self.indexed.contains(d.account_id.as_str()))
-            .map(|d| (d.account_id.as_str(), d.parent_id.as_str()))
+            .filter(|d| !self.indexed.contains(&*d.account_id))
+            .map(|d| (&*d.account_id, &*d.parent_id))
             .collect::<BTreeMap<_, _>>()
             .into_iter()
             .collect();
@@ -115,8 +115,8 @@ impl Inner {
                 let slots = deltas
                     .iter()
                     .map(|d| {
-                        *seen.entry(d.account_id.as_str()).or_insert_with(|| {
-                            accounts.push(d.account_id.as_str());
+                        *seen.entry(&*d.account_id).or_insert_with(|| {
+                            accounts.push(&*d.account_id);
                             accounts.len()
                         })
                     })
@@ -150,7 +150,7 @@ impl Inner {
                 cmd.arg(write_usage_field(
                     &mut buf, true, d.day.0, &d.product, &d.pool,
                 ));
-                cmd.arg(&d.pool).arg(d.requests).arg(d.credits);
+                cmd.arg(&*d.pool).arg(d.requests).arg(d.credits);
             }
         }
         let mut conn = self.conn();
