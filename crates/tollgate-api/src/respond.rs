@@ -5,7 +5,7 @@
 //! message is ours (serde's own quote the offending value, which could be a misplaced key).
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde_json::{Map, Value};
 
@@ -39,7 +39,12 @@ pub(crate) fn no_content() -> Response<Bytes> {
     res
 }
 
-/// `{"error":{"code","message"}}` with the error's status (and `allow` for a 405).
+/// What a 401 asks for (RFC 9110 requires the field): the key, or the operator token, as a
+/// bearer credential (the account API also takes the key in `x-api-key`).
+pub(crate) const CHALLENGE: &str = "Bearer realm=\"tollgate\"";
+
+/// `{"error":{"code","message"}}` with the error's status (and `allow` for a 405,
+/// `www-authenticate` for a 401).
 pub(crate) fn error(e: &ApiError) -> Response<Bytes> {
     let body = serde_json::json!({"error": {"code": e.code(), "message": e.to_string()}});
     let mut res = json(e.status(), &body);
@@ -47,6 +52,10 @@ pub(crate) fn error(e: &ApiError) -> Response<Bytes> {
         if let Ok(v) = HeaderValue::from_str(allow) {
             res.headers_mut().insert(ALLOW, v);
         }
+    }
+    if res.status() == StatusCode::UNAUTHORIZED {
+        res.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
     }
     res
 }
@@ -284,5 +293,11 @@ mod tests {
         assert_eq!(res.headers()[CONTENT_TYPE], JSON);
         let v: Value = serde_json::from_slice(res.body()).unwrap();
         assert_eq!(v["error"]["code"], "method_not_allowed");
+        assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
+
+        // Every 401 says which credential it wants; no other status does.
+        let res = error(&ApiError::Unauthorized);
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(res.headers()[WWW_AUTHENTICATE], CHALLENGE);
     }
 }

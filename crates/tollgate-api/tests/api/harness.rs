@@ -52,6 +52,12 @@ impl Resp {
             self.body
         );
         assert_eq!(self.headers["content-type"], "application/json");
+        // RFC 9110: a 401 names the credential it wants.
+        assert_eq!(
+            self.headers.get("www-authenticate").is_some(),
+            status == 401,
+            "www-authenticate on a {status}"
+        );
         assert!(self.body["error"]["message"]
             .as_str()
             .is_some_and(|m| !m.is_empty()));
