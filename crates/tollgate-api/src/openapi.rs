@@ -229,7 +229,7 @@ fn build() -> Value {
             "parameters": {
                 "From": {
                     "name": "from", "in": "query", "required": false,
-                    "description": "First UTC day, inclusive. Default: the first day of the current month.",
+                    "description": "First UTC day, inclusive. Default: the first day of the month of `to` (of the current month when `to` is not given either).",
                     "schema": {"type": "string", "format": "date", "example": "2026-12-01"}
                 },
                 "To": {

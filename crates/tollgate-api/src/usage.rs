@@ -12,7 +12,8 @@ use crate::ApiError;
 /// Longest range one query may cover, in days (inclusive): a year, leap day included.
 pub(crate) const MAX_RANGE_DAYS: i32 = 366;
 
-/// `from` and `to` of a usage query. Defaults: the first day of the current UTC month, and today.
+/// `from` and `to` of a usage query. Defaults: `to` today (UTC), `from` the first day of `to`'s
+/// month (so `?to=` alone asks for that month up to that day).
 pub(crate) fn parse_range(query: Option<&str>, now: u64) -> Result<(Day, Day), ApiError> {
     let today = Day::from_unix_secs(now);
     let day = |name: &str, default: Day| -> Result<Day, ApiError> {
@@ -24,10 +25,9 @@ pub(crate) fn parse_range(query: Option<&str>, now: u64) -> Result<(Day, Day), A
             }),
         }
     };
-    let (y, m, _) = today.ymd();
-    let month_start = Day::from_ymd(y, m, 1).unwrap_or(today);
     let to = day("to", today)?;
-    let from = day("from", month_start.min(to))?;
+    let (y, m, _) = to.ymd();
+    let from = day("from", Day::from_ymd(y, m, 1).unwrap_or(to))?;
     if from > to {
         return Err(ApiError::invalid("`from` must not be after `to`"));
     }
@@ -214,10 +214,18 @@ mod tests {
         assert!(parse_range(Some("from=2026-12-05&to=2026-12-04"), NOW).is_err());
         assert!(parse_range(Some("from=2026-13-01"), NOW).is_err());
         assert!(parse_range(Some("to=yesterday"), NOW).is_err());
-        // A `to` before the month began moves the default `from` with it.
+        // `to` alone asks for its month up to that day; `from` alone runs to today.
         assert_eq!(
             parse_range(Some("to=2026-11-20"), NOW).unwrap(),
-            (day("2026-11-20"), day("2026-11-20"))
+            (day("2026-11-01"), day("2026-11-20"))
+        );
+        assert_eq!(
+            parse_range(Some("to=2026-03-01"), NOW).unwrap(),
+            (day("2026-03-01"), day("2026-03-01"))
+        );
+        assert_eq!(
+            parse_range(Some("from=2026-10-15"), NOW).unwrap(),
+            (day("2026-10-15"), day("2026-12-04"))
         );
         let msg = parse_range(Some("from=at_secret"), NOW)
             .unwrap_err()
