@@ -156,6 +156,10 @@ fn valid_pool(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Most credits a subscription may include: 2^53 - 1, the largest whole number every store
+/// computes with exactly (the Redis store's scripts count in doubles).
+const MAX_CREDITS: u64 = (1 << 53) - 1;
+
 /// `{"credits", "overage"}` (and `pool` inside a create call). `overage` defaults to `deny`: no
 /// tenant runs up a bill nobody chose.
 fn parse_subscription(f: &Fields<'_>, pool: &str) -> Result<Subscription, ApiError> {
@@ -165,6 +169,11 @@ fn parse_subscription(f: &Fields<'_>, pool: &str) -> Result<Subscription, ApiErr
         ));
     }
     let credits = f.u64("credits")?;
+    if credits > MAX_CREDITS {
+        return Err(ApiError::invalid(format!(
+            "`credits` must be at most {MAX_CREDITS}"
+        )));
+    }
     let overage = match f.opt_str("overage")? {
         None | Some("deny") => Overage::Deny,
         Some("allow") => Overage::Allow,

@@ -282,6 +282,17 @@ async fn put_subscription_is_seen_at_once() {
     )
     .await
     .expect_error(400, "invalid_request");
+    // Credits are exact up to 2^53 - 1 in every store; more is refused, not rounded.
+    let path = format!("/admin/v1/parents/{pid}/subscriptions/whois");
+    let max = (1u64 << 53) - 1;
+    let r = h.op(Method::PUT, &path, json!({ "credits": max })).await;
+    assert_eq!(r.expect(200)["credits"], max);
+    for over in [max + 1, u64::MAX] {
+        let r = h.op(Method::PUT, &path, json!({ "credits": over })).await;
+        r.expect_error(400, "invalid_request");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("9007199254740991"), "{message}");
+    }
 }
 
 #[tokio::test]
