@@ -455,3 +455,239 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
         assert_eq!(r.header("x-api-key"), Some("vendor-h"));
     }
 }
+
+/// A path the upstream would resolve elsewhere than it was routed (dot segments, written out or
+/// percent-encoded; encoded slashes and backslashes) is refused with 400 `invalid_request` before
+/// its key or route is looked at, on the fast path (raw GET and HEAD, so nothing normalises the
+/// `..`), hyper's (bodies, absolute and asterisk form) and HTTP/2: the upstream never sees it and
+/// nothing is metered. Paths that only look alike, and queries, pass unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_and_encoded_separators_are_refused_on_every_path() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    let cfg = format!(
+        r#"
+[metering]
+flush_interval = "50ms"
+
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "{u}"
+product = "whois"
+
+[[routes]]
+prefix = "/whoisserver/DNSService"
+upstream = "{u}"
+product = "dns"
+
+[[routes]]
+prefix = "/billing"
+upstream = "{u}"
+permission = "billing.view"
+"#,
+        u = up.url()
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (pid, pkey) = create_parent(&g, "owner@dots.example", &["whois"]).await;
+    let (cid, ckey) = g.create_child(&pkey, "member@dots.example").await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let refused = |status: u16, head: &str, body: &[u8], what: &str| {
+        assert_eq!(status, 400, "{what}: {head}");
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request", "{what}");
+        assert!(v["error"]["message"].as_str().unwrap().len() > 20);
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(head.contains("x-request-id: "), "{head}");
+    };
+    // The premise: the child's tenant has no DNS subscription.
+    let r = get(
+        &format!("{}/whoisserver/DNSService?domainName=x", g.proxy),
+        &[("x-api-key", &ckey)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "product_not_subscribed".into())
+    );
+
+    let attacks = [
+        "/whoisserver/WhoisService/../DNSService?domainName=x",
+        "/whoisserver/WhoisService/%2e%2e/DNSService?domainName=x",
+        "/whoisserver/WhoisService/.%2E/DNSService",
+        "/whoisserver/WhoisService/%2E./DNSService",
+        "/whoisserver/WhoisService/..%2FDNSService",
+        "/whoisserver/WhoisService%2f..%2fDNSService",
+        "/whoisserver/WhoisService/..%5cDNSService",
+        "/whoisserver/WhoisService\\..\\DNSService",
+        "/whoisserver/WhoisService/..;/DNSService",
+        "/whoisserver/WhoisService/./x",
+        "/whoisserver/WhoisService/..",
+        "/billing/../whoisserver/DNSService",
+    ];
+    let before = up.count();
+    let mut invalid = 0;
+
+    // The fast path: one kept-alive connection, GETs and a HEAD, then a normal request on it.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    for p in attacks {
+        let req = format!("GET {p} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {ckey}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (status, head, body) = read_response(&mut s, &mut buf).await;
+        refused(status, &head, &body, p);
+        invalid += 1;
+    }
+    s.write_all(
+        format!(
+            "HEAD {} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {ckey}\r\nX-Request-Id: x-head-probe\r\n\r\n",
+            attacks[0]
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((status, body.len()), (400, 0), "HEAD: {head}");
+    invalid += 1;
+    // Segments and queries that only look like those go upstream as they came.
+    let normal = [
+        "/whoisserver/WhoisService/.well-known/a.b/.../%2e%2e%2e/..x?q=../x&r=%2F..%2F&s=%2e%2e",
+        "/whoisserver/WhoisService?domainName=a/../b%5c",
+    ];
+    let mut admitted = 0;
+    for p in normal {
+        let req = format!("GET {p} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {ckey}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (status, head, _) = read_response(&mut s, &mut buf).await;
+        assert_eq!(status, 200, "{p}: {head}");
+        assert_eq!(up.last().unwrap().uri, p);
+        admitted += 1;
+    }
+
+    // Hyper's path: a body (the key in it too), absolute form and asterisk form; a connection each.
+    let body = format!(r#"{{"apiKey":"{ckey}"}}"#);
+    let mut hyper_reqs: Vec<String> = attacks
+        .iter()
+        .map(|p| {
+            format!(
+                "POST {p} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .collect();
+    for target in [
+        format!("http://{addr}{}", attacks[0]),
+        format!("http://{addr}{}", attacks[1]),
+        "*".to_owned(),
+    ] {
+        hyper_reqs.push(format!(
+            "GET {target} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {ckey}\r\n\r\n"
+        ));
+    }
+    hyper_reqs.push(format!(
+        "OPTIONS * HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {ckey}\r\n\r\n"
+    ));
+    for req in &hyper_reqs {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (status, head, body) = read_response(&mut s, &mut Vec::new()).await;
+        refused(status, &head, &body, req);
+        invalid += 1;
+    }
+    // The same on hyper's path with nothing wrong: admitted (absolute form goes up in origin form).
+    let p = normal[0];
+    for req in [
+        format!(
+            "POST {p} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        format!("GET http://{addr}{p} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {ckey}\r\n\r\n"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (status, head, _) = read_response(&mut s, &mut Vec::new()).await;
+        assert_eq!(status, 200, "{req}: {head}");
+        assert_eq!(up.last().unwrap().uri, p);
+        admitted += 1;
+    }
+
+    // HTTP/2.
+    for p in attacks {
+        let r = send_h2c(
+            Method::GET,
+            &format!("{}{p}", g.proxy),
+            &[("x-api-key", &ckey)],
+        )
+        .await
+        .unwrap();
+        let head: String = r
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}\r\n", v.to_str().unwrap()))
+            .collect();
+        refused(r.status.as_u16(), &head, &r.body, p);
+        invalid += 1;
+    }
+    let r = send_h2c(
+        Method::GET,
+        &format!("{}{p}", g.proxy),
+        &[("x-api-key", &ckey)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().unwrap().uri, p);
+    admitted += 1;
+
+    // Nothing refused reached the upstream, or was counted anywhere but as `invalid_request`.
+    assert_eq!(up.count(), before + admitted);
+    assert!(up.requests().iter().all(|r| !r.uri.contains("DNSService")));
+    let text =
+        String::from_utf8_lossy(&get(&format!("{}/metrics", g.ops), &[]).await.unwrap().body)
+            .into_owned();
+    assert!(
+        text.contains(&format!(
+            r#"tollgate_requests_total{{outcome="invalid_request",route="_unmatched"}} {invalid}"#
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"tollgate_requests_total{{outcome="admitted",route="whois"}} {admitted}"#
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            r#"tollgate_account_requests_total{{account="{cid}",parent="{pid}",product="whois"}} {admitted}"#
+        )),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("tollgate_") && l.contains("product=\"dns\"")),
+        "{text}"
+    );
+    // And in the store: once the usage of every admitted request is there, that is all there is.
+    let usage = || async {
+        get(&format!("{}/v1/usage", g.account), &[("x-api-key", &ckey)])
+            .await
+            .unwrap()
+            .json()
+    };
+    tollgate_testkit::wait_until(
+        "the usage to be flushed",
+        Duration::from_secs(10),
+        || async { usage().await["total"]["requests"].as_u64() >= Some(admitted as u64) },
+    )
+    .await;
+    let u = usage().await;
+    assert_eq!(u["total"]["requests"], admitted, "{u}");
+    assert_eq!(u["by_product"]["whois"]["requests"], admitted, "{u}");
+    assert!(u["by_product"].get("dns").is_none(), "{u}");
+}

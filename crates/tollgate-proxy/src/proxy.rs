@@ -199,7 +199,16 @@ impl Proxy {
         let request_id = request_id(req.headers());
         let host = request_host(req.uri(), req.headers());
         let mut trace = Trace::default();
-        let Some(idx) = self.router.find(host, req.uri().path()) else {
+        // Before the route or the key: a path the upstream could resolve elsewhere is never
+        // routed as it reads (`uri.path()` is the path as it came; an absolute-form target's,
+        // `""` for authority form, `*` for asterisk form).
+        let path = req.uri().path();
+        if !crate::path::is_safe(path.as_bytes()) {
+            let r = Refusal::InvalidRequest;
+            self.record(None, started, request_id.as_bytes(), &trace, Err(r));
+            return finish(refusal(r).map(Either::Right), request_id);
+        }
+        let Some(idx) = self.router.find(host, path) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
             self.record(None, started, request_id.as_bytes(), &trace, Err(r));
             return finish(refusal(r).map(Either::Right), request_id);

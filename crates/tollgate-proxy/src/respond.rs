@@ -16,10 +16,12 @@ pub enum Refusal {
     UpstreamTimeout,
     /// A request we cannot make sense of (e.g. an unusable URI).
     BadRequest,
+    /// A path that is not safe to route and forward as it is (see [`crate::path::is_safe`]).
+    InvalidRequest,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::Deny(DenyReason::KeyMissing),
         Refusal::Deny(DenyReason::KeyUnknown),
         Refusal::Deny(DenyReason::KeyDisabled),
@@ -33,6 +35,7 @@ impl Refusal {
         Refusal::UpstreamUnavailable,
         Refusal::UpstreamTimeout,
         Refusal::BadRequest,
+        Refusal::InvalidRequest,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -52,6 +55,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::BadRequest => StatusCode::BAD_REQUEST,
+            Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -61,6 +65,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::BadRequest => "bad_request",
+            Refusal::InvalidRequest => "invalid_request",
         }
     }
 
@@ -70,6 +75,11 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "The upstream service refused or broke the connection.",
             Refusal::UpstreamTimeout => "The upstream service did not answer in time.",
             Refusal::BadRequest => "The request could not be understood.",
+            Refusal::InvalidRequest => {
+                "The request path must start with / and may not contain . or .. segments \
+                 (plain or percent-encoded), backslashes, encoded slashes or backslashes, or a \
+                 fragment."
+            }
         }
     }
 
@@ -126,6 +136,7 @@ mod tests {
             ("upstream_timeout", 504),
             ("store_unavailable", 503),
             ("bad_request", 400),
+            ("invalid_request", 400),
         ];
         assert_eq!(spec.len(), Refusal::ALL.len());
         for (code, status) in spec {

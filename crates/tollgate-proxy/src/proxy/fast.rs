@@ -202,7 +202,9 @@ struct Head<'h, 'b> {
     target: &'b str,
     query: Option<&'b str>,
     fields: &'h [httparse::Header<'b>],
-    /// The route, found from the `Host` field and the path.
+    /// The path failed [`crate::path::is_safe`]: refused before its key or route is looked at.
+    bad_path: bool,
+    /// The route, found from the `Host` field and the path (`None` for a bad path).
     route: Option<usize>,
     /// The client asked for `Connection: close`.
     close: bool,
@@ -257,13 +259,19 @@ impl<'h, 'b> Head<'h, 'b> {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
         };
+        let bad_path = !crate::path::is_safe(path.as_bytes());
         Some(Head {
             head_req,
             method,
             target,
             query,
             fields: &*req.headers,
-            route: router.find(Some(host), path),
+            bad_path,
+            route: if bad_path {
+                None
+            } else {
+                router.find(Some(host), path)
+            },
             close,
         })
     }
@@ -293,7 +301,11 @@ impl Proxy {
         let request_id = id.as_bytes();
         let mut trace = Trace::default();
         let Some(idx) = head.route else {
-            let r = Refusal::Deny(DenyReason::RouteNotFound);
+            let r = if head.bad_path {
+                Refusal::InvalidRequest
+            } else {
+                Refusal::Deny(DenyReason::RouteNotFound)
+            };
             let ended = self.record(None, started, request_id, &trace, Err(r));
             write_refusal(out, r, None, request_id, head.head_req, close);
             return (None, ended);
