@@ -205,6 +205,11 @@ async fn every_refusal_has_its_status_and_code() {
         assert_eq!(r.code(), code);
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert!(r.header("x-request-id").is_some());
+        assert_eq!(
+            r.header("www-authenticate"),
+            (status == 401).then_some("Bearer realm=\"tollgate\""),
+            "{code}"
+        );
     };
     let url = format!("{}/whoisserver/WhoisService", g.proxy);
     expect(&get(&url, &[]).await.unwrap(), 401, "key_missing");

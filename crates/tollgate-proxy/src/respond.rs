@@ -106,13 +106,29 @@ pub fn error_body(code: &str, message: &str) -> String {
 }
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// What a 401 asks for (RFC 9110 requires the field): a key, as a bearer credential or in any
+/// other configured source.
+static CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"tollgate\"");
+/// When a client may try again after `store_unavailable`: the store is usually back within
+/// seconds (a failover, a restart).
+static STORE_RETRY: HeaderValue = HeaderValue::from_static("1");
 
 /// A complete refusal response. The caller adds `x-request-id` (and `retry-after` when limited).
+/// A 401 carries `www-authenticate`, a `store_unavailable` a `retry-after` of a second.
 pub fn refusal(r: Refusal) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(r.body()));
     *resp.status_mut() = r.status();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, JSON.clone());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, JSON.clone());
+    match r {
+        Refusal::Deny(DenyReason::KeyMissing | DenyReason::KeyUnknown) => {
+            h.insert(header::WWW_AUTHENTICATE, CHALLENGE.clone());
+        }
+        Refusal::Deny(DenyReason::StoreUnavailable) => {
+            h.insert(header::RETRY_AFTER, STORE_RETRY.clone());
+        }
+        _ => {}
+    }
     resp
 }
 
@@ -145,6 +161,21 @@ mod tests {
             let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
             assert_eq!(v["error"]["code"], code);
             assert!(v["error"]["message"].as_str().unwrap().len() > 10);
+            // Both paths send `refusal`'s fields: the challenge on every 401 and only there,
+            // a retry hint when the store is away.
+            let resp = refusal(*r);
+            let h = resp.headers();
+            assert_eq!(h[header::CONTENT_TYPE], "application/json");
+            assert_eq!(
+                h.get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap()),
+                (status == 401).then_some("Bearer realm=\"tollgate\""),
+                "{code}"
+            );
+            assert_eq!(
+                h.get(header::RETRY_AFTER).is_some(),
+                code == "store_unavailable",
+                "{code}"
+            );
         }
     }
 }
