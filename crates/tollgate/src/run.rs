@@ -74,10 +74,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `tollgate run`: `path` is re-read on SIGHUP.
-pub fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+pub fn run(config: Config, path: PathBuf, ports: Ports) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let store = open_store(&config).await?;
-        let gateway = Gateway::start(config, store).await?;
+        let gateway = Gateway::start(config, store, ports).await?;
         gateway.reload_from(path).run_until_signal().await
     })
 }
@@ -111,8 +111,37 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-/// Every listener joins its port's `SO_REUSEPORT` group, so a rolling restart can start the new
-/// process on the same ports before the old one stops.
+/// Whether a gateway may start on addresses another process already listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Refuse to start if any of the three is in use: a second, unrelated gateway must not
+    /// quietly join the first one's `SO_REUSEPORT` groups and take half of its connections.
+    Own,
+    /// `tollgate run --takeover`: the new process of a same-host rolling restart joins the
+    /// running one's groups; SIGTERM to the old process then hands the ports over.
+    TakeOver,
+}
+
+/// Every listener joins its port's `SO_REUSEPORT` group (the data plane's workers share the proxy
+/// port that way, and a rolling restart's new process joins all three with `--takeover`), so
+/// unless `ports` says take over, each address is first checked to be free of other processes.
+fn check_free(ports: Ports, listeners: [(&str, SocketAddr); 3]) -> anyhow::Result<()> {
+    if ports == Ports::TakeOver {
+        return Ok(());
+    }
+    for (what, addr) in listeners {
+        match tollgate_proxy::ensure_unbound(addr) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+                "cannot listen on {addr} ({what}): address in use by another process (to start \
+                 beside a running Tollgate on its ports, a rolling restart: tollgate run --takeover)"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} ({what})")),
+        }
+    }
+    Ok(())
+}
+
 fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     tollgate_proxy::bind(addr).with_context(|| format!("cannot listen on {addr} ({what})"))
 }
@@ -159,7 +188,20 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
 }
 
 impl Gateway {
-    pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Gateway> {
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+        ports: Ports,
+    ) -> anyhow::Result<Gateway> {
+        // Before anything is bound or started, so a refusal leaves nothing half up.
+        check_free(
+            ports,
+            [
+                ("proxy", config.proxy.listen),
+                ("account_api", config.account_api.listen),
+                ("ops", config.ops.listen),
+            ],
+        )?;
         let metrics = Metrics::new();
         let cache = Arc::new(KeyCache::new(
             store.clone(),
