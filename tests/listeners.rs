@@ -1,6 +1,8 @@
 //! Who holds the three listeners, end to end through the real binary: a gateway refuses to start
 //! on an address another process listens on (a second gateway would otherwise join the first
-//! one's `SO_REUSEPORT` group and take half of its connections to another store).
+//! one's `SO_REUSEPORT` group and take half of its connections to another store), and on SIGTERM
+//! the ops listener stays up through the drain (`/healthz` 200, `/readyz` 503, `/metrics`, the
+//! operator API) while the data plane and the account API stop accepting.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::ffi::OsStr;
@@ -8,8 +10,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tollgate_testkit::http::{get, Reply};
-use tollgate_testkit::{exit_of, free_port, StubUpstream, TestGateway};
+use tollgate_testkit::{exit_of, free_port, wait_until, StubUpstream, TestGateway};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
@@ -96,4 +101,121 @@ async fn a_second_gateway_on_an_address_in_use_refuses_to_start() {
         assert!(stderr.contains("--takeover"), "{stderr}");
         serves_alone(&g, &key).await;
     }
+}
+
+/// An upstream that takes one request and answers it only when released: a request in flight for
+/// exactly as long as the test needs.
+struct HeldUpstream {
+    url: String,
+    arrived: oneshot::Receiver<()>,
+    release: oneshot::Sender<()>,
+}
+
+impl HeldUpstream {
+    async fn start() -> HeldUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (arrived_tx, arrived) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the gateway closed the upstream connection");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = arrived_tx.send(());
+            let _ = release_rx.await;
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld",
+            )
+            .await
+            .unwrap();
+        });
+        HeldUpstream {
+            url,
+            arrived,
+            release,
+        }
+    }
+}
+
+async fn refuses_connections(url: &str) -> bool {
+    TcpStream::connect(host_port(url)).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_listener_stays_up_through_the_drain_and_readyz_turns_503() {
+    let held = HeldUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &route("/held", &held.url)).await;
+    let (pid, key) = create_parent(&g, "drain@listeners.example").await;
+    assert_eq!(ops_get(&g, "/readyz").await.status, 200);
+
+    let url = format!("{}/held", g.proxy);
+    let inflight = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
+    tokio::time::timeout(Duration::from_secs(10), held.arrived)
+        .await
+        .expect("the request to reach the upstream within 10 s")
+        .unwrap();
+
+    g.signal("TERM");
+    // Until the signal is handled /readyz may still say 200; it must never be refused.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let r = ops_get(&g, "/readyz").await;
+        if r.status != 200 {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "/readyz still 200 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("draining"),
+        "{}",
+        ready.json()
+    );
+    wait_until(
+        "the data plane and the account API to stop accepting",
+        Duration::from_secs(10),
+        || async { refuses_connections(&g.proxy).await && refuses_connections(&g.account).await },
+    )
+    .await;
+
+    // Draining, the request still held upstream: alive, scrapeable, operable.
+    assert!(!inflight.is_finished());
+    assert_eq!(ops_get(&g, "/healthz").await.status, 200);
+    let metrics = ops_get(&g, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_store_up"));
+    let account = get(
+        &format!("{}/admin/v1/accounts/{pid}", g.ops),
+        &[("authorization", &TestGateway::operator_auth())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        account.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&account.body)
+    );
+    assert_eq!(ops_get(&g, "/readyz").await.status, 503);
+    assert!(!inflight.is_finished());
+
+    held.release.send(()).unwrap();
+    let r = inflight.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(&r.body[..], b"held");
+    let mut g = g;
+    let status = g.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", g.log());
 }

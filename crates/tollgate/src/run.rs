@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -153,6 +153,12 @@ pub struct Gateway {
     pub ops_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    /// `/readyz` answers 503 once this is set (at the start of shutdown).
+    draining: Arc<AtomicBool>,
+    /// The ops listener outlives the drain: it stops only when this turns `true`, just before
+    /// the process exits, so `/healthz` and `/metrics` answer all through the drain and flush.
+    ops_stop: watch::Sender<bool>,
+    ops: JoinHandle<()>,
     flusher: JoinHandle<()>,
     metering: Arc<Metering>,
     background: Vec<JoinHandle<()>>,
@@ -300,6 +306,7 @@ impl Gateway {
             }
         }
         let routes_loaded = api.routes_loaded.clone();
+        let draining = api.draining.clone();
         let api = Arc::new(api);
 
         let workers = match config.proxy.workers {
@@ -307,6 +314,7 @@ impl Gateway {
             n => n,
         };
         let (tx, rx) = watch::channel(false);
+        let (ops_stop, ops_rx) = watch::channel(false);
         let data_plane = tollgate_proxy::Workers::start(
             config.proxy.listen,
             workers,
@@ -335,13 +343,13 @@ impl Gateway {
                 api.clone(),
                 shutdown_signal(rx.clone()),
             )),
-            tokio::spawn(tollgate_api::serve(
-                ops_l,
-                ApiKind::Ops,
-                api.clone(),
-                shutdown_signal(rx.clone()),
-            )),
         ];
+        let ops = tokio::spawn(tollgate_api::serve(
+            ops_l,
+            ApiKind::Ops,
+            api.clone(),
+            shutdown_signal(ops_rx),
+        ));
         let background = vec![tokio::spawn(
             cache.clone().follow_feed(shutdown_signal(rx.clone())),
         )];
@@ -394,6 +402,9 @@ impl Gateway {
 
             shutdown: tx,
             servers,
+            draining,
+            ops_stop,
+            ops,
             flusher,
             metering,
             background,
@@ -430,7 +441,11 @@ impl Gateway {
         self.stop().await
     }
 
+    /// Drains and stops: `/readyz` turns 503 and the data plane and account API stop accepting at
+    /// once; in-flight requests finish, usage is flushed and credit slices returned; the ops
+    /// listener (health, metrics, operator API) closes last.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.draining.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
         for s in self.servers {
             let _ = s.await;
@@ -443,6 +458,8 @@ impl Gateway {
         for b in self.background {
             let _ = b.await;
         }
+        let _ = self.ops_stop.send(true);
+        let _ = self.ops.await;
         if left > 0 {
             tracing::error!(
                 unflushed_credits = left,
