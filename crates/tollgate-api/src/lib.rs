@@ -48,6 +48,9 @@ pub struct ApiState {
     pub clock: Clock,
     /// Set by the binary once the routes are loaded; `/readyz` answers 503 until then.
     pub routes_loaded: Arc<AtomicBool>,
+    /// Set by the binary when shutdown starts; `/readyz` answers 503 from then on, so load
+    /// balancers stop sending while the ops listener stays up through the drain.
+    pub draining: Arc<AtomicBool>,
     /// Pool -> the products whose routes draw from it (from `[[routes]]`): the store knows pools,
     /// not products.
     pub pool_products: BTreeMap<String, Vec<String>>,
@@ -55,7 +58,7 @@ pub struct ApiState {
 
 impl ApiState {
     /// A state with the defaults: no operator token, 7-day invitations, the system clock, routes
-    /// not yet loaded, no pool-to-product map.
+    /// not yet loaded, not draining, no pool-to-product map.
     pub fn new(store: Arc<dyn Store>, cache: Arc<KeyCache>, metrics: Arc<Metrics>) -> ApiState {
         ApiState {
             store,
@@ -65,6 +68,7 @@ impl ApiState {
             invitation_ttl: DEFAULT_INVITATION_TTL,
             clock: system_clock(),
             routes_loaded: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
             pool_products: BTreeMap::new(),
         }
     }

@@ -108,6 +108,13 @@ fn authorized(state: &ApiState, req: &Request<Bytes>) -> bool {
 }
 
 async fn readyz(state: &ApiState) -> Response<Bytes> {
+    if state.draining.load(Ordering::Acquire) {
+        // No store ping: whatever it says, this process takes no new traffic.
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "reason": "draining: the process is shutting down"}),
+        );
+    }
     let store_up = matches!(
         tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await,
         Ok(Ok(()))

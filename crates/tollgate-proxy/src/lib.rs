@@ -19,5 +19,5 @@ pub mod wire;
 
 pub use access_log::AccessLog;
 pub use proxy::{Proxy, ProxyError};
-pub use server::{bind, bind_std, serve, ProxySlot, ServeOptions, Workers};
+pub use server::{bind, bind_std, ensure_unbound, serve, ProxySlot, ServeOptions, Workers};
 pub use tls::TlsTerminator;

@@ -46,9 +46,28 @@ const BACKLOG: i32 = 1024;
 
 /// Binds `addr` with `SO_REUSEADDR` and `SO_REUSEPORT`, so a new gateway process can bind the same
 /// port while the old one drains (the kernel spreads new connections over both; only processes of
-/// the same user may join). Must run inside the tokio runtime.
+/// the same user may join). A process that is not such a successor probes with
+/// [`ensure_unbound`] first. Must run inside the tokio runtime.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(bind_std(addr)?)
+}
+
+/// Fails with [`io::ErrorKind::AddrInUse`] if any socket listens on `addr`, a `SO_REUSEPORT` group
+/// of another process included: the probe binds without `SO_REUSEPORT`, so it joins no group, and
+/// is closed before it returns. Run it before [`bind`], whose `SO_REUSEPORT` would otherwise
+/// quietly join another gateway's port and split the traffic between two processes. It sets
+/// `SO_REUSEADDR`, as [`bind`] does, so connections in `TIME_WAIT` from an earlier process on the
+/// port do not count. Port 0 is not probed: the kernel gives a bind to port 0 a port that no other
+/// socket holds, `SO_REUSEPORT` or not (Linux 4.6 and later). Two processes probing in the same
+/// instant can both pass; this catches the usual case, a port already in use when one starts.
+pub fn ensure_unbound(addr: SocketAddr) -> io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
 }
 
 /// [`bind`], for a listener to hand to another thread's runtime.
@@ -412,5 +431,45 @@ mod tests {
         assert_eq!(second.local_addr().unwrap(), addr);
         // A plain bind (no SO_REUSEPORT) is still refused: only gateways share the port.
         assert!(std::net::TcpListener::bind(addr).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_probe_sees_a_reuseport_group_and_any_other_listener() {
+        let group = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = group.local_addr().unwrap();
+        let e = ensure_unbound(addr).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        // The probe joined nothing: the group's own members can still bind.
+        bind(addr).unwrap();
+
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = plain.local_addr().unwrap();
+        assert_eq!(
+            ensure_unbound(addr).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        drop(plain);
+        ensure_unbound(addr).unwrap();
+        // And the port is free again after the probe.
+        bind(addr).unwrap();
+        ensure_unbound("127.0.0.1:0".parse().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_probe_ignores_time_wait_left_by_an_earlier_listener() {
+        use tokio::io::AsyncReadExt;
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        drop(listener);
+        // The server side closes first, so its end of the connection stays in TIME_WAIT.
+        drop(server);
+        let mut client = client;
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+        drop(client);
+        ensure_unbound(addr).unwrap();
+        bind(addr).unwrap();
     }
 }

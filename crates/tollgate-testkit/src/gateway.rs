@@ -1,6 +1,7 @@
 //! `TestGateway`: the real `tollgate` binary, on free ports, with its own temp dir for config and
 //! data. Stopped with SIGTERM (graceful) or killed on drop; SIGHUP reloads its config file; a
-//! sibling process can share its ports (`SO_REUSEPORT`), as in a rolling restart.
+//! sibling process started with `--takeover` can share its ports (`SO_REUSEPORT`), as in a rolling
+//! restart. [`exit_of`] runs the binary when it is expected to refuse to start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -77,7 +78,7 @@ impl TestGateway {
     }
 
     /// A second process on the same config file, hence the same ports and store, as the new node of
-    /// a rolling restart. Its log is its own; it is up once the log says it is listening. The
+    /// a rolling restart (`run --takeover`). Its log is its own; it is up once the log says it is listening. The
     /// config file lives in `self`'s temp dir: keep `self` (stopped or not) alive as long.
     pub async fn start_sibling(&self) -> TestGateway {
         let mut g = TestGateway {
@@ -109,9 +110,12 @@ impl TestGateway {
             .append(true)
             .open(self.dir.path().join("gateway.log"))
             .expect("log file");
-        let child = Command::new(&self.bin)
-            .args(["run", "--config"])
-            .arg(&self.config_path)
+        let mut command = Command::new(&self.bin);
+        command.args(["run", "--config"]).arg(&self.config_path);
+        if self.sibling {
+            command.arg("--takeover");
+        }
+        let child = command
             .env("TOLLGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
             .env(
                 "RUST_LOG",
@@ -285,6 +289,44 @@ impl TestGateway {
     pub async fn create_child(&self, parent_key: &str, email: &str) -> (String, String) {
         let token = self.invite(parent_key, email).await;
         self.accept(&token).await
+    }
+}
+
+/// Runs `bin` with `args` (and the test operator token) until it exits, within `deadline`, and
+/// returns its exit status and stderr: for a command that must refuse to start. Panics, killing
+/// it, if it is still running at the deadline (it started instead of refusing).
+pub async fn exit_of(
+    bin: &Path,
+    args: &[&std::ffi::OsStr],
+    deadline: Duration,
+) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("TOLLGATE_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn tollgate");
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (
+                status,
+                std::fs::read_to_string(&log_path).unwrap_or_default(),
+            );
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after {deadline:?}, expected it to exit:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -12,7 +12,7 @@ pub mod upstream;
 pub mod wait;
 
 pub use cluster::TestRedisCluster;
-pub use gateway::TestGateway;
+pub use gateway::{exit_of, TestGateway};
 pub use redis::TestRedis;
 pub use upstream::{Recorded, StubUpstream};
 pub use wait::{free_port, wait_until};

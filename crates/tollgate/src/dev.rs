@@ -20,7 +20,7 @@ use tollgate_core::{
 };
 use tollgate_store::{EmbeddedStore, NewInvitation, NewParent, Store};
 
-use crate::run::{runtime, Gateway};
+use crate::run::{runtime, Gateway, Ports};
 
 /// The demo's routes: the shipped config's products, with listeners on loopback.
 const DEV_TOML: &str = r#"
@@ -98,7 +98,7 @@ pub fn dev(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             p
         };
         let (parent_key, child_key, parent_id, child_id) = demo_accounts(&*store, &pools).await?;
-        let gateway = Gateway::start(config.clone(), store).await?;
+        let gateway = Gateway::start(config.clone(), store, Ports::Own).await?;
         let route = config
             .routes
             .iter()

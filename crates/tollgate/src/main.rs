@@ -28,6 +28,10 @@ enum Cmd {
     Run {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
+        /// Start beside a running Tollgate on the same listen addresses (a same-host rolling
+        /// restart: then SIGTERM the old one) instead of refusing to start when they are in use.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Run with the embedded store in a temporary directory, an echo upstream for every route, and a
     /// demo parent and child whose keys are printed.
@@ -47,12 +51,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Check { config } => check(&config),
-        Cmd::Run { config } => {
+        Cmd::Run { config, takeover } => {
             match tollgate_config::load(&config) {
                 Ok(cfg) => {
                     // After the config is read: it says how to log.
                     run::init_logging(cfg.logging.format);
-                    run::exit(run::run(cfg, config))
+                    let ports = if takeover {
+                        run::Ports::TakeOver
+                    } else {
+                        run::Ports::Own
+                    };
+                    run::exit(run::run(cfg, config, ports))
                 }
                 Err(errors) => {
                     eprintln!(

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -78,10 +78,10 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// `tollgate run`: `path` is re-read on SIGHUP.
-pub fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+pub fn run(config: Config, path: PathBuf, ports: Ports) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let store = open_store(&config).await?;
-        let gateway = Gateway::start(config, store).await?;
+        let gateway = Gateway::start(config, store, ports).await?;
         gateway.reload_from(path).run_until_signal().await
     })
 }
@@ -115,8 +115,37 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     }
 }
 
-/// Every listener joins its port's `SO_REUSEPORT` group, so a rolling restart can start the new
-/// process on the same ports before the old one stops.
+/// Whether a gateway may start on addresses another process already listens on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Refuse to start if any of the three is in use: a second, unrelated gateway must not
+    /// quietly join the first one's `SO_REUSEPORT` groups and take half of its connections.
+    Own,
+    /// `tollgate run --takeover`: the new process of a same-host rolling restart joins the
+    /// running one's groups; SIGTERM to the old process then hands the ports over.
+    TakeOver,
+}
+
+/// Every listener joins its port's `SO_REUSEPORT` group (the data plane's workers share the proxy
+/// port that way, and a rolling restart's new process joins all three with `--takeover`), so
+/// unless `ports` says take over, each address is first checked to be free of other processes.
+fn check_free(ports: Ports, listeners: [(&str, SocketAddr); 3]) -> anyhow::Result<()> {
+    if ports == Ports::TakeOver {
+        return Ok(());
+    }
+    for (what, addr) in listeners {
+        match tollgate_proxy::ensure_unbound(addr) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+                "cannot listen on {addr} ({what}): address in use by another process (to start \
+                 beside a running Tollgate on its ports, a rolling restart: tollgate run --takeover)"
+            ),
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr} ({what})")),
+        }
+    }
+    Ok(())
+}
+
 fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     tollgate_proxy::bind(addr).with_context(|| format!("cannot listen on {addr} ({what})"))
 }
@@ -128,6 +157,12 @@ pub struct Gateway {
     pub ops_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
+    /// `/readyz` answers 503 once this is set (at the start of shutdown).
+    draining: Arc<AtomicBool>,
+    /// The ops listener outlives the drain: it stops only when this turns `true`, just before
+    /// the process exits, so `/healthz` and `/metrics` answer all through the drain and flush.
+    ops_stop: watch::Sender<bool>,
+    ops: JoinHandle<()>,
     flusher: JoinHandle<()>,
     metering: Arc<Metering>,
     background: Vec<JoinHandle<()>>,
@@ -163,7 +198,20 @@ async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
 }
 
 impl Gateway {
-    pub async fn start(config: Config, store: Arc<dyn Store>) -> anyhow::Result<Gateway> {
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+        ports: Ports,
+    ) -> anyhow::Result<Gateway> {
+        // Before anything is bound or started, so a refusal leaves nothing half up.
+        check_free(
+            ports,
+            [
+                ("proxy", config.proxy.listen),
+                ("account_api", config.account_api.listen),
+                ("ops", config.ops.listen),
+            ],
+        )?;
         let metrics = Metrics::new();
         let cache = Arc::new(KeyCache::new(
             store.clone(),
@@ -262,6 +310,7 @@ impl Gateway {
             }
         }
         let routes_loaded = api.routes_loaded.clone();
+        let draining = api.draining.clone();
         let api = Arc::new(api);
 
         let workers = match config.proxy.workers {
@@ -269,6 +318,7 @@ impl Gateway {
             n => n,
         };
         let (tx, rx) = watch::channel(false);
+        let (ops_stop, ops_rx) = watch::channel(false);
         let data_plane = tollgate_proxy::Workers::start(
             config.proxy.listen,
             workers,
@@ -297,13 +347,13 @@ impl Gateway {
                 api.clone(),
                 shutdown_signal(rx.clone()),
             )),
-            tokio::spawn(tollgate_api::serve(
-                ops_l,
-                ApiKind::Ops,
-                api.clone(),
-                shutdown_signal(rx.clone()),
-            )),
         ];
+        let ops = tokio::spawn(tollgate_api::serve(
+            ops_l,
+            ApiKind::Ops,
+            api.clone(),
+            shutdown_signal(ops_rx),
+        ));
         let background = vec![tokio::spawn(
             cache.clone().follow_feed(shutdown_signal(rx.clone())),
         )];
@@ -356,6 +406,9 @@ impl Gateway {
 
             shutdown: tx,
             servers,
+            draining,
+            ops_stop,
+            ops,
             flusher,
             metering,
             background,
@@ -392,7 +445,11 @@ impl Gateway {
         self.stop().await
     }
 
+    /// Drains and stops: `/readyz` turns 503 and the data plane and account API stop accepting at
+    /// once; in-flight requests finish, usage is flushed and credit slices returned; the ops
+    /// listener (health, metrics, operator API) closes last.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.draining.store(true, Ordering::Release);
         let _ = self.shutdown.send(true);
         for s in self.servers {
             let _ = s.await;
@@ -405,6 +462,8 @@ impl Gateway {
         for b in self.background {
             let _ = b.await;
         }
+        let _ = self.ops_stop.send(true);
+        let _ = self.ops.await;
         if left > 0 {
             tracing::error!(
                 unflushed_credits = left,

@@ -414,4 +414,16 @@ async fn metrics_health_and_readiness() {
     let r = h.ops(Method::GET, "/readyz", None, Bytes::new()).await;
     let b = r.expect(503);
     assert!(b["reason"].as_str().unwrap().contains("routes"));
+
+    // Draining: not ready whatever the store says, yet alive and scrapeable.
+    h.state.routes_loaded.store(true, Ordering::Release);
+    h.state.draining.store(true, Ordering::Release);
+    let r = h.ops(Method::GET, "/readyz", None, Bytes::new()).await;
+    let b = r.expect(503);
+    assert!(b["reason"].as_str().unwrap().contains("draining"));
+    h.ops(Method::GET, "/healthz", None, Bytes::new())
+        .await
+        .expect(200);
+    let r = h.ops(Method::GET, "/metrics", None, Bytes::new()).await;
+    assert_eq!(r.status, 200);
 }

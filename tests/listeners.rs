@@ -1,0 +1,221 @@
+//! Who holds the three listeners, end to end through the real binary: a gateway refuses to start
+//! on an address another process listens on (a second gateway would otherwise join the first
+//! one's `SO_REUSEPORT` group and take half of its connections to another store), and on SIGTERM
+//! the ops listener stays up through the drain (`/healthz` 200, `/readyz` 503, `/metrics`, the
+//! operator API) while the data plane and the account API stop accepting.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tollgate_testkit::http::{get, Reply};
+use tollgate_testkit::{exit_of, free_port, wait_until, StubUpstream, TestGateway};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn route(prefix: &str, upstream: &str) -> String {
+    format!(
+        "[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\nproduct = \"whois\"\ncredits = 1\n"
+    )
+}
+
+async fn create_parent(g: &TestGateway, email: &str) -> (String, String) {
+    let subs = json!([{"pool": "whois", "credits": 1000, "overage": "allow"}]);
+    g.create_parent(email, subs).await
+}
+
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://").to_owned()
+}
+
+async fn ops_get(g: &TestGateway, path: &str) -> Reply {
+    get(&format!("{}{path}", g.ops), &[])
+        .await
+        .unwrap_or_else(|e| panic!("the ops listener did not answer {path}: {e}"))
+}
+
+/// The first gateway answers every call with its own store: with a second process in its port
+/// group, about half of these would reach the other store and be refused as unknown keys.
+async fn serves_alone(g: &TestGateway, key: &str) {
+    for _ in 0..20 {
+        let me = get(&format!("{}/v1/me", g.account), &[("x-api-key", key)])
+            .await
+            .unwrap();
+        assert_eq!(me.status, 200, "{}", String::from_utf8_lossy(&me.body));
+        let call = get(&format!("{}/whois", g.proxy), &[("x-api-key", key)])
+            .await
+            .unwrap();
+        assert_eq!(call.status, 200, "{}", String::from_utf8_lossy(&call.body));
+        assert_eq!(ops_get(g, "/healthz").await.status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_gateway_on_an_address_in_use_refuses_to_start() {
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &route("/whois", &up.url())).await;
+    let (_, key) = create_parent(&g, "first@listeners.example").await;
+    serves_alone(&g, &key).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let free = || format!("127.0.0.1:{}", free_port());
+    // Each of the three addresses in turn; `dev` (fixed default ports, so given a config here)
+    // takes the same path as `run`.
+    let cases = [
+        ("proxy", "run", [host_port(&g.proxy), free(), free()]),
+        (
+            "account_api",
+            "run",
+            [free(), host_port(&g.account), free()],
+        ),
+        ("ops", "dev", [free(), free(), host_port(&g.ops)]),
+    ];
+    for (i, (what, command, [p, a, o])) in cases.into_iter().enumerate() {
+        let busy = match what {
+            "proxy" => p.clone(),
+            "account_api" => a.clone(),
+            _ => o.clone(),
+        };
+        let config = dir.path().join(format!("second-{i}.toml"));
+        let store = dir.path().join(format!("second-{i}.db"));
+        std::fs::write(
+            &config,
+            format!(
+                "[proxy]\nlisten = \"{p}\"\n[account_api]\nlisten = \"{a}\"\n[ops]\nlisten = \"{o}\"\n\
+                 [store]\nbackend = \"embedded\"\npath = \"{}\"\n\n{}",
+                store.display(),
+                route("/whois", &up.url())
+            ),
+        )
+        .unwrap();
+        let args: [&OsStr; 3] = [command.as_ref(), "--config".as_ref(), config.as_os_str()];
+        let (status, stderr) = exit_of(Path::new(BIN), &args, Duration::from_secs(30)).await;
+        assert!(!status.success(), "{command} on {what}: {status}\n{stderr}");
+        let expected = format!("cannot listen on {busy} ({what}): address in use");
+        assert!(stderr.contains(&expected), "{command} on {what}:\n{stderr}");
+        assert!(stderr.contains("--takeover"), "{stderr}");
+        serves_alone(&g, &key).await;
+    }
+}
+
+/// An upstream that takes one request and answers it only when released: a request in flight for
+/// exactly as long as the test needs.
+struct HeldUpstream {
+    url: String,
+    arrived: oneshot::Receiver<()>,
+    release: oneshot::Sender<()>,
+}
+
+impl HeldUpstream {
+    async fn start() -> HeldUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (arrived_tx, arrived) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the gateway closed the upstream connection");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = arrived_tx.send(());
+            let _ = release_rx.await;
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nheld",
+            )
+            .await
+            .unwrap();
+        });
+        HeldUpstream {
+            url,
+            arrived,
+            release,
+        }
+    }
+}
+
+async fn refuses_connections(url: &str) -> bool {
+    TcpStream::connect(host_port(url)).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_listener_stays_up_through_the_drain_and_readyz_turns_503() {
+    let held = HeldUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &route("/held", &held.url)).await;
+    let (pid, key) = create_parent(&g, "drain@listeners.example").await;
+    assert_eq!(ops_get(&g, "/readyz").await.status, 200);
+
+    let url = format!("{}/held", g.proxy);
+    let inflight = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
+    tokio::time::timeout(Duration::from_secs(10), held.arrived)
+        .await
+        .expect("the request to reach the upstream within 10 s")
+        .unwrap();
+
+    g.signal("TERM");
+    // Until the signal is handled /readyz may still say 200; it must never be refused.
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let r = ops_get(&g, "/readyz").await;
+        if r.status != 200 {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "/readyz still 200 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("draining"),
+        "{}",
+        ready.json()
+    );
+    wait_until(
+        "the data plane and the account API to stop accepting",
+        Duration::from_secs(10),
+        || async { refuses_connections(&g.proxy).await && refuses_connections(&g.account).await },
+    )
+    .await;
+
+    // Draining, the request still held upstream: alive, scrapeable, operable.
+    assert!(!inflight.is_finished());
+    assert_eq!(ops_get(&g, "/healthz").await.status, 200);
+    let metrics = ops_get(&g, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(String::from_utf8_lossy(&metrics.body).contains("tollgate_store_up"));
+    let account = get(
+        &format!("{}/admin/v1/accounts/{pid}", g.ops),
+        &[("authorization", &TestGateway::operator_auth())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        account.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&account.body)
+    );
+    assert_eq!(ops_get(&g, "/readyz").await.status, 503);
+    assert!(!inflight.is_finished());
+
+    held.release.send(()).unwrap();
+    let r = inflight.await.unwrap().unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(&r.body[..], b"held");
+    let mut g = g;
+    let status = g.terminate().await;
+    assert_eq!(status.code(), Some(0), "{}", g.log());
+}
