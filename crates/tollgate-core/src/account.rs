@@ -121,9 +121,12 @@ impl Account {
     }
 }
 
-/// Emails are compared case-insensitively (and without surrounding blanks).
+/// Emails are compared case-insensitively (and without surrounding blanks), with Unicode's full
+/// lower-case mapping (`ÜNÏ@EXÄMPLE.com` is `ünï@exämple.com`). On ASCII this is exactly the
+/// ASCII lower case, so the indexes written before it kept their ASCII entries valid. No Unicode
+/// normalization (NFC): a precomposed and a decomposed `ü` stay different addresses.
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_ascii_lowercase()
+    email.trim().to_lowercase()
 }
 
 /// A deliberately plain check: one `@`, a non-empty local part, a dotted domain, no blanks or
@@ -159,5 +162,23 @@ mod tests {
             assert!(!is_valid_email(bad), "{bad}");
         }
         assert_eq!(normalize_email(" Ann@Example.COM "), "ann@example.com");
+    }
+
+    #[test]
+    fn emails_compare_case_insensitively_beyond_ascii() {
+        assert_eq!(
+            normalize_email("ÜNÏ@exämple.com"),
+            normalize_email("ünï@EXÄMPLE.com")
+        );
+        assert_eq!(normalize_email(" ÜNÏ@EXÄMPLE.COM "), "ünï@exämple.com");
+        assert_eq!(normalize_email("ΣΟΦΙΑ@Example.gr"), "σοφια@example.gr");
+        assert_ne!(
+            normalize_email("ü@example.com"),
+            normalize_email("u@example.com")
+        );
+        // ASCII exactly as before: the ASCII lower case of the trimmed address.
+        for ascii in ["Ann.Lee+X@Example.COM", "a_B-9@x.CO", "ZZ@ZZ.ZZ"] {
+            assert_eq!(normalize_email(ascii), ascii.to_ascii_lowercase());
+        }
     }
 }

@@ -310,3 +310,53 @@ async fn tenants_cannot_see_or_touch_each_other() {
         .collect();
     assert_eq!(ids, [b_id.as_str(), b_child.as_str()]);
 }
+
+#[tokio::test]
+async fn emails_are_case_insensitive_beyond_ascii() {
+    let h = Harness::new();
+    let (_, pkey) = h.parent("p@example.com", true).await;
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "ÜNÏ@exämple.com"}),
+    )
+    .await
+    .expect(201);
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "ünï@EXÄMPLE.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    // The operator's parents share the one index.
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "ünï@exämple.COM"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "ŒUVRE@Exämple.com"}),
+    )
+    .await
+    .expect(201);
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "œuvre@exÄmple.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    // Different letters stay different addresses.
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "uni@example.com"}),
+    )
+    .await
+    .expect(201);
+}

@@ -111,6 +111,22 @@ pub async fn parent_email_taken_case_insensitive(store: &dyn Store) {
             "{CHECK}: the refused parent's key resolves"
         );
     }
+    // Case-insensitive beyond ASCII too.
+    let tag = fresh_id();
+    make_parent(store, &format!("ÜNÏ.{tag}@exämple.com")).await;
+    let account = parent_account(&format!("ünï.{tag}@EXÄMPLE.com"));
+    let res = store
+        .create_parent(NewParent {
+            account,
+            key_hash: fresh_key(),
+            subscriptions: Vec::new(),
+        })
+        .await;
+    assert_err!(
+        res,
+        StoreError::EmailTaken,
+        "{CHECK}: a parent whose email differs only in non-ASCII case"
+    );
 }
 
 pub async fn status_lifecycle(store: &dyn Store) {
