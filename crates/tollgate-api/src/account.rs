@@ -383,11 +383,9 @@ async fn set_member_status(
     status: Status,
 ) -> Result<Response<Bytes>, ApiError> {
     caller.require_team_manager()?;
+    // A deleted member stays the team's (it is listed, and its usage billed): deleting it again
+    // is a no-op, enabling or disabling it a conflict, as the store answers.
     let member = own_child(state, &caller.account().id, id).await?;
-    if member.status == Status::Deleted {
-        // Deleted is final; to the team it is gone.
-        return Err(ApiError::MemberNotFound);
-    }
     let updated = state
         .store
         .set_status(&member.id, status)

@@ -7,7 +7,8 @@
 //!
 //! Beyond the trait docs, the suite pins down these choices, so every backend answers alike:
 //! - a deleted account keeps its record (status `Deleted`) and its place among its parent's
-//!   children, but no key resolves to it and its email is free for anyone;
+//!   children, but no key resolves to it and its email is free for anyone; enabling or disabling
+//!   it is a `Conflict`, deleting it again a no-op;
 //! - enabling or disabling an `Invited` child is a `Conflict` (it has no key to enable);
 //! - `accept_invitation` at `now == expires_at` is already too late;
 //! - `usage` rows are sorted by account id (whatever order the ids were given in), then day,

@@ -413,11 +413,13 @@ impl Inner {
 
     fn set_status(&self, id: &str, status: Status) -> StoreResult<Account> {
         self.write_tree(|t| {
-            let mut account = t.live(id)?;
+            let mut account =
+                get_account(&t.accounts, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             if account.status == status {
                 return Ok((account, Vec::new()));
             }
             match (account.status, status) {
+                (Status::Deleted, _) => return Err(StoreError::deleted(id)),
                 (_, Status::Invited) => {
                     return Err(StoreError::Conflict(
                         "an account cannot go back to invited".into(),

@@ -33,6 +33,15 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl StoreError {
+    /// What any status change but deletion of a deleted account gets: deletion is permanent.
+    pub fn deleted(id: &str) -> StoreError {
+        StoreError::Conflict(format!(
+            "account `{id}` is deleted, which is permanent: it cannot be enabled or disabled"
+        ))
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A parent to create: the caller generates the id and key and passes only the key's hash.
@@ -172,8 +181,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Account>;
 
     /// `Active` <-> `Disabled`, or `Deleted` (final: removes the key, frees the email). Setting the
-    /// status an account already has is a no-op that succeeds; anything done to a deleted account
-    /// is `NotFound`.
+    /// status an account already has is a no-op that succeeds (deleting a deleted account too);
+    /// enabling or disabling a deleted account is a `Conflict` ([`StoreError::deleted`]).
     async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account>;
 
     /// Replaces the account's key; the old hash stops resolving at once.

@@ -348,13 +348,41 @@ async fn accounts_lifecycle_by_operator() {
         )
         .await;
     assert_eq!(c.expect(200)["status"], "deleted");
-    h.op(
-        Method::POST,
-        &format!("/admin/v1/accounts/{cid}/enable"),
-        Value::Null,
-    )
-    .await
-    .expect_error(404, "account_not_found");
+    for action in ["enable", "disable"] {
+        let r = h
+            .op(
+                Method::POST,
+                &format!("/admin/v1/accounts/{cid}/{action}"),
+                Value::Null,
+            )
+            .await;
+        r.expect_error(409, "conflict");
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deleted, which is permanent"));
+    }
+    // Deleting again is a no-op (idempotent DELETE), and the record is unchanged.
+    let r = h
+        .op(
+            Method::DELETE,
+            &format!("/admin/v1/accounts/{cid}"),
+            Value::Null,
+        )
+        .await;
+    r.expect(204);
+    assert!(r.raw.is_empty());
+    let c = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{cid}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(c.expect(200)["status"], "deleted");
+    h.get("/v1/me", &ckey)
+        .await
+        .expect_error(401, "key_unknown");
 
     for (m, uri) in [
         (Method::GET, "/admin/v1/accounts/acc_missing"),

@@ -181,13 +181,32 @@ pub async fn status_lifecycle(store: &dyn Store) {
         None,
         "{CHECK}: a deleted account's key still resolves"
     );
-    for status in [Status::Active, Status::Disabled, Status::Deleted] {
+    // Deleted is permanent: enabling or disabling is a conflict, deleting again a no-op.
+    for status in [Status::Active, Status::Disabled] {
         assert_err!(
             store.set_status(&child.id, status).await,
-            StoreError::NotFound(_),
+            StoreError::Conflict(_),
             "{CHECK}: set_status({status:?}) on a deleted account"
         );
     }
+    assert_eq!(
+        store
+            .set_status(&child.id, Status::Deleted)
+            .await
+            .map(|a| a.status),
+        Ok(Status::Deleted),
+        "{CHECK}: deleting a deleted account is a no-op"
+    );
+    assert_eq!(
+        account_of(store, &child.id).await.map(|a| a.status),
+        Some(Status::Deleted),
+        "{CHECK}: a deleted account after refused status changes"
+    );
+    assert_eq!(
+        id_by_key(store, &key).await,
+        None,
+        "{CHECK}: a deleted account's key resolves after refused status changes"
+    );
     assert_err!(
         store.rotate_key(&child.id, fresh_key()).await,
         StoreError::NotFound(_),
@@ -224,7 +243,7 @@ pub async fn status_lifecycle(store: &dyn Store) {
     );
     assert_err!(
         store.set_status(&parent.id, Status::Active).await,
-        StoreError::NotFound(_),
+        StoreError::Conflict(_),
         "{CHECK}: enabling a deleted parent"
     );
 }

@@ -366,11 +366,15 @@ impl Inner {
 
     pub(super) async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account> {
         for _ in 0..CAS_ROUNDS {
-            let s = self.live(id).await?;
+            let s = self
+                .stored(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             if s.account.status == status {
                 return Ok(s.account);
             }
             match (s.account.status, status) {
+                (Status::Deleted, _) => return Err(StoreError::deleted(id)),
                 (_, Status::Invited) => {
                     return Err(StoreError::Conflict(
                         "an account cannot go back to invited".into(),
