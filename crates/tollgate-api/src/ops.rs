@@ -369,9 +369,18 @@ async fn set_status(
         .set_status(id, status)
         .await
         .map_err(not_found)?;
-    state
-        .apply_changes(&[Change::Account(updated.id.clone())])
-        .await;
+    let mut changes = vec![Change::Account(updated.id.clone())];
+    if status == Status::Deleted && updated.role == Role::Parent {
+        // Its children were deleted with it: this node's cache learns it before the answer (or,
+        // if they cannot be listed now, from the change feed).
+        match state.store.children(id).await {
+            Ok(children) => changes.extend(children.into_iter().map(|c| Change::Account(c.id))),
+            Err(e) => {
+                tracing::warn!(error = %e, parent = %id, "could not list a deleted parent's children")
+            }
+        }
+    }
+    state.apply_changes(&changes).await;
     tracing::info!(account = %updated.id, status = status.as_str(), "account status set by operator");
     if status == Status::Deleted {
         Ok(no_content())

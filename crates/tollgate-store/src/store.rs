@@ -172,7 +172,8 @@ pub trait Store: Send + Sync + 'static {
     async fn invite(&self, new: NewInvitation) -> StoreResult<Account>;
 
     /// Consumes the token (single use) and activates its child with `key_hash`.
-    /// `InvitationUnknown` if the token is unknown, used, expired at `now`, or its child is gone.
+    /// `InvitationUnknown` if the token is unknown, used, expired at `now`, or its child or its
+    /// parent is deleted. A disabled parent's invitation may be accepted (disabling is reversible).
     async fn accept_invitation(
         &self,
         token_hash: &KeyHash,
@@ -180,7 +181,9 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> StoreResult<Account>;
 
-    /// `Active` <-> `Disabled`, or `Deleted` (final: removes the key, frees the email). Setting the
+    /// `Active` <-> `Disabled`, or `Deleted` (final: removes the key, frees the email; deleting a
+    /// parent deletes all its children in the same atomic step, voiding their pending
+    /// invitations, and appends each one's changes to the feed). Setting the
     /// status an account already has is a no-op that succeeds (deleting a deleted account too);
     /// enabling or disabling a deleted account is a `Conflict` ([`StoreError::deleted`]).
     async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account>;

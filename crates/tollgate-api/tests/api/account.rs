@@ -137,9 +137,10 @@ async fn account_states_are_enforced_like_the_edge() {
     )
     .await
     .expect(204);
+    // Deleting a parent deletes its children: their keys are gone too.
     h.get("/v1/me", &ckey)
         .await
-        .expect_error(403, "parent_disabled");
+        .expect_error(401, "key_unknown");
     h.get("/v1/me", &pkey)
         .await
         .expect_error(401, "key_unknown");

@@ -432,3 +432,84 @@ async fn metrics_health_and_readiness() {
     let b = r.expect(503);
     assert!(b["reason"].as_str().unwrap().contains("routes"));
 }
+
+#[tokio::test]
+async fn deleting_a_parent_deletes_its_team() {
+    let h = Harness::new();
+    let (pid, pkey) = h.parent("p@example.com", true).await;
+    let (cid, ckey) = h.child(&pkey, "c@example.com").await;
+    let inv = h
+        .post("/v1/team/members", &pkey, json!({"email": "b@example.com"}))
+        .await;
+    let token = inv.expect(201)["invitation_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Cached before the deletion, so the deletion must reach the cache.
+    h.get("/v1/me", &ckey).await.expect(200);
+
+    h.op(
+        Method::DELETE,
+        &format!("/admin/v1/accounts/{pid}"),
+        Value::Null,
+    )
+    .await
+    .expect(204);
+    h.post(&format!("/v1/invitations/{token}/accept"), "", Value::Null)
+        .await
+        .expect_error(404, "invitation_unknown");
+    h.get("/v1/me", &ckey)
+        .await
+        .expect_error(401, "key_unknown");
+    let a = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{pid}"),
+            Value::Null,
+        )
+        .await;
+    let children = a.expect(200)["children"].as_array().unwrap().clone();
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().all(|c| c["status"] == "deleted"), "{a:?}");
+    assert_eq!(children[0]["id"], cid.as_str());
+    // Their emails are free for another tenant.
+    let (_, qkey) = h.parent("q@example.com", true).await;
+    for email in ["C@example.com", "b@example.com"] {
+        h.post("/v1/team/members", &qkey, json!({ "email": email }))
+            .await
+            .expect(201);
+    }
+
+    // A disabled parent's invitation can still be accepted (disabling is reversible); the key
+    // is refused until the parent is enabled.
+    let (rid, rkey) = h.parent("r@example.com", true).await;
+    let inv = h
+        .post("/v1/team/members", &rkey, json!({"email": "d@example.com"}))
+        .await;
+    let token = inv.expect(201)["invitation_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.op(
+        Method::POST,
+        &format!("/admin/v1/accounts/{rid}/disable"),
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    let r = h
+        .post(&format!("/v1/invitations/{token}/accept"), "", Value::Null)
+        .await;
+    let dkey = r.expect(200)["api_key"].as_str().unwrap().to_owned();
+    h.get("/v1/me", &dkey)
+        .await
+        .expect_error(403, "parent_disabled");
+    h.op(
+        Method::POST,
+        &format!("/admin/v1/accounts/{rid}/enable"),
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    h.get("/v1/me", &dkey).await.expect(200);
+}
