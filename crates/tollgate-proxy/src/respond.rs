@@ -135,5 +135,11 @@ mod tests {
             assert_eq!(v["error"]["code"], code);
             assert!(v["error"]["message"].as_str().unwrap().len() > 10);
         }
+        let v: serde_json::Value =
+            serde_json::from_slice(&Refusal::Deny(DenyReason::ParentDisabled).body()).unwrap();
+        assert_eq!(
+            v["error"]["message"],
+            "This key's parent account is disabled or deleted."
+        );
     }
 }

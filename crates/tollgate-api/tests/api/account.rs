@@ -115,9 +115,12 @@ async fn account_states_are_enforced_like_the_edge() {
     )
     .await
     .expect(200);
-    h.get("/v1/me", &ckey)
-        .await
-        .expect_error(403, "parent_disabled");
+    let r = h.get("/v1/me", &ckey).await;
+    r.expect_error(403, "parent_disabled");
+    assert_eq!(
+        r.body["error"]["message"],
+        "This key's parent account is disabled or deleted."
+    );
     h.get("/v1/me", &pkey)
         .await
         .expect_error(403, "key_disabled");
