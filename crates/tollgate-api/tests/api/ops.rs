@@ -202,11 +202,71 @@ async fn patch_parent_team_and_limits() {
     );
     assert_eq!(r.body["team"], true);
 
+    // rps and burst are each optional: a field left out keeps the override's value...
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"child": {"burst": 5}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"]["child"],
+        json!({"rps": 1, "burst": 5})
+    );
+    // ... or, with no override for the role, follows `[limits]` (`null`: the default).
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"parent": {"burst": 7}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"],
+        json!({"parent": {"rps": null, "burst": 7}, "child": {"rps": 1, "burst": 5}})
+    );
+    // A field set to `null` follows the default again; with neither overridden, nor is the role.
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"child": {"rps": null}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"]["child"],
+        json!({"rps": null, "burst": 5})
+    );
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"parent": {"burst": null}, "child": {}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"],
+        json!({"parent": null, "child": {"rps": null, "burst": 5}})
+    );
+    let stored = h.store.account(&pid).await.unwrap().unwrap().limits;
+    assert_eq!(
+        stored.child,
+        Some(tollgate_core::LimitOverride {
+            rps: None,
+            burst: Some(5)
+        })
+    );
+    assert_eq!(stored.parent, None);
+
     for bad in [
         json!({"limits": {"parent": {"rps": 0, "burst": 1}}}),
         json!({"limits": {"parent": {"rps": 1, "burst": 0}}}),
-        json!({"limits": {"parent": {"rps": 1}}}),
+        json!({"limits": {"parent": {"rps": "1"}}}),
+        json!({"limits": {"parent": {"rps": -1}}}),
         json!({"limits": {"parent": {"rps": 1, "burst": 5000000000u64}}}),
+        json!({"limits": {"parent": {"rps": 1, "per": 2}}}),
+        json!({"limits": {"parent": 5}}),
         json!({"limits": {"other": {"rps": 1, "burst": 1}}}),
         json!({"team": 1}),
         json!({"email": "x@example.com"}),

@@ -1,7 +1,7 @@
 //! Contract checks for parents and accounts: creation and reads, emails, statuses, key rotation,
 //! children, subscriptions and the operator's parent settings.
 
-use tollgate_core::{Limit, LimitOverrides, Overage, Role, Status};
+use tollgate_core::{Limit, LimitOverride, LimitOverrides, Overage, Role, Status};
 
 use super::{
     account_of, assert_err, fresh_email, fresh_id, fresh_key, id_by_key, make_child, make_invite,
@@ -22,7 +22,7 @@ pub async fn parent_create_and_read(store: &dyn Store) {
     const CHECK: &str = "parent_create_and_read";
     let key = fresh_key();
     let mut wanted = parent_account(&fresh_email());
-    wanted.limits.child = Some(Limit { rps: 7, burst: 9 });
+    wanted.limits.child = Some(Limit { rps: 7, burst: 9 }.into());
     let created = store
         .create_parent(NewParent {
             account: wanted.clone(),
@@ -421,12 +421,19 @@ pub async fn update_parent_team_and_limits(store: &dyn Store) {
         on.team && on.limits.is_empty(),
         "{CHECK}: switching team on: {on:?}"
     );
+    // A partial override (burst only) is kept as such: rps follows the configured default.
     let limits = LimitOverrides {
-        parent: Some(Limit {
-            rps: 500,
-            burst: 1000,
+        parent: Some(
+            Limit {
+                rps: 500,
+                burst: 1000,
+            }
+            .into(),
+        ),
+        child: Some(LimitOverride {
+            rps: None,
+            burst: Some(40),
         }),
-        child: Some(Limit { rps: 20, burst: 40 }),
     };
     let limited = store
         .update_parent(&parent.id, None, Some(limits))
