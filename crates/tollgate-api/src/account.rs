@@ -274,14 +274,9 @@ async fn team_usage(
         .subscriptions(&parent_id)
         .await
         .map_err(store_err)?;
-    let pool_used = state
-        .store
-        .pool_usage(&parent_id)
-        .await
-        .map_err(store_err)?;
     Ok(json(
         StatusCode::OK,
-        &team_body(&parent_id, &members, from, to, &rows, &subs, &pool_used),
+        &team_body(&parent_id, &members, from, to, &rows, &subs),
     ))
 }
 

@@ -334,8 +334,8 @@ fn build() -> Value {
                     "required": ["included", "used", "overage"],
                     "properties": {
                         "included": {"type": "integer", "format": "int64"},
-                        "used": {"type": "integer", "format": "int64", "description": "All credits the team has used from the pool."},
-                        "overage": {"type": "integer", "format": "int64", "description": "Credits used beyond the included amount."}
+                        "used": {"type": "integer", "format": "int64", "description": "Credits the team (the parent and every member, deleted ones included) drew from the pool between `from` and `to`."},
+                        "overage": {"type": "integer", "format": "int64", "description": "Of `used`, the credits beyond the included amount: max(0, used - included)."}
                     }
                 },
                 "TeamMemberUsage": {
