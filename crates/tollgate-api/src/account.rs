@@ -274,14 +274,9 @@ async fn team_usage(
         .subscriptions(&parent_id)
         .await
         .map_err(store_err)?;
-    let pool_used = state
-        .store
-        .pool_usage(&parent_id)
-        .await
-        .map_err(store_err)?;
     Ok(json(
         StatusCode::OK,
-        &team_body(&parent_id, &members, from, to, &rows, &subs, &pool_used),
+        &team_body(&parent_id, &members, from, to, &rows, &subs),
     ))
 }
 
@@ -383,11 +378,9 @@ async fn set_member_status(
     status: Status,
 ) -> Result<Response<Bytes>, ApiError> {
     caller.require_team_manager()?;
+    // A deleted member stays the team's (it is listed, and its usage billed): deleting it again
+    // is a no-op, enabling or disabling it a conflict, as the store answers.
     let member = own_child(state, &caller.account().id, id).await?;
-    if member.status == Status::Deleted {
-        // Deleted is final; to the team it is gone.
-        return Err(ApiError::MemberNotFound);
-    }
     let updated = state
         .store
         .set_status(&member.id, status)

@@ -40,8 +40,7 @@ const E413: &str = "`payload_too_large`: the body is over 64 KiB.";
 const E503: &str = "`store_unavailable`: the key store cannot be reached; retry shortly.";
 const E400_RANGE: &str = "`invalid_request`: a date is not YYYY-MM-DD, `from` is after `to`, or the range is over 366 days.";
 const E404_MEMBER: &str = "`member_not_found`: no member of the caller's team has this id.";
-const E409_STATE: &str =
-    "`conflict`: the operation does not apply to the member in its current state.";
+const E409_STATE: &str = "`conflict`: the member has not accepted its invitation yet (no key to enable or disable), or it is deleted, which is permanent.";
 
 /// The responses every authenticated endpoint can give besides its own.
 fn authed(mut responses: Value, forbidden: &str) -> Value {
@@ -146,13 +145,12 @@ fn build() -> Value {
             "/v1/team/members/{id}": {
                 "delete": {
                     "operationId": "deleteMember",
-                    "summary": "Deletes a child for good: its key never works again and its email is freed. Its usage stays in team usage.",
+                    "summary": "Deletes a child for good: its key never works again and its email is freed. Its usage stays in team usage. Deleting a deleted member again changes nothing (204).",
                     "tags": ["team"],
                     "parameters": [member_id.clone()],
                     "responses": authed(json!({
-                        "204": {"description": "Deleted."},
-                        "404": err(E404_MEMBER),
-                        "409": err(E409_STATE)
+                        "204": {"description": "Deleted (or was already)."},
+                        "404": err(E404_MEMBER)
                     }), E403_PARENT)
                 }
             },
@@ -336,8 +334,8 @@ fn build() -> Value {
                     "required": ["included", "used", "overage"],
                     "properties": {
                         "included": {"type": "integer", "format": "int64"},
-                        "used": {"type": "integer", "format": "int64", "description": "All credits the team has used from the pool."},
-                        "overage": {"type": "integer", "format": "int64", "description": "Credits used beyond the included amount."}
+                        "used": {"type": "integer", "format": "int64", "description": "Credits the team (the parent and every member, deleted ones included) drew from the pool between `from` and `to`."},
+                        "overage": {"type": "integer", "format": "int64", "description": "Of `used`, the credits beyond the included amount: max(0, used - included)."}
                     }
                 },
                 "TeamMemberUsage": {

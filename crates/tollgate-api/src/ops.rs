@@ -10,8 +10,8 @@ use http::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tollgate_core::{
-    generate_id, generate_key, is_valid_email, Account, KeyHash, Limit, LimitOverrides, Overage,
-    Role, Status, Subscription,
+    generate_id, generate_key, is_valid_email, Account, KeyHash, LimitOverride, LimitOverrides,
+    Overage, Role, Status, Subscription,
 };
 use tollgate_store::{Change, NewParent, StoreError};
 
@@ -138,7 +138,8 @@ fn not_found(e: StoreError) -> ApiError {
 
 /// An account as the operator sees it: everything but the key (which is never stored).
 fn account_json(a: &Account) -> Value {
-    let limit = |l: Option<Limit>| l.map(|l| json!({"rps": l.rps, "burst": l.burst}));
+    // `null` for a role or a field: the configured `[limits]` default applies.
+    let limit = |l: Option<LimitOverride>| l.map(|l| json!({"rps": l.rps, "burst": l.burst}));
     json!({
         "id": a.id,
         "role": a.role.as_str(),
@@ -270,26 +271,39 @@ async fn live_parent(state: &ApiState, id: &str) -> Result<Account, ApiError> {
     }
 }
 
-/// `{"rps", "burst"}`, both at least 1; `null` clears the override (`Ok(None)`).
-fn parse_limit(f: &Fields<'_>, field: &str) -> Result<Option<Limit>, ApiError> {
+/// One role's override, `limits.<field>`: `null` removes it (the role follows `[limits]`); an
+/// object changes the fields it names, each a whole number from 1 up, or `null` to follow that
+/// field's default again; a field it leaves out keeps the current override's value (or, if there
+/// is none, goes on following the default). `Ok(None)` when nothing is overridden afterwards.
+fn parse_limit(
+    f: &Fields<'_>,
+    field: &str,
+    current: Option<LimitOverride>,
+) -> Result<Option<LimitOverride>, ApiError> {
     let Some(m) = f.opt_object(field)? else {
         return Ok(None);
     };
     let lf = Fields::nested(m, &format!("limits.{field}"));
     lf.only(&["rps", "burst"])?;
-    let read = |name: &str| -> Result<u32, ApiError> {
-        match u32::try_from(lf.u64(name)?) {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err(ApiError::invalid(format!(
-                "`limits.{field}.{name}` must be a whole number from 1 to {}",
-                u32::MAX
-            ))),
+    let read = |name: &str, now: Option<u32>| -> Result<Option<u32>, ApiError> {
+        match m.get(name) {
+            None => Ok(now),
+            Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_u64().map(u32::try_from) {
+                Some(Ok(n)) if n >= 1 => Ok(Some(n)),
+                _ => Err(ApiError::invalid(format!(
+                    "`limits.{field}.{name}` must be a whole number from 1 to {} (or null for the configured default)",
+                    u32::MAX
+                ))),
+            },
         }
     };
-    Ok(Some(Limit {
-        rps: read("rps")?,
-        burst: read("burst")?,
-    }))
+    let current = current.unwrap_or_default();
+    let merged = LimitOverride {
+        rps: read("rps", current.rps)?,
+        burst: read("burst", current.burst)?,
+    };
+    Ok((!merged.is_empty()).then_some(merged))
 }
 
 async fn update_parent(
@@ -310,10 +324,10 @@ async fn update_parent(
             lf.only(&["parent", "child"])?;
             let mut merged = current.limits;
             if lf.has("parent") {
-                merged.parent = parse_limit(&lf, "parent")?;
+                merged.parent = parse_limit(&lf, "parent", merged.parent)?;
             }
             if lf.has("child") {
-                merged.child = parse_limit(&lf, "child")?;
+                merged.child = parse_limit(&lf, "child", merged.child)?;
             }
             Some(merged)
         }
@@ -385,9 +399,18 @@ async fn set_status(
         .set_status(id, status)
         .await
         .map_err(not_found)?;
-    state
-        .apply_changes(&[Change::Account(updated.id.clone())])
-        .await;
+    let mut changes = vec![Change::Account(updated.id.clone())];
+    if status == Status::Deleted && updated.role == Role::Parent {
+        // Its children were deleted with it: this node's cache learns it before the answer (or,
+        // if they cannot be listed now, from the change feed).
+        match state.store.children(id).await {
+            Ok(children) => changes.extend(children.into_iter().map(|c| Change::Account(c.id))),
+            Err(e) => {
+                tracing::warn!(error = %e, parent = %id, "could not list a deleted parent's children")
+            }
+        }
+    }
+    state.apply_changes(&changes).await;
     tracing::info!(account = %updated.id, status = status.as_str(), "account status set by operator");
     if status == Status::Deleted {
         Ok(no_content())

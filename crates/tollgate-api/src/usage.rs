@@ -101,21 +101,25 @@ pub(crate) fn usage_body(account_id: &str, from: Day, to: Day, rows: &[UsageRow]
     })
 }
 
-/// Included credits and all-time use of every pool a tenant subscribes to or has drawn from.
-pub(crate) fn pools(subs: &[Subscription], used: &[(String, u64)]) -> BTreeMap<String, (u64, u64)> {
+/// Included credits and the credits the range's `rows` drew, of every pool a tenant subscribes to
+/// or drew from in the range.
+pub(crate) fn pools(subs: &[Subscription], rows: &[UsageRow]) -> BTreeMap<String, (u64, u64)> {
     let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for s in subs {
         out.entry(s.pool.clone()).or_default().0 = s.credits;
     }
-    for (pool, credits) in used {
-        let e = out.entry(pool.clone()).or_default();
-        e.1 = e.1.saturating_add(*credits);
+    for row in rows {
+        let e = out.entry(row.pool.clone()).or_default();
+        e.1 = e.1.saturating_add(row.totals.credits);
     }
     out
 }
 
 /// `GET /v1/team/usage`. `members` are the parent and then its children (deleted ones included:
 /// what they used is billed); the total is the sum of the members, so it always agrees with them.
+/// `rows` are the members' usage in the range: each pool's `used` is their credits drawn from it
+/// (so the pools' `used` add up to the total's credits), and its `overage` what of that is
+/// beyond the included credits.
 pub(crate) fn team_body(
     parent_id: &str,
     members: &[Account],
@@ -123,7 +127,6 @@ pub(crate) fn team_body(
     to: Day,
     rows: &[UsageRow],
     subs: &[Subscription],
-    pool_used: &[(String, u64)],
 ) -> Value {
     let mut by_account: BTreeMap<&str, Vec<&UsageRow>> = BTreeMap::new();
     for row in rows {
@@ -149,7 +152,7 @@ pub(crate) fn team_body(
             })
         })
         .collect();
-    let pools_json: Map<String, Value> = pools(subs, pool_used)
+    let pools_json: Map<String, Value> = pools(subs, rows)
         .into_iter()
         .map(|(pool, (included, used))| {
             (
@@ -268,9 +271,27 @@ mod tests {
                 overage: Overage::Deny,
             },
         ];
-        let p = pools(&subs, &[("whois".into(), 15), ("old".into(), 3)]);
+        let rows = [
+            row("a", "whois", "whois", "2026-12-01", 1, 5),
+            row("b", "bulk-whois", "whois", "2026-12-02", 1, 10),
+            row("b", "legacy", "old", "2026-12-02", 1, 3),
+        ];
+        let p = pools(&subs, &rows);
         assert_eq!(p["whois"], (10, 15));
         assert_eq!(p["drs"], (100, 0));
         assert_eq!(p["old"], (0, 3));
+        let members: Vec<Account> = Vec::new();
+        let v = team_body(
+            "p",
+            &members,
+            day("2026-12-01"),
+            day("2026-12-02"),
+            &rows,
+            &subs,
+        );
+        assert_eq!(
+            v["pools"]["whois"],
+            json!({"included": 10, "used": 15, "overage": 5})
+        );
     }
 }

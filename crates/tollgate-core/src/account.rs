@@ -49,18 +49,62 @@ pub struct Limit {
     pub burst: u32,
 }
 
+/// A tenant's override of one role's configured limit, field by field: a field it leaves `None`
+/// follows the configured default, whatever that is when the limit is applied (a reload
+/// included). Stored as `{"rps": .., "burst": ..}` with absent fields left out, so records written
+/// when both fields were required read as an override of both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl LimitOverride {
+    /// The limit in force: each overridden field, else the default's.
+    pub fn apply(self, default: Limit) -> Limit {
+        Limit {
+            rps: self.rps.unwrap_or(default.rps),
+            burst: self.burst.unwrap_or(default.burst),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rps.is_none() && self.burst.is_none()
+    }
+}
+
+impl From<Limit> for LimitOverride {
+    fn from(l: Limit) -> LimitOverride {
+        LimitOverride {
+            rps: Some(l.rps),
+            burst: Some(l.burst),
+        }
+    }
+}
+
 /// Per-tenant overrides of the configured `[limits]`, set by the operator on the parent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LimitOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parent: Option<Limit>,
+    pub parent: Option<LimitOverride>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub child: Option<Limit>,
+    pub child: Option<LimitOverride>,
 }
 
 impl LimitOverrides {
     pub fn is_empty(&self) -> bool {
         self.parent.is_none() && self.child.is_none()
+    }
+
+    /// The limit in force for a role, given the configured defaults of that role.
+    pub fn limit_for(&self, role: Role, default: Limit) -> Limit {
+        let o = match role {
+            Role::Parent => self.parent,
+            Role::Child => self.child,
+        };
+        o.map_or(default, |o| o.apply(default))
     }
 }
 
@@ -121,9 +165,12 @@ impl Account {
     }
 }
 
-/// Emails are compared case-insensitively (and without surrounding blanks).
+/// Emails are compared case-insensitively (and without surrounding blanks), with Unicode's full
+/// lower-case mapping (`ÜNÏ@EXÄMPLE.com` is `ünï@exämple.com`). On ASCII this is exactly the
+/// ASCII lower case, so the indexes written before it kept their ASCII entries valid. No Unicode
+/// normalization (NFC): a precomposed and a decomposed `ü` stay different addresses.
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_ascii_lowercase()
+    email.trim().to_lowercase()
 }
 
 /// A deliberately plain check: one `@`, a non-empty local part, a dotted domain, no blanks or
@@ -159,5 +206,61 @@ mod tests {
             assert!(!is_valid_email(bad), "{bad}");
         }
         assert_eq!(normalize_email(" Ann@Example.COM "), "ann@example.com");
+    }
+
+    #[test]
+    fn limit_overrides_apply_field_by_field_and_read_old_records() {
+        let default = Limit {
+            rps: 50,
+            burst: 100,
+        };
+        let burst_only = LimitOverride {
+            rps: None,
+            burst: Some(5),
+        };
+        assert_eq!(burst_only.apply(default), Limit { rps: 50, burst: 5 });
+        let o = LimitOverrides {
+            parent: None,
+            child: Some(burst_only),
+        };
+        assert_eq!(
+            o.limit_for(Role::Child, default),
+            Limit { rps: 50, burst: 5 }
+        );
+        assert_eq!(o.limit_for(Role::Parent, default), default);
+        // A record written when an override had both fields reads as both overridden.
+        let old: LimitOverrides =
+            serde_json::from_str(r#"{"parent":{"rps":10,"burst":20}}"#).unwrap();
+        assert_eq!(old.parent, Some(Limit { rps: 10, burst: 20 }.into()));
+        assert_eq!(old.child, None);
+        // Both set: the same JSON as before; one set: only that field is written.
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"parent":{"rps":10,"burst":20}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&o).unwrap(),
+            r#"{"child":{"burst":5}}"#
+        );
+        let back: LimitOverrides = serde_json::from_str(r#"{"child":{"burst":5}}"#).unwrap();
+        assert_eq!(back, o);
+    }
+
+    #[test]
+    fn emails_compare_case_insensitively_beyond_ascii() {
+        assert_eq!(
+            normalize_email("ÜNÏ@exämple.com"),
+            normalize_email("ünï@EXÄMPLE.com")
+        );
+        assert_eq!(normalize_email(" ÜNÏ@EXÄMPLE.COM "), "ünï@exämple.com");
+        assert_eq!(normalize_email("ΣΟΦΙΑ@Example.gr"), "σοφια@example.gr");
+        assert_ne!(
+            normalize_email("ü@example.com"),
+            normalize_email("u@example.com")
+        );
+        // ASCII exactly as before: the ASCII lower case of the trimmed address.
+        for ascii in ["Ann.Lee+X@Example.COM", "a_B-9@x.CO", "ZZ@ZZ.ZZ"] {
+            assert_eq!(normalize_email(ascii), ascii.to_ascii_lowercase());
+        }
     }
 }

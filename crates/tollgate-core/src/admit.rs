@@ -71,7 +71,7 @@ impl DenyReason {
             DenyReason::KeyMissing => "No API key was given: send it in the x-api-key header, as a bearer token or as the apiKey query parameter.",
             DenyReason::KeyUnknown => "The API key is not valid.",
             DenyReason::KeyDisabled => "This API key's account is disabled.",
-            DenyReason::ParentDisabled => "The account this key belongs to is disabled.",
+            DenyReason::ParentDisabled => "This key's parent account is disabled or deleted.",
             DenyReason::ProductNotSubscribed => "The account has no subscription to this product.",
             DenyReason::PermissionDenied => "This key is not allowed to do this.",
             DenyReason::CreditsExhausted => "The subscription's credits are used up.",
@@ -173,6 +173,16 @@ mod tests {
         for r in DenyReason::ALL {
             assert!(!r.message().is_empty());
         }
+        let mut messages: Vec<_> = DenyReason::ALL.iter().map(|r| r.message()).collect();
+        messages.sort();
+        messages.dedup();
+        assert_eq!(messages.len(), DenyReason::ALL.len());
+        // A child stopped by its parent is told so, not that its own account is disabled.
+        let m = DenyReason::ParentDisabled.message();
+        assert!(
+            m.contains("parent") && m.contains("disabled or deleted"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub mod permission;
 pub mod usage;
 
 pub use account::{
-    is_valid_email, normalize_email, Account, Limit, LimitOverrides, Overage, Role, Status,
-    Subscription,
+    is_valid_email, normalize_email, Account, Limit, LimitOverride, LimitOverrides, Overage, Role,
+    Status, Subscription,
 };
 pub use admit::{admit, Access, Admittable, Decision, DenyReason};
 pub use cost::{cost, CostAction, CostRule};

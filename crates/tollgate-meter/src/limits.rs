@@ -78,17 +78,18 @@ impl<C: Clock + Clone> RateLimits<C> {
         )
     }
 
-    /// The limit in force for this caller: its tenant's override for its role, else the default.
+    /// The limit in force for this caller: each field of its tenant's override for its role, else
+    /// that field of the role's default (as configured now: a reload moves the fields a tenant
+    /// does not override).
     pub fn limit_for(&self, p: &Principal) -> Limit {
-        let overrides = p.tenant.limits();
-        match p.account.account.role {
-            Role::Parent => overrides
-                .parent
-                .unwrap_or_else(|| unpack(self.parent.load(Ordering::Relaxed))),
-            Role::Child => overrides
-                .child
-                .unwrap_or_else(|| unpack(self.child.load(Ordering::Relaxed))),
-        }
+        let role = p.account.account.role;
+        let default = match role {
+            Role::Parent => &self.parent,
+            Role::Child => &self.child,
+        };
+        p.tenant
+            .limits()
+            .limit_for(role, unpack(default.load(Ordering::Relaxed)))
     }
 
     /// Takes one request from the caller's allowance. `Err(seconds)` to wait before retrying.
@@ -146,7 +147,7 @@ mod tests {
     use std::time::Duration;
 
     use governor::clock::FakeRelativeClock;
-    use tollgate_core::{Account, LimitOverrides, Status};
+    use tollgate_core::{Account, LimitOverride, LimitOverrides, Status};
     use tollgate_store::cache::CachedAccount;
 
     use super::*;
@@ -207,7 +208,7 @@ mod tests {
 
         let overridden = child(LimitOverrides {
             parent: None,
-            child: Some(Limit { rps: 1, burst: 3 }),
+            child: Some(Limit { rps: 1, burst: 3 }.into()),
         });
         limits.set_defaults(Limit { rps: 9, burst: 9 }, Limit { rps: 7, burst: 7 });
         assert_eq!(
@@ -215,5 +216,26 @@ mod tests {
             Limit { rps: 1, burst: 3 }
         );
         clock.advance(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_partial_override_follows_the_defaults_in_the_fields_it_leaves_out() {
+        let limits = RateLimits::with_clock(
+            Limit { rps: 9, burst: 9 },
+            Limit { rps: 1, burst: 2 },
+            FakeRelativeClock::default(),
+        );
+        let burst_only = child(LimitOverrides {
+            parent: None,
+            child: Some(LimitOverride {
+                rps: None,
+                burst: Some(5),
+            }),
+        });
+        assert_eq!(limits.limit_for(&burst_only), Limit { rps: 1, burst: 5 });
+        limits.set_defaults(Limit { rps: 9, burst: 9 }, Limit { rps: 4, burst: 8 });
+        let s = limits.check(&burst_only).unwrap();
+        assert_eq!(s.limit, Limit { rps: 4, burst: 5 });
+        assert_eq!(s.remaining, 4);
     }
 }

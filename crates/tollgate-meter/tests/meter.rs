@@ -320,7 +320,7 @@ fn rate_limits_follow_gcra_on_a_fake_clock() {
         Role::Child,
         LimitOverrides {
             parent: None,
-            child: Some(Limit { rps: 1, burst: 10 }),
+            child: Some(Limit { rps: 1, burst: 10 }.into()),
         },
     );
     assert_eq!(limits.check(&overridden).unwrap().remaining, 9);

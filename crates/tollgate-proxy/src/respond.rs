@@ -177,5 +177,11 @@ mod tests {
                 "{code}"
             );
         }
+        let v: serde_json::Value =
+            serde_json::from_slice(&Refusal::Deny(DenyReason::ParentDisabled).body()).unwrap();
+        assert_eq!(
+            v["error"]["message"],
+            "This key's parent account is disabled or deleted."
+        );
     }
 }

@@ -938,7 +938,7 @@ mod tests {
             .unwrap();
         let limits = LimitOverrides {
             parent: None,
-            child: Some(Limit { rps: 7, burst: 9 }),
+            child: Some(Limit { rps: 7, burst: 9 }.into()),
         };
         store
             .update_parent(&parent.id, None, Some(limits))

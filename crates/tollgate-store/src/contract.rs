@@ -7,7 +7,8 @@
 //!
 //! Beyond the trait docs, the suite pins down these choices, so every backend answers alike:
 //! - a deleted account keeps its record (status `Deleted`) and its place among its parent's
-//!   children, but no key resolves to it and its email is free for anyone;
+//!   children, but no key resolves to it and its email is free for anyone; enabling or disabling
+//!   it is a `Conflict`, deleting it again a no-op;
 //! - enabling or disabling an `Invited` child is a `Conflict` (it has no key to enable);
 //! - `accept_invitation` at `now == expires_at` is already too late;
 //! - `usage` rows are sorted by account id (whatever order the ids were given in), then day,
@@ -39,8 +40,8 @@ pub use accounts::{
 pub use credits::credit_leases;
 pub use feed::{feed_events_for_every_write, feed_rejects_bogus_cursor, feed_wakes_waiting_reader};
 pub use invitations::{
-    email_freed_after_delete, invitation_accept_single_use, invitation_expiry,
-    invitation_of_deleted_child, invite_email_taken, invite_needs_live_parent,
+    deleting_a_parent_deletes_its_children, email_freed_after_delete, invitation_accept_single_use,
+    invitation_expiry, invitation_of_deleted_child, invite_email_taken, invite_needs_live_parent,
 };
 pub use usage::{
     pool_usage_rolls_up_children, record_usage_exact_and_idempotent, usage_range_filtering,
@@ -62,6 +63,7 @@ pub async fn run_all(store: &dyn Store) {
     invitation_accept_single_use(store).await;
     invitation_expiry(store).await;
     invitation_of_deleted_child(store).await;
+    deleting_a_parent_deletes_its_children(store).await;
     status_lifecycle(store).await;
     rotate_key_replaces_key(store).await;
     children_in_creation_order(store).await;

@@ -15,7 +15,7 @@
 //! | `accounts` | account id | the [`Account`] as JSON |
 //! | `keys` | key hash | account id (no entry for invited or deleted accounts) |
 //! | `account_keys` | account id | its current key hash |
-//! | `emails` | [`normalize_email`]ed email | account id, live accounts only: deleting frees it |
+//! | `emails` | [`normalize_email`](tollgate_core::normalize_email)ed email | account id, live accounts only: deleting frees it |
 //! | `invitations` | token hash | (child id, expires_at unix seconds); removed on accept |
 //! | `children` | (parent id, creation sequence) | child id, so a range scan is creation order |
 //! | `subscriptions` | (parent id, pool) | the [`Subscription`] as JSON, so a scan is sorted by pool |
@@ -42,8 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable};
 use tollgate_core::{
-    normalize_email, Account, Day, KeyHash, LimitOverrides, Role, Status, Subscription, Totals,
-    UsageRow,
+    Account, Day, KeyHash, LimitOverrides, Role, Status, Subscription, Totals, UsageRow,
 };
 
 use crate::{
@@ -397,6 +396,12 @@ impl Inner {
                 Some(c) if c.status == Status::Invited => c,
                 _ => return Err(StoreError::InvitationUnknown),
             };
+            // Void once its parent is deleted (a disabled parent's may still be accepted: the
+            // edge refuses the key until the parent is enabled).
+            let parent_id = child.parent_id.as_deref().unwrap_or_default();
+            if !get_account(&t.accounts, parent_id)?.is_some_and(|p| p.status != Status::Deleted) {
+                return Err(StoreError::InvitationUnknown);
+            }
             t.check_key_free(&key_hash)?;
             child.status = Status::Active;
             put_account(&mut t.accounts, &child)?;
@@ -413,11 +418,13 @@ impl Inner {
 
     fn set_status(&self, id: &str, status: Status) -> StoreResult<Account> {
         self.write_tree(|t| {
-            let mut account = t.live(id)?;
+            let mut account =
+                get_account(&t.accounts, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             if account.status == status {
                 return Ok((account, Vec::new()));
             }
             match (account.status, status) {
+                (Status::Deleted, _) => return Err(StoreError::deleted(id)),
                 (_, Status::Invited) => {
                     return Err(StoreError::Conflict(
                         "an account cannot go back to invited".into(),
@@ -430,21 +437,23 @@ impl Inner {
                 }
                 _ => {}
             }
-            account.status = status;
-            put_account(&mut t.accounts, &account)?;
-            let mut changes = vec![Change::Account(id.to_owned())];
-            if status == Status::Deleted {
-                let email = normalize_email(&account.email);
-                let ours = t
-                    .emails
-                    .get(email.as_str())
-                    .ctx("read email index")?
-                    .is_some_and(|g| g.value() == id);
-                if ours {
-                    t.emails.remove(email.as_str()).ctx("remove email index")?;
-                }
-                if let Some(old) = t.remove_key(id)? {
-                    changes.push(Change::KeyRemoved(old));
+            if status != Status::Deleted {
+                account.status = status;
+                put_account(&mut t.accounts, &account)?;
+                return Ok((account, vec![Change::Account(id.to_owned())]));
+            }
+            let mut changes = t.delete(&mut account)?;
+            // A parent's children go with it, in the same transaction.
+            if account.role == Role::Parent {
+                for child_id in t.child_ids(id)? {
+                    let mut child = get_account(&t.accounts, &child_id)?.ok_or_else(|| {
+                        StoreError::Internal(format!(
+                            "embedded store: child `{child_id}` has no record"
+                        ))
+                    })?;
+                    if child.status != Status::Deleted {
+                        changes.extend(t.delete(&mut child)?);
+                    }
                 }
             }
             Ok((account, changes))

@@ -41,6 +41,9 @@
 //! - **Invitations** are single-use through the tenant: accepting flips the child from `invited` to
 //!   `active` in one script, and a second accept finds it `active`. The token record is removed
 //!   afterwards only to tidy up.
+//! - **Deleting a parent** deletes its children in the same script (they share its slot), so no
+//!   child outlives its parent whenever the writer dies; their key pointers and emails are tidied
+//!   up after, as for a single deletion.
 //! - **The change feed** is appended after the write it describes (a separate slot). A writer that
 //!   dies in between leaves the change out of the feed; followers still converge within the
 //!   cache's `max_staleness`.

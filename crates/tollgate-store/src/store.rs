@@ -34,6 +34,15 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl StoreError {
+    /// What any status change but deletion of a deleted account gets: deletion is permanent.
+    pub fn deleted(id: &str) -> StoreError {
+        StoreError::Conflict(format!(
+            "account `{id}` is deleted, which is permanent: it cannot be enabled or disabled"
+        ))
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A parent to create: the caller generates the id and key and passes only the key's hash.
@@ -167,7 +176,8 @@ pub trait Store: Send + Sync + 'static {
     async fn invite(&self, new: NewInvitation) -> StoreResult<Account>;
 
     /// Consumes the token (single use) and activates its child with `key_hash`.
-    /// `InvitationUnknown` if the token is unknown, used, expired at `now`, or its child is gone.
+    /// `InvitationUnknown` if the token is unknown, used, expired at `now`, or its child or its
+    /// parent is deleted. A disabled parent's invitation may be accepted (disabling is reversible).
     async fn accept_invitation(
         &self,
         token_hash: &KeyHash,
@@ -175,9 +185,11 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> StoreResult<Account>;
 
-    /// `Active` <-> `Disabled`, or `Deleted` (final: removes the key, frees the email). Setting the
-    /// status an account already has is a no-op that succeeds; anything done to a deleted account
-    /// is `NotFound`.
+    /// `Active` <-> `Disabled`, or `Deleted` (final: removes the key, frees the email; deleting a
+    /// parent deletes all its children in the same atomic step, voiding their pending
+    /// invitations, and appends each one's changes to the feed). Setting the
+    /// status an account already has is a no-op that succeeds (deleting a deleted account too);
+    /// enabling or disabling a deleted account is a `Conflict` ([`StoreError::deleted`]).
     async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account>;
 
     /// Replaces the account's key; the old hash stops resolving at once.

@@ -115,9 +115,12 @@ async fn account_states_are_enforced_like_the_edge() {
     )
     .await
     .expect(200);
-    h.get("/v1/me", &ckey)
-        .await
-        .expect_error(403, "parent_disabled");
+    let r = h.get("/v1/me", &ckey).await;
+    r.expect_error(403, "parent_disabled");
+    assert_eq!(
+        r.body["error"]["message"],
+        "This key's parent account is disabled or deleted."
+    );
     h.get("/v1/me", &pkey)
         .await
         .expect_error(403, "key_disabled");
@@ -137,9 +140,10 @@ async fn account_states_are_enforced_like_the_edge() {
     )
     .await
     .expect(204);
+    // Deleting a parent deletes its children: their keys are gone too.
     h.get("/v1/me", &ckey)
         .await
-        .expect_error(403, "parent_disabled");
+        .expect_error(401, "key_unknown");
     h.get("/v1/me", &pkey)
         .await
         .expect_error(401, "key_unknown");

@@ -202,11 +202,71 @@ async fn patch_parent_team_and_limits() {
     );
     assert_eq!(r.body["team"], true);
 
+    // rps and burst are each optional: a field left out keeps the override's value...
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"child": {"burst": 5}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"]["child"],
+        json!({"rps": 1, "burst": 5})
+    );
+    // ... or, with no override for the role, follows `[limits]` (`null`: the default).
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"parent": {"burst": 7}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"],
+        json!({"parent": {"rps": null, "burst": 7}, "child": {"rps": 1, "burst": 5}})
+    );
+    // A field set to `null` follows the default again; with neither overridden, nor is the role.
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"child": {"rps": null}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"]["child"],
+        json!({"rps": null, "burst": 5})
+    );
+    let r = h
+        .op(
+            Method::PATCH,
+            &uri,
+            json!({"limits": {"parent": {"burst": null}, "child": {}}}),
+        )
+        .await;
+    assert_eq!(
+        r.expect(200)["limits"],
+        json!({"parent": null, "child": {"rps": null, "burst": 5}})
+    );
+    let stored = h.store.account(&pid).await.unwrap().unwrap().limits;
+    assert_eq!(
+        stored.child,
+        Some(tollgate_core::LimitOverride {
+            rps: None,
+            burst: Some(5)
+        })
+    );
+    assert_eq!(stored.parent, None);
+
     for bad in [
         json!({"limits": {"parent": {"rps": 0, "burst": 1}}}),
         json!({"limits": {"parent": {"rps": 1, "burst": 0}}}),
-        json!({"limits": {"parent": {"rps": 1}}}),
+        json!({"limits": {"parent": {"rps": "1"}}}),
+        json!({"limits": {"parent": {"rps": -1}}}),
         json!({"limits": {"parent": {"rps": 1, "burst": 5000000000u64}}}),
+        json!({"limits": {"parent": {"rps": 1, "per": 2}}}),
+        json!({"limits": {"parent": 5}}),
         json!({"limits": {"other": {"rps": 1, "burst": 1}}}),
         json!({"team": 1}),
         json!({"email": "x@example.com"}),
@@ -359,13 +419,41 @@ async fn accounts_lifecycle_by_operator() {
         )
         .await;
     assert_eq!(c.expect(200)["status"], "deleted");
-    h.op(
-        Method::POST,
-        &format!("/admin/v1/accounts/{cid}/enable"),
-        Value::Null,
-    )
-    .await
-    .expect_error(404, "account_not_found");
+    for action in ["enable", "disable"] {
+        let r = h
+            .op(
+                Method::POST,
+                &format!("/admin/v1/accounts/{cid}/{action}"),
+                Value::Null,
+            )
+            .await;
+        r.expect_error(409, "conflict");
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deleted, which is permanent"));
+    }
+    // Deleting again is a no-op (idempotent DELETE), and the record is unchanged.
+    let r = h
+        .op(
+            Method::DELETE,
+            &format!("/admin/v1/accounts/{cid}"),
+            Value::Null,
+        )
+        .await;
+    r.expect(204);
+    assert!(r.raw.is_empty());
+    let c = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{cid}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(c.expect(200)["status"], "deleted");
+    h.get("/v1/me", &ckey)
+        .await
+        .expect_error(401, "key_unknown");
 
     for (m, uri) in [
         (Method::GET, "/admin/v1/accounts/acc_missing"),
@@ -426,4 +514,85 @@ async fn metrics_health_and_readiness() {
         .expect(200);
     let r = h.ops(Method::GET, "/metrics", None, Bytes::new()).await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn deleting_a_parent_deletes_its_team() {
+    let h = Harness::new();
+    let (pid, pkey) = h.parent("p@example.com", true).await;
+    let (cid, ckey) = h.child(&pkey, "c@example.com").await;
+    let inv = h
+        .post("/v1/team/members", &pkey, json!({"email": "b@example.com"}))
+        .await;
+    let token = inv.expect(201)["invitation_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Cached before the deletion, so the deletion must reach the cache.
+    h.get("/v1/me", &ckey).await.expect(200);
+
+    h.op(
+        Method::DELETE,
+        &format!("/admin/v1/accounts/{pid}"),
+        Value::Null,
+    )
+    .await
+    .expect(204);
+    h.post(&format!("/v1/invitations/{token}/accept"), "", Value::Null)
+        .await
+        .expect_error(404, "invitation_unknown");
+    h.get("/v1/me", &ckey)
+        .await
+        .expect_error(401, "key_unknown");
+    let a = h
+        .op(
+            Method::GET,
+            &format!("/admin/v1/accounts/{pid}"),
+            Value::Null,
+        )
+        .await;
+    let children = a.expect(200)["children"].as_array().unwrap().clone();
+    assert_eq!(children.len(), 2);
+    assert!(children.iter().all(|c| c["status"] == "deleted"), "{a:?}");
+    assert_eq!(children[0]["id"], cid.as_str());
+    // Their emails are free for another tenant.
+    let (_, qkey) = h.parent("q@example.com", true).await;
+    for email in ["C@example.com", "b@example.com"] {
+        h.post("/v1/team/members", &qkey, json!({ "email": email }))
+            .await
+            .expect(201);
+    }
+
+    // A disabled parent's invitation can still be accepted (disabling is reversible); the key
+    // is refused until the parent is enabled.
+    let (rid, rkey) = h.parent("r@example.com", true).await;
+    let inv = h
+        .post("/v1/team/members", &rkey, json!({"email": "d@example.com"}))
+        .await;
+    let token = inv.expect(201)["invitation_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.op(
+        Method::POST,
+        &format!("/admin/v1/accounts/{rid}/disable"),
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    let r = h
+        .post(&format!("/v1/invitations/{token}/accept"), "", Value::Null)
+        .await;
+    let dkey = r.expect(200)["api_key"].as_str().unwrap().to_owned();
+    h.get("/v1/me", &dkey)
+        .await
+        .expect_error(403, "parent_disabled");
+    h.op(
+        Method::POST,
+        &format!("/admin/v1/accounts/{rid}/enable"),
+        Value::Null,
+    )
+    .await
+    .expect(200);
+    h.get("/v1/me", &dkey).await.expect(200);
 }

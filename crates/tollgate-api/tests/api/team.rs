@@ -222,17 +222,32 @@ async fn disable_enable_delete_members() {
     h.get("/v1/me", &ckey)
         .await
         .expect_error(401, "key_unknown");
-    // Deleted is final, and the email is free again.
-    h.post(
-        &format!("/v1/team/members/{cid}/enable"),
-        &pkey,
-        Value::Null,
-    )
-    .await
-    .expect_error(404, "member_not_found");
-    h.delete(&format!("/v1/team/members/{cid}"), &pkey)
+    // Deleted is final (the member is still the team's: a conflict, not an unknown member),
+    // deleting again changes nothing, and the email is free again.
+    for action in ["enable", "disable"] {
+        let r = h
+            .post(
+                &format!("/v1/team/members/{cid}/{action}"),
+                &pkey,
+                Value::Null,
+            )
+            .await;
+        r.expect_error(409, "conflict");
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("deleted, which is permanent"),
+            "{}",
+            r.body
+        );
+    }
+    let r = h.delete(&format!("/v1/team/members/{cid}"), &pkey).await;
+    r.expect(204);
+    assert!(r.raw.is_empty());
+    h.get("/v1/me", &ckey)
         .await
-        .expect_error(404, "member_not_found");
+        .expect_error(401, "key_unknown");
     h.post("/v1/team/members", &pkey, json!({"email": "c@example.com"}))
         .await
         .expect(201);
@@ -264,6 +279,10 @@ async fn tenants_cannot_see_or_touch_each_other() {
     let h = Harness::new();
     let (a_id, a_key) = h.parent("a@example.com", true).await;
     let (a_child, a_child_key) = h.child(&a_key, "a-kid@example.com").await;
+    let (a_gone, _) = h.child(&a_key, "a-gone@example.com").await;
+    h.delete(&format!("/v1/team/members/{a_gone}"), &a_key)
+        .await
+        .expect(204);
     let (b_id, b_key) = h.parent("b@example.com", true).await;
     let (b_child, _) = h.child(&b_key, "b-kid@example.com").await;
 
@@ -279,8 +298,10 @@ async fn tenants_cannot_see_or_touch_each_other() {
 
     // Every id that is not B's own child gets the very same answer.
     let mut bodies = Vec::new();
+    // (Another tenant's deleted child too: a conflict would tell B it exists.)
     for id in [
         a_child.as_str(),
+        a_gone.as_str(),
         a_id.as_str(),
         b_id.as_str(),
         "acc_doesnotexist0000",
@@ -309,4 +330,54 @@ async fn tenants_cannot_see_or_touch_each_other() {
         .map(|m| m["account_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [b_id.as_str(), b_child.as_str()]);
+}
+
+#[tokio::test]
+async fn emails_are_case_insensitive_beyond_ascii() {
+    let h = Harness::new();
+    let (_, pkey) = h.parent("p@example.com", true).await;
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "ÜNÏ@exämple.com"}),
+    )
+    .await
+    .expect(201);
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "ünï@EXÄMPLE.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    // The operator's parents share the one index.
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "ünï@exämple.COM"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "ŒUVRE@Exämple.com"}),
+    )
+    .await
+    .expect(201);
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "œuvre@exÄmple.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    // Different letters stay different addresses.
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "uni@example.com"}),
+    )
+    .await
+    .expect(201);
 }

@@ -97,7 +97,7 @@ async fn team_usage_rolls_up_members_and_keeps_the_deleted() {
         .await;
     h.record(&c2, &pid, "reverse-whois", "drs", "2026-12-03", 5, 60)
         .await;
-    // Outside the range: counted in the pool's all-time use, not in the range's totals.
+    // Outside the range: neither in the range's totals nor in its pools.
     h.record(&c1, &pid, "whois", "whois", "2026-10-01", 1, 1)
         .await;
 
@@ -142,13 +142,79 @@ async fn team_usage_rolls_up_members_and_keeps_the_deleted() {
     assert_eq!(b["total"]["credits"], sum("credits"));
     assert_eq!(b["total"], json!({"requests": 365, "credits": 1170}));
 
+    // The range's credits per pool (parent and deleted member included): they add up to the total.
     assert_eq!(
         b["pools"],
         json!({
-            "whois": {"included": 1000, "used": 1111, "overage": 111},
+            "whois": {"included": 1000, "used": 1110, "overage": 110},
             "drs": {"included": 50, "used": 60, "overage": 10}
         })
     );
+}
+
+#[tokio::test]
+async fn team_pools_count_the_range_only() {
+    let h = Harness::new();
+    let (pid, pkey) = h.parent("p@example.com", true).await;
+    let (c1, _) = h.child(&pkey, "one@example.com").await;
+    let (c2, _) = h.child(&pkey, "two@example.com").await;
+    // Day one: 1200 whois credits (over the 1000 included) and 30 drs.
+    h.record(&c1, &pid, "whois", "whois", "2026-12-01", 100, 900)
+        .await;
+    h.record(&pid, &pid, "whois", "whois", "2026-12-01", 3, 300)
+        .await;
+    h.record(&c2, &pid, "reverse-whois", "drs", "2026-12-01", 3, 30)
+        .await;
+    // Day two: 710 whois credits, as in SPEC's example.
+    h.record(&c1, &pid, "whois", "whois", "2026-12-02", 300, 700)
+        .await;
+    h.record(&pid, &pid, "whois", "whois", "2026-12-02", 10, 10)
+        .await;
+    h.delete(&format!("/v1/team/members/{c2}"), &pkey)
+        .await
+        .expect(204);
+
+    let day_two = h
+        .get("/v1/team/usage?from=2026-12-02&to=2026-12-02", &pkey)
+        .await;
+    let b = day_two.expect(200);
+    assert_eq!(b["total"], json!({"requests": 310, "credits": 710}));
+    assert_eq!(
+        b["pools"],
+        json!({
+            "whois": {"included": 1000, "used": 710, "overage": 0},
+            "drs": {"included": 50, "used": 0, "overage": 0}
+        })
+    );
+
+    let day_one = h
+        .get("/v1/team/usage?from=2026-12-01&to=2026-12-01", &pkey)
+        .await;
+    assert_eq!(
+        day_one.expect(200)["pools"],
+        json!({
+            "whois": {"included": 1000, "used": 1200, "overage": 200},
+            "drs": {"included": 50, "used": 30, "overage": 0}
+        })
+    );
+
+    let both = h
+        .get("/v1/team/usage?from=2026-12-01&to=2026-12-02", &pkey)
+        .await;
+    assert_eq!(
+        both.expect(200)["pools"]["whois"],
+        json!({"included": 1000, "used": 1910, "overage": 910})
+    );
+    // GET /v1/subscriptions still shows the all-time use.
+    let subs = h.get("/v1/subscriptions", &pkey).await;
+    let whois = subs.expect(200)["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == "whois")
+        .unwrap()
+        .clone();
+    assert_eq!(whois["used"], 1910);
 }
 
 #[tokio::test]

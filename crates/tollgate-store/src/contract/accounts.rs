@@ -1,7 +1,7 @@
 //! Contract checks for parents and accounts: creation and reads, emails, statuses, key rotation,
 //! children, subscriptions and the operator's parent settings.
 
-use tollgate_core::{Limit, LimitOverrides, Overage, Role, Status};
+use tollgate_core::{Limit, LimitOverride, LimitOverrides, Overage, Role, Status};
 
 use super::{
     account_of, assert_err, fresh_email, fresh_id, fresh_key, id_by_key, make_child, make_invite,
@@ -22,7 +22,7 @@ pub async fn parent_create_and_read(store: &dyn Store) {
     const CHECK: &str = "parent_create_and_read";
     let key = fresh_key();
     let mut wanted = parent_account(&fresh_email());
-    wanted.limits.child = Some(Limit { rps: 7, burst: 9 });
+    wanted.limits.child = Some(Limit { rps: 7, burst: 9 }.into());
     let created = store
         .create_parent(NewParent {
             account: wanted.clone(),
@@ -111,6 +111,22 @@ pub async fn parent_email_taken_case_insensitive(store: &dyn Store) {
             "{CHECK}: the refused parent's key resolves"
         );
     }
+    // Case-insensitive beyond ASCII too.
+    let tag = fresh_id();
+    make_parent(store, &format!("ÜNÏ.{tag}@exämple.com")).await;
+    let account = parent_account(&format!("ünï.{tag}@EXÄMPLE.com"));
+    let res = store
+        .create_parent(NewParent {
+            account,
+            key_hash: fresh_key(),
+            subscriptions: Vec::new(),
+        })
+        .await;
+    assert_err!(
+        res,
+        StoreError::EmailTaken,
+        "{CHECK}: a parent whose email differs only in non-ASCII case"
+    );
 }
 
 pub async fn status_lifecycle(store: &dyn Store) {
@@ -165,13 +181,32 @@ pub async fn status_lifecycle(store: &dyn Store) {
         None,
         "{CHECK}: a deleted account's key still resolves"
     );
-    for status in [Status::Active, Status::Disabled, Status::Deleted] {
+    // Deleted is permanent: enabling or disabling is a conflict, deleting again a no-op.
+    for status in [Status::Active, Status::Disabled] {
         assert_err!(
             store.set_status(&child.id, status).await,
-            StoreError::NotFound(_),
+            StoreError::Conflict(_),
             "{CHECK}: set_status({status:?}) on a deleted account"
         );
     }
+    assert_eq!(
+        store
+            .set_status(&child.id, Status::Deleted)
+            .await
+            .map(|a| a.status),
+        Ok(Status::Deleted),
+        "{CHECK}: deleting a deleted account is a no-op"
+    );
+    assert_eq!(
+        account_of(store, &child.id).await.map(|a| a.status),
+        Some(Status::Deleted),
+        "{CHECK}: a deleted account after refused status changes"
+    );
+    assert_eq!(
+        id_by_key(store, &key).await,
+        None,
+        "{CHECK}: a deleted account's key resolves after refused status changes"
+    );
     assert_err!(
         store.rotate_key(&child.id, fresh_key()).await,
         StoreError::NotFound(_),
@@ -208,7 +243,7 @@ pub async fn status_lifecycle(store: &dyn Store) {
     );
     assert_err!(
         store.set_status(&parent.id, Status::Active).await,
-        StoreError::NotFound(_),
+        StoreError::Conflict(_),
         "{CHECK}: enabling a deleted parent"
     );
 }
@@ -386,12 +421,19 @@ pub async fn update_parent_team_and_limits(store: &dyn Store) {
         on.team && on.limits.is_empty(),
         "{CHECK}: switching team on: {on:?}"
     );
+    // A partial override (burst only) is kept as such: rps follows the configured default.
     let limits = LimitOverrides {
-        parent: Some(Limit {
-            rps: 500,
-            burst: 1000,
+        parent: Some(
+            Limit {
+                rps: 500,
+                burst: 1000,
+            }
+            .into(),
+        ),
+        child: Some(LimitOverride {
+            rps: None,
+            burst: Some(40),
         }),
-        child: Some(Limit { rps: 20, burst: 40 }),
     };
     let limited = store
         .update_parent(&parent.id, None, Some(limits))

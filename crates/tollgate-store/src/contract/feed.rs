@@ -97,12 +97,31 @@ pub async fn feed_events_for_every_write(store: &dyn Store) {
 
     store.set_status(&c, Status::Deleted).await.unwrap();
     expected.extend([Change::Account(c.clone()), Change::KeyRemoved(rotated)]);
-    store.set_status(&p, Status::Deleted).await.unwrap();
-    expected.extend([Change::Account(p.clone()), Change::KeyRemoved(parent_key)]);
 
-    let keys: [KeyHash; 3] = [parent_key, child_key, rotated];
+    // Deleting the parent deletes its live child too (the one deleted before is not repeated).
+    let (second, token) = make_invite(store, &p, &fresh_email(), EXPIRES).await;
+    let c2 = second.id.clone();
+    let second_key = fresh_key();
+    store
+        .accept_invitation(&token, second_key, NOW)
+        .await
+        .unwrap();
+    expected.extend([
+        Change::Account(c2.clone()),
+        Change::Account(c2.clone()),
+        Change::KeyAdded(second_key),
+    ]);
+    store.set_status(&p, Status::Deleted).await.unwrap();
+    expected.extend([
+        Change::Account(p.clone()),
+        Change::KeyRemoved(parent_key),
+        Change::Account(c2.clone()),
+        Change::KeyRemoved(second_key),
+    ]);
+
+    let keys: [KeyHash; 4] = [parent_key, child_key, rotated, second_key];
     let ours = |change: &Change| match change {
-        Change::Account(id) | Change::Subscriptions(id) => *id == p || *id == c,
+        Change::Account(id) | Change::Subscriptions(id) => *id == p || *id == c || *id == c2,
         Change::KeyAdded(k) | Change::KeyRemoved(k) => keys.contains(k),
     };
     let (got, cursor) = collect(

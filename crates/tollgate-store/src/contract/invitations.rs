@@ -264,3 +264,89 @@ pub async fn invitation_of_deleted_child(store: &dyn Store) {
         "{CHECK}: the child came back"
     );
 }
+
+/// Deleting a parent deletes its children at once: keys stop, emails are freed, pending
+/// invitations are void. A disabled parent's invitation may still be accepted.
+pub async fn deleting_a_parent_deletes_its_children(store: &dyn Store) {
+    const CHECK: &str = "deleting_a_parent_deletes_its_children";
+    let (parent, parent_key) = make_parent(store, &fresh_email()).await;
+    let active_email = fresh_email();
+    let (active, active_key) = make_child_with_email(store, &parent.id, &active_email).await;
+    let (disabled, disabled_key) = make_child(store, &parent.id).await;
+    store
+        .set_status(&disabled.id, Status::Disabled)
+        .await
+        .unwrap();
+    let (gone, _) = make_child(store, &parent.id).await;
+    store.set_status(&gone.id, Status::Deleted).await.unwrap();
+    let invited_email = fresh_email();
+    let (invited, token) = make_invite(store, &parent.id, &invited_email, EXPIRES).await;
+
+    let deleted = store.set_status(&parent.id, Status::Deleted).await.unwrap();
+    assert_eq!(deleted.status, Status::Deleted, "{CHECK}: delete");
+    let statuses: Vec<(String, Status)> = store
+        .children(&parent.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.id, c.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [&active, &disabled, &gone, &invited]
+            .map(|c| (c.id.clone(), Status::Deleted))
+            .to_vec(),
+        "{CHECK}: the children after their parent was deleted"
+    );
+    for (who, key) in [
+        ("parent", parent_key),
+        ("active child", active_key),
+        ("disabled child", disabled_key),
+    ] {
+        assert_eq!(
+            id_by_key(store, &key).await,
+            None,
+            "{CHECK}: the {who}'s key still resolves"
+        );
+    }
+    let key = fresh_key();
+    assert_err!(
+        store.accept_invitation(&token, key, NOW).await,
+        StoreError::InvitationUnknown,
+        "{CHECK}: accepting an invitation of a deleted parent"
+    );
+    assert_eq!(
+        id_by_key(store, &key).await,
+        None,
+        "{CHECK}: the refused key resolves"
+    );
+    // The emails are free for anyone.
+    let (other, _) = make_parent(store, &fresh_email()).await;
+    make_child_with_email(store, &other.id, &active_email.to_uppercase()).await;
+    make_parent(store, &invited_email.to_lowercase()).await;
+
+    // Disabling is reversible: the invitation stays good.
+    let (paused, _) = make_parent(store, &fresh_email()).await;
+    let (child, token) = make_invite(store, &paused.id, &fresh_email(), EXPIRES).await;
+    store
+        .set_status(&paused.id, Status::Disabled)
+        .await
+        .unwrap();
+    let key = fresh_key();
+    let accepted = store.accept_invitation(&token, key, NOW).await;
+    assert_eq!(
+        accepted.map(|a| (a.id, a.status)),
+        Ok((child.id.clone(), Status::Active)),
+        "{CHECK}: accepting an invitation of a disabled parent"
+    );
+    assert_eq!(
+        id_by_key(store, &key).await,
+        Some(child.id),
+        "{CHECK}: the key of a disabled parent's new child"
+    );
+    assert_eq!(
+        account_of(store, &paused.id).await.map(|a| a.status),
+        Some(Status::Disabled),
+        "{CHECK}: the parent stays disabled"
+    );
+}

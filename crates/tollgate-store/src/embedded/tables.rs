@@ -10,7 +10,7 @@ use redb::{
 };
 use tollgate_core::{normalize_email, Account, KeyHash, Role, Status, Subscription};
 
-use crate::{StoreError, StoreResult};
+use crate::{Change, StoreError, StoreResult};
 
 pub(super) type Str = &'static str;
 pub(super) type Hash = &'static [u8; 32];
@@ -330,6 +330,47 @@ impl<'t> Tree<'t> {
             self.keys.remove(&old.0).ctx("remove key")?;
         }
         Ok(old)
+    }
+
+    /// The ids of a parent's children, in creation order.
+    pub(super) fn child_ids(&self, parent_id: &str) -> StoreResult<Vec<String>> {
+        let mut ids = Vec::new();
+        for item in self
+            .children
+            .range((parent_id, 0u64)..)
+            .ctx("scan children")?
+        {
+            let (k, v) = item.ctx("scan children")?;
+            if k.value().0 != parent_id {
+                break;
+            }
+            ids.push(v.value().to_owned());
+        }
+        Ok(ids)
+    }
+
+    /// Marks a live account deleted: its record, its key unmapped, its email freed (if the index
+    /// still names it). Returns the changes.
+    pub(super) fn delete(&mut self, account: &mut Account) -> StoreResult<Vec<Change>> {
+        account.status = Status::Deleted;
+        put_account(&mut self.accounts, account)?;
+        let id = account.id.as_str();
+        let mut changes = vec![Change::Account(id.to_owned())];
+        let email = normalize_email(&account.email);
+        let ours = self
+            .emails
+            .get(email.as_str())
+            .ctx("read email index")?
+            .is_some_and(|g| g.value() == id);
+        if ours {
+            self.emails
+                .remove(email.as_str())
+                .ctx("remove email index")?;
+        }
+        if let Some(old) = self.remove_key(id)? {
+            changes.push(Change::KeyRemoved(old));
+        }
+        Ok(changes)
     }
 
     pub(super) fn next_child_seq(&mut self) -> StoreResult<u64> {

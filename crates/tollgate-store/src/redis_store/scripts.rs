@@ -46,6 +46,31 @@ end
 return {'ok', old}
 ";
 
+/// Deletes a parent and its children in one step, if the parent, its list of children and each
+/// live child are still as the caller read them: every record set to its deleted JSON and every
+/// key unmapped. KEYS: parent account, keyof, children, then each live child's account.
+/// ARGV: parent JSON as read, parent JSON deleted, parent id, length of the children list as
+/// read, then per live child (in KEYS order): id, JSON as read, JSON deleted.
+/// Returns {status, {the parent's key hex before, then each live child's}} (false: no key).
+const DELETE_TENANT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', {}} end
+if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {'stale', {}} end
+local n = #KEYS - 3
+for i = 1, n do
+  if redis.call('GET', KEYS[3 + i]) ~= ARGV[3 * i + 3] then return {'stale', {}} end
+end
+redis.call('SET', KEYS[1], ARGV[2])
+local old = {redis.call('HGET', KEYS[2], ARGV[3])}
+redis.call('HDEL', KEYS[2], ARGV[3])
+for i = 1, n do
+  local id = ARGV[3 * i + 2]
+  redis.call('SET', KEYS[3 + i], ARGV[3 * i + 4])
+  old[i + 1] = redis.call('HGET', KEYS[2], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return {'ok', old}
+";
+
 /// Sets a subscription of a parent that is still as the caller read it.
 /// KEYS: parent account, subs. ARGV: parent JSON as read, pool, subscription JSON.
 const PUT_SUBSCRIPTION: &str = r"
@@ -186,6 +211,7 @@ pub(super) struct Scripts {
     pub(super) create_parent: Script,
     pub(super) invite: Script,
     pub(super) update_account: Script,
+    pub(super) delete_tenant: Script,
     pub(super) put_subscription: Script,
     pub(super) resolve_key: Script,
     pub(super) record_usage_group: Script,
@@ -202,6 +228,7 @@ impl Scripts {
             create_parent: Script::new(CREATE_PARENT),
             invite: Script::new(INVITE),
             update_account: Script::new(UPDATE_ACCOUNT),
+            delete_tenant: Script::new(DELETE_TENANT),
             put_subscription: Script::new(PUT_SUBSCRIPTION),
             resolve_key: Script::new(RESOLVE_KEY),
             record_usage_group: Script::new(RECORD_USAGE_GROUP),

@@ -124,6 +124,19 @@ impl Inner {
 
     pub(super) async fn children(&self, parent_id: &str) -> StoreResult<Vec<Account>> {
         let tk = self.keys.tenant(parent_id);
+        Ok(self
+            .stored_children(&tk)
+            .await?
+            .into_iter()
+            .map(|(_, account)| account)
+            .collect())
+    }
+
+    /// A tenant's children in creation order, each with its JSON as stored.
+    pub(super) async fn stored_children(
+        &self,
+        tk: &TenantKeys,
+    ) -> StoreResult<Vec<(String, Account)>> {
         let ids: Vec<String> = self
             .conn()
             .lrange(tk.children(), 0, -1)
@@ -144,7 +157,8 @@ impl Inner {
                 let raw = raw.ok_or_else(|| {
                     StoreError::Internal(format!("redis store: child `{id}` has no record"))
                 })?;
-                from_json(&raw, "child account")
+                let account = from_json(&raw, "child account")?;
+                Ok((raw, account))
             })
             .collect()
     }

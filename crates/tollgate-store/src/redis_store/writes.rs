@@ -26,6 +26,11 @@ enum KeyOp<'a> {
     Remove,
 }
 
+fn key_from_hex(hex: &str) -> StoreResult<KeyHash> {
+    KeyHash::from_hex(hex)
+        .ok_or_else(|| StoreError::Internal("redis store: a stored key hash is not hex".into()))
+}
+
 fn too_busy(id: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "redis store: account `{id}` kept changing; try again"
@@ -67,13 +72,62 @@ impl Inner {
         if status != "ok" {
             return Ok(None);
         }
-        let old = match old {
-            Some(hex) => Some(KeyHash::from_hex(&hex).ok_or_else(|| {
-                StoreError::Internal("redis store: a stored key hash is not hex".into())
-            })?),
-            None => None,
-        };
-        Ok(Some(old))
+        Ok(Some(old.as_deref().map(key_from_hex).transpose()?))
+    }
+
+    /// Deletes a parent and, in the same script, all its children (see `DELETE_TENANT`); then
+    /// tidies the global indexes as a single deletion does. `Ok(false)` if the parent, its list
+    /// of children or a live child changed since they were read.
+    async fn delete_tenant(&self, s: &Stored, deleted: &Account) -> StoreResult<bool> {
+        let children = self.stored_children(&s.tk).await?;
+        let id = &s.account.id;
+        let mut script = self.scripts.delete_tenant.key(s.tk.account(id));
+        script
+            .key(s.tk.key_of())
+            .key(s.tk.children())
+            .arg(&s.raw)
+            .arg(to_json(deleted, "account")?)
+            .arg(id)
+            .arg(children.len());
+        let mut gone = vec![deleted.clone()];
+        for (raw, child) in children {
+            if child.status == Status::Deleted {
+                continue;
+            }
+            let mut d = child;
+            d.status = Status::Deleted;
+            script
+                .key(s.tk.account(&d.id))
+                .arg(&d.id)
+                .arg(raw)
+                .arg(to_json(&d, "account")?);
+            gone.push(d);
+        }
+        let (status, old_keys): (String, Vec<Option<String>>) = script
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(store_err)?;
+        if status != "ok" {
+            return Ok(false);
+        }
+        // The tenant no longer maps any of the keys; pointers and emails are tidied up after.
+        let mut changes = Vec::with_capacity(gone.len() * 2);
+        let mut old_keys = old_keys.into_iter();
+        for account in &gone {
+            changes.push(Change::Account(account.id.clone()));
+            if let Some(hex) = old_keys.next().flatten() {
+                let old = key_from_hex(&hex)?;
+                let owner = KeyOwner {
+                    tenant: s.tenant.clone(),
+                    account: account.id.clone(),
+                };
+                self.drop_key_pointer(&old, &owner).await?;
+                changes.push(Change::KeyRemoved(old));
+            }
+            self.free_email(&account.email, &account.id).await?;
+        }
+        self.append_feed(&changes).await?;
+        Ok(true)
     }
 
     pub(super) async fn create_parent(&self, new: NewParent) -> StoreResult<Account> {
@@ -331,6 +385,16 @@ impl Inner {
         if !invited(&child) {
             return Err(StoreError::InvitationUnknown);
         }
+        // Void once the parent is deleted (deleting a parent deletes its invited children in the
+        // same script, so this only matters for parents deleted before that). A disabled parent's
+        // invitation may still be accepted: the edge refuses the key until it is enabled.
+        if !self
+            .account(&record.tenant)
+            .await?
+            .is_some_and(|p| p.status != Status::Deleted)
+        {
+            return Err(StoreError::InvitationUnknown);
+        }
         let owner = KeyOwner {
             tenant: record.tenant.clone(),
             account: record.child.clone(),
@@ -366,11 +430,15 @@ impl Inner {
 
     pub(super) async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account> {
         for _ in 0..CAS_ROUNDS {
-            let s = self.live(id).await?;
+            let s = self
+                .stored(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
             if s.account.status == status {
                 return Ok(s.account);
             }
             match (s.account.status, status) {
+                (Status::Deleted, _) => return Err(StoreError::deleted(id)),
                 (_, Status::Invited) => {
                     return Err(StoreError::Conflict(
                         "an account cannot go back to invited".into(),
@@ -386,6 +454,13 @@ impl Inner {
             let mut account = s.account.clone();
             account.status = status;
             let deleting = status == Status::Deleted;
+            if deleting && account.role == Role::Parent {
+                // Its children go with it, in one script on the tenant's slot.
+                if self.delete_tenant(&s, &account).await? {
+                    return Ok(account);
+                }
+                continue;
+            }
             let key_op = if deleting { KeyOp::Remove } else { KeyOp::Keep };
             let Some(old_key) = self.update_account(&s, &account, key_op).await? else {
                 continue;
