@@ -263,10 +263,17 @@ async fn create_parent(state: &ApiState, body: &Bytes) -> Result<Response<Bytes>
     ))
 }
 
-/// A live parent, or `account_not_found`.
+/// A live parent; `conflict` for a deleted one (which `GET` still shows), else
+/// `account_not_found`.
 async fn live_parent(state: &ApiState, id: &str) -> Result<Account, ApiError> {
     match state.store.account(id).await.map_err(not_found)? {
-        Some(a) if a.role == Role::Parent && a.status != Status::Deleted => Ok(a),
+        Some(a) if a.role == Role::Parent && a.status == Status::Deleted => {
+            Err(ApiError::Conflict(format!(
+                "account `{id}` is deleted, which is permanent: its team, limits and \
+                 subscriptions can no longer change"
+            )))
+        }
+        Some(a) if a.role == Role::Parent => Ok(a),
         _ => Err(ApiError::AccountNotFound),
     }
 }

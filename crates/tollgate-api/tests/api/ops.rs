@@ -555,6 +555,27 @@ async fn deleting_a_parent_deletes_its_team() {
     assert_eq!(children.len(), 2);
     assert!(children.iter().all(|c| c["status"] == "deleted"), "{a:?}");
     assert_eq!(children[0]["id"], cid.as_str());
+    // A deleted parent's settings are as final as its status: conflict, not "not found", as GET
+    // still shows it.
+    for (method, path, body) in [
+        (
+            Method::PATCH,
+            format!("/admin/v1/parents/{pid}"),
+            json!({"team": false}),
+        ),
+        (
+            Method::PUT,
+            format!("/admin/v1/parents/{pid}/subscriptions/whois"),
+            json!({"credits": 5}),
+        ),
+    ] {
+        let r = h.op(method, &path, body).await;
+        r.expect_error(409, "conflict");
+        assert!(r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deleted, which is permanent"));
+    }
     // Their emails are free for another tenant.
     let (_, qkey) = h.parent("q@example.com", true).await;
     for email in ["C@example.com", "b@example.com"] {
