@@ -200,8 +200,15 @@ pub fn route<H: Copy>(
                 params,
             });
         }
-        if !allow.contains(&row.verb.as_str()) {
-            allow.push(row.verb.as_str());
+        // HEAD is served wherever GET is (see `Verb::matches`), so it is allowed there too.
+        let verbs: &[&'static str] = match row.verb {
+            Verb::Get => &["GET", "HEAD"],
+            v => &[v.as_str()],
+        };
+        for v in verbs {
+            if !allow.contains(v) {
+                allow.push(v);
+            }
         }
     }
     if allow.is_empty() {
@@ -288,7 +295,7 @@ mod tests {
         assert_eq!(
             route(ACCOUNT_ROUTES, &Method::DELETE, "/v1/team/members").unwrap_err(),
             ApiError::MethodNotAllowed {
-                allow: "GET, POST".into()
+                allow: "GET, HEAD, POST".into()
             }
         );
         assert_eq!(

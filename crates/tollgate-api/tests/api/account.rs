@@ -233,7 +233,7 @@ async fn unknown_paths_and_methods() {
     h.get("/", &key).await.expect_error(404, "not_found");
     let r = h.delete("/v1/me", &key).await;
     r.expect_error(405, "method_not_allowed");
-    assert_eq!(r.headers["allow"], "GET");
+    assert_eq!(r.headers["allow"], "GET, HEAD");
     let r = h
         .call(
             Method::PUT,
@@ -243,7 +243,7 @@ async fn unknown_paths_and_methods() {
         )
         .await;
     r.expect_error(405, "method_not_allowed");
-    assert_eq!(r.headers["allow"], "GET, POST");
+    assert_eq!(r.headers["allow"], "GET, HEAD, POST");
     // Routing is judged before the key: an unknown path needs none.
     h.call(Method::GET, "/v2", Key::None, Bytes::new())
         .await

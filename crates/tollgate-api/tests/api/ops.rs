@@ -467,7 +467,7 @@ async fn accounts_lifecycle_by_operator() {
     }
     let r = h.op(Method::PUT, "/admin/v1/accounts/x", Value::Null).await;
     r.expect_error(405, "method_not_allowed");
-    assert_eq!(r.headers["allow"], "GET, DELETE");
+    assert_eq!(r.headers["allow"], "GET, HEAD, DELETE");
 }
 
 #[tokio::test]
