@@ -38,7 +38,7 @@ const E403_PARENT: &str =
     "`key_disabled`, `parent_disabled`, or `permission_denied`: only a parent may call this.";
 const E413: &str = "`payload_too_large`: the body is over 64 KiB.";
 const E503: &str = "`store_unavailable`: the key store cannot be reached; retry shortly.";
-const E400_RANGE: &str = "`invalid_request`: a date is not YYYY-MM-DD, `from` is after `to`, or the range is over 366 days.";
+const E400_RANGE: &str = "`invalid_request`: a date is not a calendar date written YYYY-MM-DD.";
 const E404_MEMBER: &str = "`member_not_found`: no member of the caller's team has this id.";
 const E409_STATE: &str = "`conflict`: the member has not accepted its invitation yet (no key to enable or disable), or it is deleted, which is permanent.";
 
@@ -232,7 +232,7 @@ fn build() -> Value {
                 },
                 "To": {
                     "name": "to", "in": "query", "required": false,
-                    "description": "Last UTC day, inclusive. Default: today. At most 366 days after `from`, counting both.",
+                    "description": "Last UTC day, inclusive. Default: today. A `to` before `from` makes an empty range (zero totals, no rows).",
                     "schema": {"type": "string", "format": "date", "example": "2026-12-04"}
                 },
                 "MemberId": {
