@@ -6,7 +6,6 @@
 //! applies the changes it caused to that cache before it answers.
 
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
 use http::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tollgate_core::{
@@ -16,9 +15,7 @@ use tollgate_core::{
 use tollgate_store::cache::AccountState;
 use tollgate_store::{CacheLookup, Change, NewInvitation, Principal};
 
-use crate::respond::{
-    error, finish, json, json_object, no_content, query_param, Fields, MAX_BODY_BYTES,
-};
+use crate::respond::{error, finish, json, json_object, no_content, Fields, MAX_BODY_BYTES};
 use crate::router::{route, AccountHandler, Matched, ACCOUNT_ROUTES};
 use crate::usage::{parse_range, team_body, usage_body};
 use crate::{openapi, ApiError, ApiState};
@@ -120,32 +117,8 @@ impl Caller {
     }
 }
 
-/// The caller's key from `x-api-key`, `Authorization: Bearer` or the `apiKey` query parameter: the
-/// first of them that holds one (an empty value holds none, as at the edge).
-fn presented_key(req: &Request<Bytes>) -> Result<Option<Vec<u8>>, ApiError> {
-    if let Some(v) = req.headers().get("x-api-key") {
-        let v = v.as_bytes().trim_ascii();
-        if !v.is_empty() {
-            return Ok(Some(v.to_vec()));
-        }
-    }
-    if let Some(v) = req.headers().get(AUTHORIZATION) {
-        let v = v.as_bytes().trim_ascii();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
-            let key = v[7..].trim_ascii();
-            if !key.is_empty() {
-                return Ok(Some(key.to_vec()));
-            }
-        }
-    }
-    Ok(query_param(req.uri().query(), "apiKey")
-        .map_err(|_| ApiError::Deny(DenyReason::KeyUnknown))?
-        .filter(|k| !k.is_empty())
-        .map(String::into_bytes))
-}
-
 async fn authenticate(state: &ApiState, req: &Request<Bytes>) -> Result<Caller, ApiError> {
-    let key = presented_key(req)?.ok_or(ApiError::Deny(DenyReason::KeyMissing))?;
+    let key = state.key_sources.find(req)?;
     // The shape check comes first: a random string costs neither a hash nor a store round trip.
     if !is_well_formed_key(&key) {
         return Err(ApiError::Deny(DenyReason::KeyUnknown));

@@ -13,6 +13,9 @@ pub enum ApiError {
     /// The same refusals as the data plane (key missing, unknown, disabled, store unavailable...).
     #[error("{}", .0.message())]
     Deny(DenyReason),
+    /// No key in any configured source (`key_missing`); the message names the sources in force.
+    #[error("{0}")]
+    KeyMissing(std::sync::Arc<str>),
     /// The request is malformed; the message says which part and why.
     #[error("{0}")]
     InvalidRequest(String),
@@ -58,7 +61,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TeamNotEnabled => StatusCode::FORBIDDEN,
             ApiError::EmailTaken | ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::KeyMissing(_) => StatusCode::UNAUTHORIZED,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,6 +69,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Deny(reason) => reason.code(),
+            ApiError::KeyMissing(_) => DenyReason::KeyMissing.code(),
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::NotFound => "not_found",

@@ -8,6 +8,7 @@
 
 mod account;
 mod error;
+mod keys;
 pub mod openapi;
 mod ops;
 mod respond;
@@ -25,6 +26,7 @@ use tollgate_store::{Change, KeyCache, Store};
 
 pub use account::account_api;
 pub use error::ApiError;
+pub use keys::KeySources;
 pub use ops::ops_api;
 pub use respond::MAX_BODY_BYTES;
 pub use server::{serve, ApiKind};
@@ -45,6 +47,8 @@ pub struct ApiState {
     /// `TOLLGATE_OPERATOR_TOKEN`; `None` (or empty) refuses every operator call.
     pub operator_token: Option<String>,
     pub invitation_ttl: Duration,
+    /// Where the account API looks for the caller's key (`[keys] sources`, reloadable).
+    pub key_sources: Arc<KeySources>,
     pub clock: Clock,
     /// Set by the binary once the routes are loaded; `/readyz` answers 503 until then.
     pub routes_loaded: Arc<AtomicBool>,
@@ -57,7 +61,8 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// A state with the defaults: no operator token, 7-day invitations, the system clock, routes
+    /// A state with the defaults: no operator token, 7-day invitations, the default key sources,
+    /// the system clock, routes
     /// not yet loaded, not draining, no pool-to-product map.
     pub fn new(store: Arc<dyn Store>, cache: Arc<KeyCache>, metrics: Arc<Metrics>) -> ApiState {
         ApiState {
@@ -66,6 +71,7 @@ impl ApiState {
             metrics,
             operator_token: None,
             invitation_ttl: DEFAULT_INVITATION_TTL,
+            key_sources: Arc::new(KeySources::default()),
             clock: system_clock(),
             routes_loaded: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),

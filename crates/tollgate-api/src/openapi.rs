@@ -131,13 +131,13 @@ fn build() -> Value {
                 },
                 "post": {
                     "operationId": "inviteMember",
-                    "summary": "Invites a child by email: creates it as `invited` and returns its single-use invitation token. Parents with the team feature only.",
+                    "summary": "Invites a child by email: creates it as `invited` and returns its single-use invitation token. An email whose invitation expired unaccepted is free again: inviting one of the caller's own expired invitees gives that member a new token and expiry (same id; the old token is void). Parents with the team feature only.",
                     "tags": ["team"],
                     "requestBody": json_body("NewMember"),
                     "responses": authed(json!({
                         "201": ok("The invited child and its invitation token (shown once).", "Invitation"),
                         "400": err("`invalid_request`: the body is not JSON, or `email` is missing or not an email address."),
-                        "409": err("`email_taken`: an account holds this email already."),
+                        "409": err("`email_taken`: an account holds this email already (an invited member whose invitation is still valid included)."),
                         "413": err(E413)
                     }), "`key_disabled`, `parent_disabled`, `permission_denied` (only a parent may invite), or `team_not_enabled` (the operator has not switched teams on).")
                 }

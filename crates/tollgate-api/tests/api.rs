@@ -8,6 +8,7 @@ mod api {
     pub mod harness;
 
     mod account;
+    mod keys;
     mod ops;
     mod rollup;
     mod socket;

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::model::{Config, Scheme, UpstreamAuthTarget};
+use crate::model::{Config, KeySource, Scheme, UpstreamAuthTarget};
 
 /// Non-fatal notes on `config`, each a line starting with the TOML path it is about.
 pub fn warnings(config: &Config) -> Vec<String> {
@@ -27,6 +27,17 @@ pub(crate) fn warnings_with(
                 ));
             }
         }
+    }
+    if config
+        .keys
+        .sources
+        .iter()
+        .all(|s| matches!(s, KeySource::Json(_)))
+    {
+        out.push(
+            "keys.sources: only json: sources: the account API, which never reads a key from a              body, accepts no key; add a header, bearer or query source"
+                .to_owned(),
+        );
     }
     if config.keys.forward {
         out.push(
@@ -121,6 +132,20 @@ upstream_auth = { header = "x-api-key", env = "EMPTY_KEY" }
         assert_eq!(
             warnings_with(&config, &env, &|p| p == Path::new("k.pem")),
             vec!["proxy.tls.cert: /nowhere/c.pem does not exist here; the gateway will not start without it"]
+        );
+    }
+
+    #[test]
+    fn json_sources_alone_leave_the_account_api_without_a_key() {
+        let config = ok(&format!(
+            "[keys]\nsources = [\"json:apiKey\"]\n{}",
+            crate::tests::ROUTE
+        ));
+        let w = warnings_with(&config, &env, &|_| true);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("keys.sources: only json: sources"),
+            "{w:?}"
         );
     }
 

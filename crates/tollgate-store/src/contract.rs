@@ -11,6 +11,8 @@
 //!   it is a `Conflict`, deleting it again a no-op;
 //! - enabling or disabling an `Invited` child is a `Conflict` (it has no key to enable);
 //! - `accept_invitation` at `now == expires_at` is already too late;
+//! - an invited child whose invitation expired holds its email no longer: its parent re-inviting
+//!   it keeps the member (new token, the old one void), anyone else taking the email deletes it;
 //! - `usage` rows are sorted by account id (whatever order the ids were given in), then day,
 //!   product and pool;
 //! - `read_feed` with a zero `wait` returns at once; an unparseable cursor is `FeedTrimmed`.
@@ -40,8 +42,9 @@ pub use accounts::{
 pub use credits::credit_leases;
 pub use feed::{feed_events_for_every_write, feed_rejects_bogus_cursor, feed_wakes_waiting_reader};
 pub use invitations::{
-    deleting_a_parent_deletes_its_children, email_freed_after_delete, invitation_accept_single_use,
-    invitation_expiry, invitation_of_deleted_child, invite_email_taken, invite_needs_live_parent,
+    deleting_a_parent_deletes_its_children, email_freed_after_delete,
+    expired_invitation_frees_email, invitation_accept_single_use, invitation_expiry,
+    invitation_of_deleted_child, invite_email_taken, invite_needs_live_parent,
 };
 pub use usage::{
     pool_usage_rolls_up_children, record_usage_exact_and_idempotent, usage_range_filtering,
@@ -63,6 +66,7 @@ pub async fn run_all(store: &dyn Store) {
     invitation_accept_single_use(store).await;
     invitation_expiry(store).await;
     invitation_of_deleted_child(store).await;
+    expired_invitation_frees_email(store).await;
     deleting_a_parent_deletes_its_children(store).await;
     status_lifecycle(store).await;
     rotate_key_replaces_key(store).await;

@@ -17,6 +17,7 @@
 //! | `account_keys` | account id | its current key hash |
 //! | `emails` | [`normalize_email`](tollgate_core::normalize_email)ed email | account id, live accounts only: deleting frees it |
 //! | `invitations` | token hash | (child id, expires_at unix seconds); removed on accept |
+//! | `child_invitations` | child id | (token hash, expires_at): the child's one current invitation |
 //! | `children` | (parent id, creation sequence) | child id, so a range scan is creation order |
 //! | `subscriptions` | (parent id, pool) | the [`Subscription`] as JSON, so a scan is sorted by pool |
 //! | `usage_v2` | (account id, day, product, pool) | (requests, credits) |
@@ -33,6 +34,7 @@
 //! slices (a graceful shutdown releases them), never more than it was granted.
 
 mod feed;
+mod invitations;
 mod tables;
 
 use std::path::{Path, PathBuf};
@@ -284,7 +286,7 @@ impl Inner {
             ));
         }
         self.write_tree(|t| {
-            let email = t.check_email_free(&account.email)?;
+            let (email, mut changes) = t.claim_email(&account.email, account.created_at)?;
             t.check_new_account(&account.id)?;
             t.check_key_free(&key_hash)?;
             put_account(&mut t.accounts, &account)?;
@@ -295,10 +297,8 @@ impl Inner {
             for sub in &subscriptions {
                 put_subscription(&mut t.subscriptions, &account.id, sub)?;
             }
-            let changes = vec![
-                Change::Account(account.id.clone()),
-                Change::KeyAdded(key_hash),
-            ];
+            changes.push(Change::Account(account.id.clone()));
+            changes.push(Change::KeyAdded(key_hash));
             Ok((account, changes))
         })
     }
@@ -327,92 +327,6 @@ impl Inner {
             t.live_parent(parent_id)?;
             put_subscription(&mut t.subscriptions, parent_id, sub)?;
             Ok(((), vec![Change::Subscriptions(parent_id.to_owned())]))
-        })
-    }
-
-    fn invite(&self, new: NewInvitation) -> StoreResult<Account> {
-        let NewInvitation {
-            child,
-            token_hash,
-            expires_at,
-        } = new;
-        let parent_id = match (&child.parent_id, child.role, child.status) {
-            (Some(p), Role::Child, Status::Invited) => p.clone(),
-            _ => {
-                return Err(StoreError::Conflict(
-                    "an invited account must be an invited child with a parent".into(),
-                ))
-            }
-        };
-        self.write_tree(|t| {
-            t.live_parent(&parent_id)?;
-            let email = t.check_email_free(&child.email)?;
-            t.check_new_account(&child.id)?;
-            if t.invitations
-                .get(&token_hash.0)
-                .ctx("read invitation")?
-                .is_some()
-            {
-                return Err(StoreError::Conflict(
-                    "the invitation token is in use already".into(),
-                ));
-            }
-            put_account(&mut t.accounts, &child)?;
-            t.emails
-                .insert(email.as_str(), child.id.as_str())
-                .ctx("write email index")?;
-            t.invitations
-                .insert(&token_hash.0, (child.id.as_str(), expires_at))
-                .ctx("write invitation")?;
-            let seq = t.next_child_seq()?;
-            t.children
-                .insert((parent_id.as_str(), seq), child.id.as_str())
-                .ctx("write child")?;
-            let changes = vec![Change::Account(child.id.clone())];
-            Ok((child, changes))
-        })
-    }
-
-    fn accept_invitation(
-        &self,
-        token_hash: &KeyHash,
-        key_hash: KeyHash,
-        now: u64,
-    ) -> StoreResult<Account> {
-        self.write_tree(|t| {
-            let (child_id, expires_at) = t
-                .invitations
-                .get(&token_hash.0)
-                .ctx("read invitation")?
-                .map(|g| {
-                    let (id, exp) = g.value();
-                    (id.to_owned(), exp)
-                })
-                .ok_or(StoreError::InvitationUnknown)?;
-            if now >= expires_at {
-                return Err(StoreError::InvitationUnknown);
-            }
-            let mut child = match get_account(&t.accounts, &child_id)? {
-                Some(c) if c.status == Status::Invited => c,
-                _ => return Err(StoreError::InvitationUnknown),
-            };
-            // Void once its parent is deleted (a disabled parent's may still be accepted: the
-            // edge refuses the key until the parent is enabled).
-            let parent_id = child.parent_id.as_deref().unwrap_or_default();
-            if !get_account(&t.accounts, parent_id)?.is_some_and(|p| p.status != Status::Deleted) {
-                return Err(StoreError::InvitationUnknown);
-            }
-            t.check_key_free(&key_hash)?;
-            child.status = Status::Active;
-            put_account(&mut t.accounts, &child)?;
-            t.set_key(&child_id, &key_hash)?;
-            t.invitations
-                .remove(&token_hash.0)
-                .ctx("remove invitation")?;
-            Ok((
-                child,
-                vec![Change::Account(child_id), Change::KeyAdded(key_hash)],
-            ))
         })
     }
 

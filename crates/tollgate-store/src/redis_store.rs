@@ -18,6 +18,7 @@
 //! | `T:a:<account id>` | string | the [`Account`] as JSON (parent and children; deleted ones stay, status `deleted`) |
 //! | `T:keyof` | hash | account id -> hash of its current key (no field for invited or deleted accounts) |
 //! | `T:children` | list | child ids in creation order |
+//! | `T:inv` | hash | invited child id -> `<token hash hex> <expires_at>`: its one current invitation (removed on accept and when it expires into deletion) |
 //! | `T:subs` | hash | pool -> [`Subscription`] as JSON |
 //! | `T:u:<account id>` | hash | `r␟<day>␟<product>␟<pool>` -> requests, `c␟…` -> credits (␟ = U+001F) |
 //! | `T:pool` | hash | pool -> all credits the tenant ever used from it (its members' roll-up) |
@@ -40,7 +41,11 @@
 //! - **The account index** (`P:a:`) is written before the tenant's records and never changes.
 //! - **Invitations** are single-use through the tenant: accepting flips the child from `invited` to
 //!   `active` in one script, and a second accept finds it `active`. The token record is removed
-//!   afterwards only to tidy up.
+//!   afterwards only to tidy up. `T:inv` names each invited child's current token: a re-invitation
+//!   (after expiry) replaces it in one script, voiding the old token whatever `P:i:` still holds.
+//! - **An expired invitation does not hold its email**: another account taking the email first
+//!   deletes the invited child (one script that checks the expiry in `T:inv`), then takes the
+//!   claim over as from any deleted holder.
 //! - **Deleting a parent** deletes its children in the same script (they share its slot), so no
 //!   child outlives its parent whenever the writer dies; their key pointers and emails are tidied
 //!   up after, as for a single deletion.
@@ -75,6 +80,7 @@
 
 mod conn;
 mod feed;
+mod invitations;
 mod keys;
 mod scripts;
 mod tree;

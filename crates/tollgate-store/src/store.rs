@@ -157,7 +157,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- key tree writes ----
 
-    /// `EmailTaken` if any live account holds the email.
+    /// `EmailTaken` if any live account holds the email, except an invited child whose
+    /// invitation expired at `account.created_at` (the time of the call): that child is deleted,
+    /// freeing the email, in the same write (see [`Store::invite`]).
     async fn create_parent(&self, new: NewParent) -> StoreResult<Account>;
 
     /// Switches the team feature and/or replaces the limit overrides. `NotFound` for a non-parent.
@@ -171,13 +173,20 @@ pub trait Store: Send + Sync + 'static {
     /// Sets or replaces the subscription to `sub.pool`. `NotFound` for a non-parent.
     async fn put_subscription(&self, parent_id: &str, sub: Subscription) -> StoreResult<()>;
 
-    /// Creates an `Invited` child and its token. `EmailTaken` if any live account holds the email;
-    /// `NotFound` if the parent is missing or deleted.
+    /// Creates an `Invited` child and its token. `NotFound` if the parent is missing or deleted.
+    ///
+    /// `child.created_at` is the time of the call. An invited child whose invitation expired by
+    /// then (`created_at >= expires_at`, as in [`Store::accept_invitation`]) no longer holds its
+    /// email: if it is this parent's, it gets the new token and expiry instead (same id, returned
+    /// as stored; its old token is void) and no account is created; if it is another tenant's, it
+    /// is deleted (it never had a key or usage) and the new child takes the email. Any other live
+    /// holder of the email, an invited child whose invitation is still valid included, is
+    /// `EmailTaken`. Each is one atomic step, or ordered to be safe (Redis Cluster).
     async fn invite(&self, new: NewInvitation) -> StoreResult<Account>;
 
     /// Consumes the token (single use) and activates its child with `key_hash`.
-    /// `InvitationUnknown` if the token is unknown, used, expired at `now`, or its child or its
-    /// parent is deleted. A disabled parent's invitation may be accepted (disabling is reversible).
+    /// `InvitationUnknown` if the token is unknown, used, expired at `now`, replaced by a newer
+    /// invitation of the same child, or its child or its parent is deleted. A disabled parent's invitation may be accepted (disabling is reversible).
     async fn accept_invitation(
         &self,
         token_hash: &KeyHash,

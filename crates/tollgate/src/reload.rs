@@ -1,5 +1,5 @@
 //! SIGHUP: re-read `gateway.toml` and apply what can change under running connections (routes,
-//! cost rules, key sources, `charge_on`, the `[limits]` defaults, access-log sampling, the TLS
+//! cost rules, key sources (data plane and account API), `charge_on`, the `[limits]` defaults, access-log sampling, the TLS
 //! certificate). A file that fails `check` changes nothing and every problem is logged; keys that
 //! only take effect on a restart (listeners, store, cache, ...) are logged as such and keep their
 //! running values.
@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tollgate_api::KeySources;
 use tollgate_config::Config;
 use tollgate_meter::{Metering, Metrics};
 use tollgate_proxy::forward::Upstreams;
@@ -27,6 +28,8 @@ pub(crate) struct Reloader {
     pub client: Upstreams,
     pub access: Arc<AccessLog>,
     pub tls: Option<Arc<TlsTerminator>>,
+    /// The account API's key sources (`[keys] sources`, as the proxy's).
+    pub key_sources: Arc<KeySources>,
 }
 
 impl Reloader {
@@ -89,6 +92,7 @@ impl Reloader {
         self.access
             .set(next.logging.access_sample, next.logging.refusals_per_second);
         self.slot.store(Arc::new(proxy));
+        self.key_sources.set(&next.keys.sources);
         for key in restart_only {
             tracing::warn!(
                 key,

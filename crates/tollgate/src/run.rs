@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tollgate_api::{ApiKind, ApiState};
+use tollgate_api::{ApiKind, ApiState, KeySources};
 use tollgate_config::{Config, LogFormat, OnStoreDown, StoreConfig};
 use tollgate_meter::{Credits, Meter, Metering, Metrics, RateLimits};
 use tollgate_proxy::{AccessLog, Proxy, ProxySlot, ServeOptions, TlsTerminator};
@@ -301,6 +301,13 @@ impl Gateway {
         let mut api = ApiState::new(store.clone(), cache.clone(), metrics.clone());
         api.operator_token = operator_token;
         api.invitation_ttl = config.invitations.ttl;
+        api.key_sources = Arc::new(KeySources::new(&config.keys.sources));
+        if !api.key_sources.any() {
+            tracing::warn!(
+                "[keys] sources has no header, bearer or query source: the account API accepts no key"
+            );
+        }
+        let key_sources = api.key_sources.clone();
         for r in &config.routes {
             if let (Some(pool), Some(product)) = (&r.pool, &r.product) {
                 let products = api.pool_products.entry(pool.clone()).or_default();
@@ -398,6 +405,7 @@ impl Gateway {
             client,
             access: access.clone(),
             tls,
+            key_sources,
         };
         Ok(Gateway {
             proxy_addr,

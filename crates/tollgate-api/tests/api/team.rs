@@ -381,3 +381,158 @@ async fn emails_are_case_insensitive_beyond_ascii() {
     .await
     .expect(201);
 }
+
+/// The invitation token and member id of a 201 invitation.
+fn invited(r: &super::harness::Resp) -> (String, String) {
+    let b = r.expect(201);
+    assert_eq!(b["status"], "invited");
+    (
+        b["id"].as_str().unwrap().to_owned(),
+        b["invitation_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_expired_invitation_is_reissued_to_the_same_member() {
+    let h = Harness::with_state(|s| s.invitation_ttl = std::time::Duration::from_secs(3));
+    let (_, pkey) = h.parent("p@example.com", true).await;
+    let invite = |email: &'static str| h.post("/v1/team/members", &pkey, json!({"email": email}));
+    let (id, old) = invited(&invite("x@example.com").await);
+    // Still valid: the email is held, as any account's.
+    h.advance(2);
+    invite("x@example.com")
+        .await
+        .expect_error(409, "email_taken");
+    h.advance(1);
+    h.post(&format!("/v1/invitations/{old}/accept"), "", Value::Null)
+        .await
+        .expect_error(404, "invitation_unknown");
+
+    let r = invite("X@Example.com").await;
+    let (again, token) = invited(&r);
+    assert_eq!(again, id, "the same member");
+    assert_ne!(token, old);
+    assert_eq!(r.body["expires_at"], super::harness::NOW + 3 + 3);
+    assert_eq!(r.body["email"], "x@example.com");
+    let list = h.get("/v1/team/members", &pkey).await;
+    let members = list.expect(200)["members"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(
+        (&members[0]["id"], &members[0]["status"]),
+        (&json!(id), &json!("invited"))
+    );
+
+    h.post(&format!("/v1/invitations/{old}/accept"), "", Value::Null)
+        .await
+        .expect_error(404, "invitation_unknown");
+    let r = h
+        .post(&format!("/v1/invitations/{token}/accept"), "", Value::Null)
+        .await;
+    assert_eq!(r.expect(200)["id"], id.as_str());
+    let key = r.body["api_key"].as_str().unwrap().to_owned();
+    assert_eq!(h.get("/v1/me", &key).await.expect(200)["status"], "active");
+    // Accepted: the email is the member's for good.
+    h.advance(10);
+    invite("x@example.com")
+        .await
+        .expect_error(409, "email_taken");
+}
+
+#[tokio::test]
+async fn an_expired_invitation_of_another_tenant_frees_the_email() {
+    let h = Harness::with_state(|s| s.invitation_ttl = std::time::Duration::from_secs(3600));
+    let (_, a_key) = h.parent("a@example.com", true).await;
+    let (_, b_key) = h.parent("b@example.com", true).await;
+    let (a_member, a_token) = invited(
+        &h.post(
+            "/v1/team/members",
+            &a_key,
+            json!({"email": "x@example.com"}),
+        )
+        .await,
+    );
+    let (_, y_token) = invited(
+        &h.post(
+            "/v1/team/members",
+            &a_key,
+            json!({"email": "y@example.com"}),
+        )
+        .await,
+    );
+    // Valid invitations hold their emails against other tenants and the operator.
+    h.advance(3599);
+    h.post(
+        "/v1/team/members",
+        &b_key,
+        json!({"email": "X@example.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "y@example.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+
+    h.advance(1);
+    let (b_member, b_token) = invited(
+        &h.post(
+            "/v1/team/members",
+            &b_key,
+            json!({"email": "X@example.com"}),
+        )
+        .await,
+    );
+    assert_ne!(b_member, a_member);
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "y@example.com"}),
+    )
+    .await
+    .expect(201);
+
+    // A's stale members are deleted: listed as such, in team usage with nothing used.
+    let list = h.get("/v1/team/members", &a_key).await;
+    let statuses: Vec<(&str, &str)> = list.expect(200)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["email"].as_str().unwrap(), m["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [("x@example.com", "deleted"), ("y@example.com", "deleted")]
+    );
+    let usage = h.get("/v1/team/usage", &a_key).await;
+    let members = usage.expect(200)["members"].as_array().unwrap().clone();
+    let stale = members
+        .iter()
+        .find(|m| m["account_id"] == a_member.as_str())
+        .unwrap();
+    assert_eq!(stale["status"], "deleted");
+    assert_eq!(stale["total"], json!({"requests": 0, "credits": 0}));
+    for token in [&a_token, &y_token] {
+        h.post(&format!("/v1/invitations/{token}/accept"), "", Value::Null)
+            .await
+            .expect_error(404, "invitation_unknown");
+    }
+    // The email is B's member's now.
+    h.post(
+        "/v1/team/members",
+        &a_key,
+        json!({"email": "x@example.com"}),
+    )
+    .await
+    .expect_error(409, "email_taken");
+    let r = h
+        .post(
+            &format!("/v1/invitations/{b_token}/accept"),
+            "",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.expect(200)["id"], b_member.as_str());
+}

@@ -1,7 +1,7 @@
 //! Contract checks for invitations: emails taken and freed across trees, single use, expiry, and
 //! which parents may invite.
 
-use tollgate_core::Status;
+use tollgate_core::{Account, KeyHash, Status};
 
 use super::{
     account_of, assert_err, child_account, fresh_email, fresh_id, fresh_key, fresh_token,
@@ -348,5 +348,175 @@ pub async fn deleting_a_parent_deletes_its_children(store: &dyn Store) {
         account_of(store, &paused.id).await.map(|a| a.status),
         Some(Status::Disabled),
         "{CHECK}: the parent stays disabled"
+    );
+}
+
+/// Invites `email` under `parent_id` at `now` (the new child's `created_at`), expiring at
+/// `expires_at`, with a fresh token. Returns the store's answer and the token.
+async fn invite_at(
+    store: &dyn Store,
+    parent_id: &str,
+    email: &str,
+    now: u64,
+    expires_at: u64,
+) -> (Result<Account, StoreError>, KeyHash) {
+    let mut child = child_account(parent_id, email);
+    child.created_at = now;
+    let token = fresh_token();
+    let res = store
+        .invite(NewInvitation {
+            child,
+            token_hash: token,
+            expires_at,
+        })
+        .await;
+    (res, token)
+}
+
+/// An expired, never-accepted invitation does not hold its email: its own parent re-inviting
+/// gives the same member a fresh token (the old one is void); anyone else taking the email
+/// deletes that member. A valid one holds the email against everyone.
+pub async fn expired_invitation_frees_email(store: &dyn Store) {
+    const CHECK: &str = "expired_invitation_frees_email";
+    let (a, _) = make_parent(store, &fresh_email()).await;
+    let (b, _) = make_parent(store, &fresh_email()).await;
+    let exp = NOW + 100;
+
+    // While valid: taken for its own parent, another tenant and a new parent alike.
+    let email = fresh_email();
+    let (invited, old_token) = make_invite(store, &a.id, &email, exp).await;
+    for (who, parent) in [("its own parent", &a.id), ("another tenant", &b.id)] {
+        let (res, _) = invite_at(store, parent, &email.to_uppercase(), exp - 1, exp + 500).await;
+        assert_err!(
+            res,
+            StoreError::EmailTaken,
+            "{CHECK}: re-inviting a valid invitation's email ({who})"
+        );
+    }
+    let mut new_parent = parent_account(&email);
+    new_parent.created_at = exp - 1;
+    assert_err!(
+        store
+            .create_parent(NewParent {
+                account: new_parent,
+                key_hash: fresh_key(),
+                subscriptions: Vec::new(),
+            })
+            .await,
+        StoreError::EmailTaken,
+        "{CHECK}: a parent with a valid invitation's email"
+    );
+
+    // Expired, its own parent: the same member, a new token and expiry.
+    let (again, new_token) = invite_at(store, &a.id, &email.to_lowercase(), exp, exp + 500).await;
+    let again = again.unwrap_or_else(|e| panic!("{CHECK}: re-inviting after expiry: {e:?}"));
+    assert_eq!(again, invited, "{CHECK}: the re-invited member");
+    let kids: Vec<String> = store
+        .children(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        kids,
+        std::slice::from_ref(&invited.id),
+        "{CHECK}: children after re-invite"
+    );
+    // The old token is void even on a clock that has not reached its expiry.
+    assert_err!(
+        store.accept_invitation(&old_token, fresh_key(), NOW).await,
+        StoreError::InvitationUnknown,
+        "{CHECK}: the replaced token"
+    );
+    // Valid again: it holds the email once more.
+    let (res, _) = invite_at(store, &b.id, &email, exp + 1, exp + 900).await;
+    assert_err!(
+        res,
+        StoreError::EmailTaken,
+        "{CHECK}: another tenant during the new invitation"
+    );
+    let key = fresh_key();
+    let active = store
+        .accept_invitation(&new_token, key, exp + 1)
+        .await
+        .unwrap_or_else(|e| panic!("{CHECK}: accepting the new token: {e:?}"));
+    assert_eq!(
+        (active.id.as_str(), active.status),
+        (invited.id.as_str(), Status::Active),
+        "{CHECK}: accepted re-invitation"
+    );
+    assert_eq!(
+        id_by_key(store, &key).await.as_deref(),
+        Some(invited.id.as_str()),
+        "{CHECK}: the accepted key"
+    );
+    // Accepted: expiry no longer matters.
+    let (res, _) = invite_at(store, &a.id, &email, exp + 10_000, exp + 20_000).await;
+    assert_err!(
+        res,
+        StoreError::EmailTaken,
+        "{CHECK}: re-inviting an active member"
+    );
+
+    // Expired, another tenant: the stale member is deleted, the new one holds the email.
+    let email = fresh_email();
+    let (stale, stale_token) = make_invite(store, &a.id, &email, exp).await;
+    let (taken, b_token) = invite_at(store, &b.id, &email.to_uppercase(), exp, exp + 500).await;
+    let taken = taken.unwrap_or_else(|e| panic!("{CHECK}: another tenant after expiry: {e:?}"));
+    assert_ne!(taken.id, stale.id, "{CHECK}: another tenant's member id");
+    assert_eq!(
+        account_of(store, &stale.id).await.map(|s| s.status),
+        Some(Status::Deleted),
+        "{CHECK}: the expired invitee after another tenant took its email"
+    );
+    let listed: Vec<(String, Status)> = store
+        .children(&a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.id == stale.id)
+        .map(|c| (c.id, c.status))
+        .collect();
+    assert_eq!(
+        listed,
+        [(stale.id.clone(), Status::Deleted)],
+        "{CHECK}: the expired invitee in its parent's children"
+    );
+    assert_err!(
+        store
+            .accept_invitation(&stale_token, fresh_key(), NOW)
+            .await,
+        StoreError::InvitationUnknown,
+        "{CHECK}: the deleted invitee's token"
+    );
+    let (res, _) = invite_at(store, &a.id, &email, exp + 1, exp + 900).await;
+    assert_err!(
+        res,
+        StoreError::EmailTaken,
+        "{CHECK}: the first tenant re-inviting an email another took"
+    );
+    store
+        .accept_invitation(&b_token, fresh_key(), exp + 1)
+        .await
+        .unwrap_or_else(|e| panic!("{CHECK}: accepting the other tenant's invitation: {e:?}"));
+
+    // Expired, a new parent takes the email.
+    let email = fresh_email();
+    let (stale, _) = make_invite(store, &a.id, &email, exp).await;
+    let mut new_parent = parent_account(&email.to_uppercase());
+    new_parent.created_at = exp;
+    store
+        .create_parent(NewParent {
+            account: new_parent,
+            key_hash: fresh_key(),
+            subscriptions: Vec::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{CHECK}: a parent with an expired invitation's email: {e:?}"));
+    assert_eq!(
+        account_of(store, &stale.id).await.map(|s| s.status),
+        Some(Status::Deleted),
+        "{CHECK}: the expired invitee after a new parent took its email"
     );
 }

@@ -22,6 +22,10 @@ pub(super) const ACCOUNT_KEYS: TableDefinition<Str, Hash> = TableDefinition::new
 pub(super) const EMAILS: TableDefinition<Str, Str> = TableDefinition::new("emails");
 pub(super) const INVITATIONS: TableDefinition<Hash, (Str, u64)> =
     TableDefinition::new("invitations");
+/// An invited child's current invitation: (token hash, expires_at). Written by invitations made
+/// since this table exists; removed on accept and when the child is deleted.
+pub(super) const CHILD_INVITATIONS: TableDefinition<Str, (Hash, u64)> =
+    TableDefinition::new("child_invitations");
 pub(super) const CHILDREN: TableDefinition<(Str, u64), Str> = TableDefinition::new("children");
 pub(super) const SUBSCRIPTIONS: TableDefinition<(Str, Str), Str> =
     TableDefinition::new("subscriptions");
@@ -104,6 +108,8 @@ pub(super) fn create_all(db: &Database) -> StoreResult<()> {
         txn.open_table(ACCOUNT_KEYS).ctx("create account_keys")?;
         txn.open_table(EMAILS).ctx("create emails")?;
         txn.open_table(INVITATIONS).ctx("create invitations")?;
+        txn.open_table(CHILD_INVITATIONS)
+            .ctx("create child_invitations")?;
         txn.open_table(CHILDREN).ctx("create children")?;
         txn.open_table(SUBSCRIPTIONS).ctx("create subscriptions")?;
         txn.open_table(USAGE).ctx("create usage")?;
@@ -243,6 +249,7 @@ pub(super) struct Tree<'t> {
     pub(super) account_keys: Table<'t, Str, Hash>,
     pub(super) emails: Table<'t, Str, Str>,
     pub(super) invitations: Table<'t, Hash, (Str, u64)>,
+    pub(super) child_invitations: Table<'t, Str, (Hash, u64)>,
     pub(super) children: Table<'t, (Str, u64), Str>,
     pub(super) subscriptions: Table<'t, (Str, Str), Str>,
     pub(super) meta: Table<'t, Str, u64>,
@@ -256,6 +263,9 @@ impl<'t> Tree<'t> {
             account_keys: txn.open_table(ACCOUNT_KEYS).ctx("open account_keys")?,
             emails: txn.open_table(EMAILS).ctx("open emails")?,
             invitations: txn.open_table(INVITATIONS).ctx("open invitations")?,
+            child_invitations: txn
+                .open_table(CHILD_INVITATIONS)
+                .ctx("open child_invitations")?,
             children: txn.open_table(CHILDREN).ctx("open children")?,
             subscriptions: txn.open_table(SUBSCRIPTIONS).ctx("open subscriptions")?,
             meta: txn.open_table(META).ctx("open meta")?,
@@ -279,17 +289,92 @@ impl<'t> Tree<'t> {
         Ok(a)
     }
 
-    pub(super) fn check_email_free(&self, email: &str) -> StoreResult<String> {
-        let normalized = normalize_email(email);
-        if self
+    /// The id of the account holding the email, if any.
+    pub(super) fn email_holder(&self, normalized: &str) -> StoreResult<Option<String>> {
+        Ok(self
             .emails
-            .get(normalized.as_str())
+            .get(normalized)
             .ctx("read email index")?
+            .map(|g| g.value().to_owned()))
+    }
+
+    /// Makes the email free for a new account at `now` (unix seconds): free already, or held by
+    /// an invited child whose invitation expired by then, which is deleted (its email freed).
+    /// `EmailTaken` otherwise. Returns the normalized email and the changes made.
+    pub(super) fn claim_email(
+        &mut self,
+        email: &str,
+        now: u64,
+    ) -> StoreResult<(String, Vec<Change>)> {
+        let normalized = normalize_email(email);
+        let Some(holder) = self.email_holder(&normalized)? else {
+            return Ok((normalized, Vec::new()));
+        };
+        match self.expired_invitee(&holder, now)? {
+            Some(mut stale) => {
+                let changes = self.delete(&mut stale)?;
+                Ok((normalized, changes))
+            }
+            None => Err(StoreError::EmailTaken),
+        }
+    }
+
+    /// The account if it is an invited child whose current invitation expired at `now`. Children
+    /// invited before `child_invitations` existed have no entry: their expiry is unknown, so they
+    /// keep their email until deleted, as they did.
+    pub(super) fn expired_invitee(&self, id: &str, now: u64) -> StoreResult<Option<Account>> {
+        let Some(account) = get_account(&self.accounts, id)? else {
+            return Ok(None);
+        };
+        if account.status != Status::Invited {
+            return Ok(None);
+        }
+        let expired = self
+            .child_invitations
+            .get(id)
+            .ctx("read child invitation")?
+            .is_some_and(|g| now >= g.value().1);
+        Ok(expired.then_some(account))
+    }
+
+    /// Records `token` as the child's one current invitation, voiding the one it had.
+    pub(super) fn set_invitation(
+        &mut self,
+        child_id: &str,
+        token: &KeyHash,
+        expires_at: u64,
+    ) -> StoreResult<()> {
+        if self
+            .invitations
+            .get(&token.0)
+            .ctx("read invitation")?
             .is_some()
         {
-            return Err(StoreError::EmailTaken);
+            return Err(StoreError::Conflict(
+                "the invitation token is in use already".into(),
+            ));
         }
-        Ok(normalized)
+        self.drop_invitation(child_id)?;
+        self.invitations
+            .insert(&token.0, (child_id, expires_at))
+            .ctx("write invitation")?;
+        self.child_invitations
+            .insert(child_id, (&token.0, expires_at))
+            .ctx("write child invitation")?;
+        Ok(())
+    }
+
+    /// Removes the child's current invitation (token and index entry), if it has one.
+    pub(super) fn drop_invitation(&mut self, child_id: &str) -> StoreResult<()> {
+        let old = self
+            .child_invitations
+            .remove(child_id)
+            .ctx("remove child invitation")?
+            .map(|g| *g.value().0);
+        if let Some(old) = old {
+            self.invitations.remove(&old).ctx("remove invitation")?;
+        }
+        Ok(())
     }
 
     pub(super) fn check_new_account(&self, id: &str) -> StoreResult<()> {
@@ -370,6 +455,7 @@ impl<'t> Tree<'t> {
         if let Some(old) = self.remove_key(id)? {
             changes.push(Change::KeyRemoved(old));
         }
+        self.drop_invitation(id)?;
         Ok(changes)
     }
 

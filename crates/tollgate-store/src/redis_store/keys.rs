@@ -109,6 +109,12 @@ impl TenantKeys {
         format!("{}:children", self.tag)
     }
 
+    /// Hash: invited child id -> `<token hash hex> <expires_at>`: its one current invitation
+    /// (the source of truth: a token whose child's entry names another token is void).
+    pub(super) fn invitations(&self) -> String {
+        format!("{}:inv", self.tag)
+    }
+
     /// Hash: pool -> [`tollgate_core::Subscription`] JSON.
     pub(super) fn subscriptions(&self) -> String {
         format!("{}:subs", self.tag)

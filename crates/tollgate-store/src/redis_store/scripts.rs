@@ -21,13 +21,67 @@ for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
 return 'ok'
 ";
 
-/// Adds an invited child under a parent that is still as the caller read it.
-/// KEYS: parent account, child account, children. ARGV: parent JSON as read, child id, child JSON.
+/// Adds an invited child under a parent that is still as the caller read it, with its current
+/// invitation. KEYS: parent account, child account, children, invitations.
+/// ARGV: parent JSON as read, child id, child JSON, `<token hex> <expires_at>`.
 const INVITE: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'stale' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'exists' end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
+return 'ok'
+";
+
+/// Lua helper: whether an invited child's current invitation (`<token hex> <expires_at>` in the
+/// invitations hash) expired at `now`. No entry (invited before entries existed): unknown, so no.
+const EXPIRED: &str = r"
+local function expired(inv, id, now)
+  local cur = redis.call('HGET', inv, id)
+  if not cur then return false end
+  local x = tonumber(string.match(cur, ' (%d+)$') or '')
+  return x ~= nil and now >= x
+end
+";
+
+/// Gives an invited child whose invitation expired a new one, if the parent and the child are
+/// still as the caller read them. KEYS: parent account, child account, invitations.
+/// ARGV: parent JSON as read, child JSON as read, child id, `<token hex> <expires_at>`, now.
+/// Returns {status (`ok`, `stale`, `held`: not expired), the entry it replaced}.
+const REINVITE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', false} end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return {'stale', false} end
+if not expired(KEYS[3], ARGV[3], tonumber(ARGV[5])) then return {'held', false} end
+local old = redis.call('HGET', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+return {'ok', old}
+";
+
+/// Deletes an invited child whose invitation expired, if it is still as the caller read it, so
+/// its email can go to another account. KEYS: child account, invitations.
+/// ARGV: child JSON as read, child JSON deleted, child id, now.
+/// Returns {status (`ok`, `stale`, `held`), the invitation entry it removed}.
+const EXPIRE_INVITEE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', false} end
+if not expired(KEYS[2], ARGV[3], tonumber(ARGV[4])) then return {'held', false} end
+local old = redis.call('HGET', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[3])
+return {'ok', old}
+";
+
+/// Accepts an invitation: the child, still as read (so still invited), becomes active with its
+/// key, if the token is its current invitation (or it has no entry: invited before entries
+/// existed). KEYS: child account, keyof, invitations.
+/// ARGV: child JSON as read, child JSON active, child id, key hex, token hex.
+/// Returns `ok`, `stale` or `void` (another invitation replaced this one).
+const ACCEPT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'stale' end
+local cur = redis.call('HGET', KEYS[3], ARGV[3])
+if cur and string.match(cur, '^(%x+) ') ~= ARGV[5] then return 'void' end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('HDEL', KEYS[3], ARGV[3])
 return 'ok'
 ";
 
@@ -210,6 +264,9 @@ return 1
 pub(super) struct Scripts {
     pub(super) create_parent: Script,
     pub(super) invite: Script,
+    pub(super) reinvite: Script,
+    pub(super) expire_invitee: Script,
+    pub(super) accept: Script,
     pub(super) update_account: Script,
     pub(super) delete_tenant: Script,
     pub(super) put_subscription: Script,
@@ -227,6 +284,9 @@ impl Scripts {
         Scripts {
             create_parent: Script::new(CREATE_PARENT),
             invite: Script::new(INVITE),
+            reinvite: Script::new(&format!("{EXPIRED}{REINVITE}")),
+            expire_invitee: Script::new(&format!("{EXPIRED}{EXPIRE_INVITEE}")),
+            accept: Script::new(ACCEPT),
             update_account: Script::new(UPDATE_ACCOUNT),
             delete_tenant: Script::new(DELETE_TENANT),
             put_subscription: Script::new(PUT_SUBSCRIPTION),

@@ -200,8 +200,15 @@ impl Inner {
     }
 
     /// Claims `email` for `account`; `EmailTaken` if a live account (or a creation under way)
-    /// holds it. A claim left by a writer that died, or by a deleted account, is taken over.
-    pub(super) async fn claim_email(&self, email: &str, account: &str) -> StoreResult<Claim> {
+    /// holds it. A claim left by a writer that died, or by a deleted account, is taken over; so
+    /// is one of an invited child whose invitation expired at `now` (unix seconds), which is
+    /// deleted first (see `invitations.rs`).
+    pub(super) async fn claim_email(
+        &self,
+        email: &str,
+        account: &str,
+        now: u64,
+    ) -> StoreResult<Claim> {
         let key = self.keys.email_index(email);
         let mine = to_json(
             &EmailClaim {
@@ -232,7 +239,7 @@ impl Inner {
                     fresh: false,
                 });
             }
-            if !self.claim_is_stale(&claim).await? {
+            if !self.claim_is_stale(&claim, now).await? {
                 return Err(StoreError::EmailTaken);
             }
             if self.cas(&key, &current, &mine).await? {
@@ -246,9 +253,12 @@ impl Inner {
         Err(StoreError::EmailTaken)
     }
 
-    async fn claim_is_stale(&self, claim: &EmailClaim) -> StoreResult<bool> {
-        Ok(match self.account(&claim.account).await? {
-            Some(holder) => holder.status == Status::Deleted,
+    async fn claim_is_stale(&self, claim: &EmailClaim, now: u64) -> StoreResult<bool> {
+        Ok(match self.stored(&claim.account).await? {
+            Some(holder) if holder.account.status == Status::Invited => {
+                self.expire_invitee(holder, now).await?
+            }
+            Some(holder) => holder.account.status == Status::Deleted,
             None => now_ms().saturating_sub(claim.at_ms) > STALE_CLAIM_MS,
         })
     }

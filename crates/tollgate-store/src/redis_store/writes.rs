@@ -2,22 +2,16 @@
 //! record is still exactly as read (compare-and-set on its JSON) and retries if not; steps that
 //! touch global indexes are ordered as the module docs explain.
 
-use std::time::Duration;
-
-use redis::AsyncCommands;
 use tollgate_core::{Account, KeyHash, LimitOverrides, Role, Status, Subscription};
 
 use super::conn::store_err;
-use super::keys::{from_json, to_json, InvitationRecord, KeyOwner};
-use super::tree::{Claim, Stored};
-use super::{now_ms, Inner};
-use crate::{Change, NewInvitation, NewParent, StoreError, StoreResult};
+use super::keys::{to_json, KeyOwner};
+use super::tree::Stored;
+use super::Inner;
+use crate::{Change, NewParent, StoreError, StoreResult};
 
 /// Rounds of read-then-compare-and-set before giving up on an account that keeps changing.
-const CAS_ROUNDS: usize = 16;
-/// Invitation records outlive their expiry by this much before Redis drops them: expiry is judged
-/// on the caller's `now`, which may lag Redis's clock, so Redis only tidies up.
-const INVITATION_GRACE: Duration = Duration::from_secs(86_400);
+pub(super) const CAS_ROUNDS: usize = 16;
 
 /// What the account update script does to the account's key.
 enum KeyOp<'a> {
@@ -26,12 +20,12 @@ enum KeyOp<'a> {
     Remove,
 }
 
-fn key_from_hex(hex: &str) -> StoreResult<KeyHash> {
+pub(super) fn key_from_hex(hex: &str) -> StoreResult<KeyHash> {
     KeyHash::from_hex(hex)
         .ok_or_else(|| StoreError::Internal("redis store: a stored key hash is not hex".into()))
 }
 
-fn too_busy(id: &str) -> StoreError {
+pub(super) fn too_busy(id: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "redis store: account `{id}` kept changing; try again"
     ))
@@ -145,7 +139,9 @@ impl Inner {
             ));
         }
         let id = account.id.clone();
-        let email = self.claim_email(&account.email, &id).await?;
+        let email = self
+            .claim_email(&account.email, &id, account.created_at)
+            .await?;
         let index = match self.claim_account_id(&id, &id).await {
             Ok(c) => c,
             Err(e) => {
@@ -244,188 +240,6 @@ impl Inner {
             }
         }
         Err(too_busy(parent_id))
-    }
-
-    pub(super) async fn invite(&self, new: NewInvitation) -> StoreResult<Account> {
-        let NewInvitation {
-            child,
-            token_hash,
-            expires_at,
-        } = new;
-        let parent_id = match (&child.parent_id, child.role, child.status) {
-            (Some(p), Role::Child, Status::Invited) => p.clone(),
-            _ => {
-                return Err(StoreError::Conflict(
-                    "an invited account must be an invited child with a parent".into(),
-                ))
-            }
-        };
-        let mut parent = self.live_parent(&parent_id).await?;
-        let email = self.claim_email(&child.email, &child.id).await?;
-        let index = match self.claim_account_id(&child.id, &parent_id).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.roll_back(&[&email]).await;
-                return Err(e);
-            }
-        };
-        let token = match self
-            .claim_invitation(&token_hash, &child.id, &parent_id, expires_at)
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                self.roll_back(&[&email, &index]).await;
-                return Err(e);
-            }
-        };
-        let child_json = to_json(&child, "account")?;
-        for _ in 0..CAS_ROUNDS {
-            let status: String = self
-                .scripts
-                .invite
-                .key(parent.tk.account(&parent_id))
-                .key(parent.tk.account(&child.id))
-                .key(parent.tk.children())
-                .arg(&parent.raw)
-                .arg(&child.id)
-                .arg(&child_json)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(store_err)?;
-            match status.as_str() {
-                "ok" => {
-                    self.append_feed(&[Change::Account(child.id.clone())])
-                        .await?;
-                    return Ok(child);
-                }
-                "exists" => {
-                    self.roll_back(&[&email, &index, &token]).await;
-                    return Err(StoreError::Conflict(format!(
-                        "account `{}` exists already",
-                        child.id
-                    )));
-                }
-                // The parent changed since it was read: read it again (it may be gone now).
-                _ => match self.live_parent(&parent_id).await {
-                    Ok(p) => parent = p,
-                    Err(e) => {
-                        self.roll_back(&[&email, &index, &token]).await;
-                        return Err(e);
-                    }
-                },
-            }
-        }
-        Err(too_busy(&parent_id))
-    }
-
-    /// Writes the invitation record; `Conflict` if the token is in use.
-    async fn claim_invitation(
-        &self,
-        token: &KeyHash,
-        child: &str,
-        tenant: &str,
-        expires_at: u64,
-    ) -> StoreResult<Claim> {
-        let key = self.keys.invitation(token);
-        let raw = to_json(
-            &InvitationRecord {
-                child: child.to_owned(),
-                tenant: tenant.to_owned(),
-                expires_at,
-            },
-            "invitation",
-        )?;
-        let drop_at_ms = expires_at
-            .saturating_mul(1000)
-            .max(now_ms())
-            .saturating_add(INVITATION_GRACE.as_millis() as u64);
-        let set: Option<String> = redis::cmd("SET")
-            .arg(&key)
-            .arg(&raw)
-            .arg("NX")
-            .arg("PXAT")
-            .arg(drop_at_ms)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(store_err)?;
-        if set.is_none() {
-            return Err(StoreError::Conflict(
-                "the invitation token is in use already".into(),
-            ));
-        }
-        Ok(Claim {
-            key,
-            raw,
-            fresh: true,
-        })
-    }
-
-    pub(super) async fn accept_invitation(
-        &self,
-        token_hash: &KeyHash,
-        key_hash: KeyHash,
-        now: u64,
-    ) -> StoreResult<Account> {
-        let record_key = self.keys.invitation(token_hash);
-        let raw: Option<String> = self.conn().get(&record_key).await.map_err(store_err)?;
-        let record: InvitationRecord = match raw {
-            Some(raw) => from_json(&raw, "invitation")?,
-            None => return Err(StoreError::InvitationUnknown),
-        };
-        if now >= record.expires_at {
-            return Err(StoreError::InvitationUnknown);
-        }
-        // The child must still be invited, in the tenant the invitation names.
-        let invited = |s: &Option<Stored>| {
-            s.as_ref()
-                .is_some_and(|s| s.tenant == record.tenant && s.account.status == Status::Invited)
-        };
-        let mut child = self.stored(&record.child).await?;
-        if !invited(&child) {
-            return Err(StoreError::InvitationUnknown);
-        }
-        // Void once the parent is deleted (deleting a parent deletes its invited children in the
-        // same script, so this only matters for parents deleted before that). A disabled parent's
-        // invitation may still be accepted: the edge refuses the key until it is enabled.
-        if !self
-            .account(&record.tenant)
-            .await?
-            .is_some_and(|p| p.status != Status::Deleted)
-        {
-            return Err(StoreError::InvitationUnknown);
-        }
-        let owner = KeyOwner {
-            tenant: record.tenant.clone(),
-            account: record.child.clone(),
-        };
-        let key = self.claim_key(&key_hash, &owner).await?;
-        for _ in 0..CAS_ROUNDS {
-            let Some(s) = child.as_ref().filter(|_| invited(&child)) else {
-                self.roll_back(&[&key]).await;
-                return Err(StoreError::InvitationUnknown);
-            };
-            let mut active = s.account.clone();
-            active.status = Status::Active;
-            if self
-                .update_account(s, &active, KeyOp::Set(&key_hash))
-                .await?
-                .is_some()
-            {
-                // Single use is already enforced (the child is active now); this only tidies up.
-                if let Err(e) = self.conn().del::<_, ()>(&record_key).await {
-                    tracing::warn!(error = %e, "redis store: could not remove a used invitation");
-                }
-                self.append_feed(&[
-                    Change::Account(active.id.clone()),
-                    Change::KeyAdded(key_hash),
-                ])
-                .await?;
-                return Ok(active);
-            }
-            child = self.stored(&record.child).await?;
-        }
-        Err(too_busy(&record.child))
     }
 
     pub(super) async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account> {

@@ -1,0 +1,189 @@
+//! Where the account API looks for the caller's key: `[keys] sources`, in their order, as on the
+//! data plane, less the `json:` sources. Those read a product request's JSON body (the vendor's
+//! POST convention); an account-API body is a request to this API (`{"email": ...}`), never a
+//! product request, so no key is read from it.
+//!
+//! The sources in force can be replaced while requests run (SIGHUP reloads `[keys] sources`).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::Request;
+use tollgate_config::{KeySource, KeysConfig};
+use tollgate_core::DenyReason;
+
+use crate::respond::query_param;
+use crate::ApiError;
+
+/// The configured key sources and the `key_missing` message naming them.
+#[derive(Debug)]
+pub struct KeySources {
+    current: ArcSwap<Lookup>,
+}
+
+#[derive(Debug)]
+struct Lookup {
+    /// Header, bearer and query sources, in the configured order.
+    sources: Vec<KeySource>,
+    /// Names only the places a key is looked for: never a value the caller sent.
+    missing: Arc<str>,
+}
+
+impl Lookup {
+    fn new(configured: &[KeySource]) -> Lookup {
+        let sources: Vec<KeySource> = configured
+            .iter()
+            .filter(|s| !matches!(s, KeySource::Json(_)))
+            .cloned()
+            .collect();
+        Lookup {
+            missing: missing_message(&sources).into(),
+            sources,
+        }
+    }
+}
+
+fn missing_message(sources: &[KeySource]) -> String {
+    let places: Vec<String> = sources
+        .iter()
+        .filter_map(|s| match s {
+            KeySource::Header(name) => Some(format!("the {name} header")),
+            KeySource::Bearer => Some("an Authorization: Bearer header".to_owned()),
+            KeySource::Query(name) => Some(format!("the {name} query parameter")),
+            KeySource::Json(_) => None,
+        })
+        .collect();
+    match places.as_slice() {
+        [] => "No API key was given, and this gateway reads no header, bearer or query \
+               parameter for one on the account API: ask the operator to configure [keys] sources."
+            .to_owned(),
+        [one] => format!("No API key was given: send it in {one}."),
+        [first @ .., last] => format!(
+            "No API key was given: send it in {}, or {last}.",
+            first.join(", ")
+        ),
+    }
+}
+
+impl KeySources {
+    /// The sources of `[keys] sources` (the `json:` ones are skipped).
+    pub fn new(configured: &[KeySource]) -> KeySources {
+        KeySources {
+            current: ArcSwap::from_pointee(Lookup::new(configured)),
+        }
+    }
+
+    /// Puts new sources in force (a config reload); requests already past the look-up keep theirs.
+    pub fn set(&self, configured: &[KeySource]) {
+        self.current.store(Arc::new(Lookup::new(configured)));
+    }
+
+    /// Whether any source in force can carry a key to the account API.
+    pub fn any(&self) -> bool {
+        !self.current.load().sources.is_empty()
+    }
+
+    /// The caller's key from the first source that holds one (an empty value holds none, as at
+    /// the edge); `key_missing`, naming the sources, if none does.
+    pub(crate) fn find(&self, req: &Request<Bytes>) -> Result<Vec<u8>, ApiError> {
+        let lookup = self.current.load();
+        for source in &lookup.sources {
+            match source {
+                KeySource::Header(name) => {
+                    if let Some(v) = req.headers().get(name.as_str()) {
+                        let v = v.as_bytes().trim_ascii();
+                        if !v.is_empty() {
+                            return Ok(v.to_vec());
+                        }
+                    }
+                }
+                KeySource::Bearer => {
+                    if let Some(v) = req.headers().get(AUTHORIZATION) {
+                        let v = v.as_bytes().trim_ascii();
+                        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+                            let key = v[7..].trim_ascii();
+                            if !key.is_empty() {
+                                return Ok(key.to_vec());
+                            }
+                        }
+                    }
+                }
+                KeySource::Query(name) => {
+                    let found = query_param(req.uri().query(), name)
+                        .map_err(|_| ApiError::Deny(DenyReason::KeyUnknown))?;
+                    if let Some(k) = found.filter(|k| !k.is_empty()) {
+                        return Ok(k.into_bytes());
+                    }
+                }
+                KeySource::Json(_) => {}
+            }
+        }
+        Err(ApiError::KeyMissing(lookup.missing.clone()))
+    }
+}
+
+impl Default for KeySources {
+    /// The default `[keys] sources` (`x-api-key`, bearer, `x-authentication-token`, `apiKey`).
+    fn default() -> KeySources {
+        KeySources::new(&KeysConfig::default().sources)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> Request<Bytes> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Bytes::new()).unwrap()
+    }
+
+    #[test]
+    fn configured_order_first_hit_wins() {
+        let s = KeySources::new(&[
+            KeySource::Query("k".into()),
+            KeySource::Header("x-token".into()),
+            KeySource::Json("apiKey".into()),
+        ]);
+        let both = req("/v1/me?k=from-query", &[("x-token", "from-header")]);
+        assert_eq!(s.find(&both).unwrap(), b"from-query");
+        let header = req("/v1/me?k=", &[("x-token", " from-header ")]);
+        assert_eq!(s.find(&header).unwrap(), b"from-header");
+        // Not configured: not looked at.
+        let other = req(
+            "/v1/me?apiKey=a",
+            &[("x-api-key", "b"), ("authorization", "Bearer c")],
+        );
+        let e = s.find(&other).unwrap_err();
+        assert_eq!(e.code(), "key_missing");
+        assert_eq!(
+            e.to_string(),
+            "No API key was given: send it in the k query parameter, or the x-token header."
+        );
+        s.set(&[KeySource::Bearer]);
+        assert_eq!(s.find(&other).unwrap(), b"c");
+    }
+
+    #[test]
+    fn the_default_message_names_the_default_sources() {
+        let e = KeySources::default().find(&req("/v1/me", &[])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "No API key was given: send it in the x-api-key header, an Authorization: Bearer \
+             header, the x-authentication-token header, or the apiKey query parameter."
+        );
+        let json_only = KeySources::new(&[KeySource::Json("apiKey".into())]);
+        assert!(!json_only.any());
+        assert!(json_only
+            .find(&req("/v1/me", &[]))
+            .unwrap_err()
+            .to_string()
+            .contains("[keys] sources"));
+    }
+}
