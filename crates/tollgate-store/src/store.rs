@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tollgate_core::{Account, Day, KeyHash, LimitOverrides, Status, Subscription, UsageRow};
+use tollgate_core::{Account, Day, KeyHash, LimitOverrides, Role, Status, Subscription, UsageRow};
 
 /// Every way a store operation can fail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +61,19 @@ pub struct NewInvitation {
     pub token_hash: KeyHash,
     /// Unix seconds after which the token no longer works.
     pub expires_at: u64,
+}
+
+impl NewInvitation {
+    /// The invited child's parent: what every store checks first (a conflict unless `child` is
+    /// an invited child with a parent).
+    pub(crate) fn parent_id(&self) -> StoreResult<String> {
+        match (&self.child.parent_id, self.child.role, self.child.status) {
+            (Some(p), Role::Child, Status::Invited) => Ok(p.clone()),
+            _ => Err(StoreError::Conflict(
+                "an invited account must be an invited child with a parent".into(),
+            )),
+        }
+    }
 }
 
 /// What changed in the key tree; followers reload what the event names.

@@ -1,7 +1,7 @@
 //! Invitations in the embedded store: inviting (a new child, or a fresh invitation for an invited
 //! child whose invitation expired) and accepting, each one write transaction.
 
-use tollgate_core::{normalize_email, Account, KeyHash, Role, Status};
+use tollgate_core::{normalize_email, Account, KeyHash, Status};
 
 use redb::ReadableTable;
 
@@ -11,19 +11,12 @@ use crate::{Change, NewInvitation, StoreError, StoreResult};
 
 impl Inner {
     pub(super) fn invite(&self, new: NewInvitation) -> StoreResult<Account> {
+        let parent_id = new.parent_id()?;
         let NewInvitation {
             child,
             token_hash,
             expires_at,
         } = new;
-        let parent_id = match (&child.parent_id, child.role, child.status) {
-            (Some(p), Role::Child, Status::Invited) => p.clone(),
-            _ => {
-                return Err(StoreError::Conflict(
-                    "an invited account must be an invited child with a parent".into(),
-                ))
-            }
-        };
         // The time of the call: a new account's creation time is the caller's now.
         let now = child.created_at;
         self.write_tree(|t| {

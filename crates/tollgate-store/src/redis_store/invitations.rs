@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use tollgate_core::{Account, KeyHash, Role, Status};
+use tollgate_core::{Account, KeyHash, Status};
 
 use super::conn::store_err;
 use super::keys::{from_json, to_json, EmailClaim, InvitationRecord, KeyOwner};
@@ -32,19 +32,12 @@ fn invitation_entry(token: &KeyHash, expires_at: u64) -> String {
 
 impl Inner {
     pub(super) async fn invite(&self, new: NewInvitation) -> StoreResult<Account> {
+        let parent_id = new.parent_id()?;
         let NewInvitation {
             child,
             token_hash,
             expires_at,
         } = new;
-        let parent_id = match (&child.parent_id, child.role, child.status) {
-            (Some(p), Role::Child, Status::Invited) => p.clone(),
-            _ => {
-                return Err(StoreError::Conflict(
-                    "an invited account must be an invited child with a parent".into(),
-                ))
-            }
-        };
         // The time of the call: a new account's creation time is the caller's now.
         let now = child.created_at;
         let mut parent = self.live_parent(&parent_id).await?;
