@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::Request;
 use tollgate_config::{KeySource, KeysConfig};
-use tollgate_core::DenyReason;
+use tollgate_core::{bearer_token, DenyReason};
 
 use crate::respond::query_param;
 use crate::ApiError;
@@ -100,14 +100,9 @@ impl KeySources {
                     }
                 }
                 KeySource::Bearer => {
-                    if let Some(v) = req.headers().get(AUTHORIZATION) {
-                        let v = v.as_bytes().trim_ascii();
-                        if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
-                            let key = v[7..].trim_ascii();
-                            if !key.is_empty() {
-                                return Ok(key.to_vec());
-                            }
-                        }
+                    let value = req.headers().get(AUTHORIZATION);
+                    if let Some(key) = value.and_then(|v| bearer_token(v.as_bytes().trim_ascii())) {
+                        return Ok(key.to_vec());
                     }
                 }
                 KeySource::Query(name) => {

@@ -96,11 +96,11 @@ fn authorized(state: &ApiState, req: &Request<Bytes>) -> bool {
     let Some(value) = req.headers().get(AUTHORIZATION) else {
         return false;
     };
-    let v = value.as_bytes().trim_ascii();
-    if v.len() <= 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+    // An empty token is no credential (the configured one is never empty).
+    let Some(token) = tollgate_core::bearer_token(value.as_bytes().trim_ascii()) else {
         return false;
-    }
-    let presented = KeyHash::of(v[7..].trim_ascii());
+    };
+    let presented = KeyHash::of(token);
     presented
         .0
         .ct_eq(&KeyHash::of(expected.as_bytes()).0)

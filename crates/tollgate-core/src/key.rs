@@ -72,6 +72,19 @@ pub fn is_well_formed_key(s: &[u8]) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive, the token
+/// trimmed); `None` for another scheme or an empty token. The one parser of the data plane's
+/// `bearer` key source, the account API's and the operator token.
+#[inline]
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+        let t = value[7..].trim_ascii();
+        (!t.is_empty()).then_some(t)
+    } else {
+        None
+    }
+}
+
 /// SHA-256 of a key or token. Keys carry ~150 random bits, so an unsalted fast hash is safe here
 /// (nothing to brute-force) and keeps look-ups at one hash per request.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,6 +134,25 @@ impl<'de> serde::Deserialize<'de> for KeyHash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens() {
+        fn t(v: &str) -> Option<&str> {
+            bearer_token(v.as_bytes()).map(|t| std::str::from_utf8(t).unwrap())
+        }
+        assert_eq!(t("Bearer at_x"), Some("at_x"));
+        assert_eq!(t("bEaReR   at_x  "), Some("at_x"));
+        for none in [
+            "Bearer",
+            "Bearer ",
+            "Bearer    ",
+            "Basic dXNlcg==",
+            "Bearerat_x",
+            "",
+        ] {
+            assert_eq!(t(none), None, "{none:?}");
+        }
+    }
 
     #[test]
     fn keys_have_the_vendor_format_and_differ() {

@@ -17,6 +17,8 @@ pub use account::{
 };
 pub use admit::{admit, Access, Admittable, Decision, DenyReason};
 pub use cost::{cost, CostAction, CostRule};
-pub use key::{generate_id, generate_key, generate_token, is_well_formed_key, ApiKey, KeyHash};
+pub use key::{
+    bearer_token, generate_id, generate_key, generate_token, is_well_formed_key, ApiKey, KeyHash,
+};
 pub use permission::{Permission, UsageScope};
 pub use usage::{overage, Day, Totals, UsageRow};

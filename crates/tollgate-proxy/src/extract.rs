@@ -96,13 +96,7 @@ pub fn bearer(value: Option<&HeaderValue>) -> Option<&[u8]> {
 }
 
 pub fn bearer_token(value: Option<&[u8]>) -> Option<&[u8]> {
-    let v = value?;
-    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
-        let t = v[7..].trim_ascii();
-        (!t.is_empty()).then_some(t)
-    } else {
-        None
-    }
+    value.and_then(tollgate_core::bearer_token)
 }
 
 /// A query string's `(name, value)` pairs: split on `&`, then on the first `=` (no `=`: an empty
