@@ -42,7 +42,14 @@ impl Inner {
         let now = child.created_at;
         let mut parent = self.live_parent(&parent_id).await?;
         if let Some(again) = self
-            .reinvite(&parent_id, &child.email, &token_hash, expires_at, now)
+            .reinvite(
+                &mut parent,
+                &parent_id,
+                &child.email,
+                &token_hash,
+                expires_at,
+                now,
+            )
             .await?
         {
             return Ok(again);
@@ -110,9 +117,11 @@ impl Inner {
 
     /// If the email is held by an invited child of `parent_id`, gives it the new invitation when
     /// its own expired at `now` (`Some`), or refuses with `EmailTaken` while it is valid. `None`:
-    /// the email is not this parent's invitee's (any more); invite as usual.
+    /// the email is not this parent's invitee's (any more); invite as usual. `parent` is the
+    /// parent as the caller read it, read again here if it changed.
     async fn reinvite(
         &self,
+        parent: &mut Stored,
         parent_id: &str,
         email: &str,
         token_hash: &KeyHash,
@@ -137,7 +146,6 @@ impl Inner {
             Some(h) if ours(&h) => h,
             _ => return Ok(None),
         };
-        let mut parent = self.live_parent(parent_id).await?;
         let id = holder.account.id.clone();
         let token = self
             .claim_invitation(token_hash, &id, parent_id, expires_at)
@@ -174,7 +182,7 @@ impl Inner {
                         Err(e) => Err(e),
                     };
                     match again {
-                        Ok((p, Some(h))) if ours(&h) => (parent, holder) = (p, h),
+                        Ok((p, Some(h))) if ours(&h) => (*parent, holder) = (p, h),
                         Ok(_) => {
                             self.roll_back(&[&token]).await;
                             return Ok(None);
