@@ -39,9 +39,9 @@ pub(crate) fn no_content() -> Response<Bytes> {
     res
 }
 
-/// What a 401 asks for (RFC 9110 requires the field): the key, or the operator token, as a
-/// bearer credential (the account API also takes the key in `x-api-key`).
-pub(crate) const CHALLENGE: &str = "Bearer realm=\"tollgate\"";
+/// What a 401 asks for: the key, or the operator token, as a bearer credential (the account API
+/// also takes the key from the other configured sources).
+pub(crate) const CHALLENGE: &str = tollgate_core::BEARER_CHALLENGE;
 
 /// `{"error":{"code","message"}}` with the error's status (and `allow` for a 405,
 /// `www-authenticate` for a 401).

@@ -72,6 +72,10 @@ pub fn is_well_formed_key(s: &[u8]) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
+/// The `WWW-Authenticate` value of every 401 (RFC 9110 requires the field), on the data plane and
+/// the APIs alike: a key or the operator token, as a bearer credential.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"tollgate\"";
+
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive, the token
 /// trimmed); `None` for another scheme or an empty token. The one parser of the data plane's
 /// `bearer` key source, the account API's and the operator token.

@@ -19,6 +19,7 @@ pub use admit::{admit, Access, Admittable, Decision, DenyReason};
 pub use cost::{cost, CostAction, CostRule};
 pub use key::{
     bearer_token, generate_id, generate_key, generate_token, is_well_formed_key, ApiKey, KeyHash,
+    BEARER_CHALLENGE,
 };
 pub use permission::{Permission, UsageScope};
 pub use usage::{overage, Day, Totals, UsageRow};

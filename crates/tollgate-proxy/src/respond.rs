@@ -108,7 +108,7 @@ pub fn error_body(code: &str, message: &str) -> String {
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// What a 401 asks for (RFC 9110 requires the field): a key, as a bearer credential or in any
 /// other configured source.
-static CHALLENGE: HeaderValue = HeaderValue::from_static("Bearer realm=\"tollgate\"");
+static CHALLENGE: HeaderValue = HeaderValue::from_static(tollgate_core::BEARER_CHALLENGE);
 /// When a client may try again after `store_unavailable`: the store is usually back within
 /// seconds (a failover, a restart).
 static STORE_RETRY: HeaderValue = HeaderValue::from_static("1");
