@@ -9,8 +9,10 @@
 # Runs BIN on the held Redis with the load run's settings (one worker, metering and per-key metrics
 # on, 250 ms flushes), pinned to PROXY_CPU [0]; sends wrk -c64 on LOAD_CPU [1] for SECONDS [20]
 # over the active keys (every flush then carries each of them) and counts, with perf stat, the
-# CPU time of the non-data-plane threads with perf stat, and prints it per flush (SECONDS x 4
-# flushes): compare builds by running them in turn, a few times each, as the machine is shared.
+# CPU time of the non-data-plane threads, and from /proc the held Redis's, and prints both per
+# flush (SECONDS x 4 flushes): compare builds by running them in turn, a few times each, as the
+# machine is shared. Redis's share is all of its CPU meanwhile (the flush is all the work this
+# traffic gives it once the keys are cached).
 # PERF_DATA=FILE records a call-graph profile of those threads there instead (perf report -i FILE).
 # OUT [benches/load/out] is the held run's output directory. Needs perf (apt-get install linux-perf).
 set -euo pipefail
@@ -45,8 +47,13 @@ if [ -n "${PERF_DATA:-}" ]; then
   echo "profile of the control-plane threads: perf report -i $PERF_DATA"
   exit 0
 fi
+RPID=$(redis-cli -p "$RP" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
+ticks() { sed 's/.*) //' "/proc/$RPID/stat" | awk '{ print $12 + $13 }'; }
+T0=$(ticks)
 perf stat -x, -e task-clock -t "$TIDS" -o "$D/stat" -- sleep "$SECS" 2>/dev/null
+T1=$(ticks)
 wait "$W"
-awk -F, -v flushes=$((SECS * 4)) -v rps="$(awk '/Requests\/sec/ { print $2 }' "$D/wrk")" '
+awk -F, -v flushes=$((SECS * 4)) -v rps="$(awk '/Requests\/sec/ { print $2 }' "$D/wrk")" \
+  -v redis_ms="$(((T1 - T0) * 1000 / $(getconf CLK_TCK)))" '
   $3 == "task-clock" { ms = $1 }
-  END { printf "%.0f req/s; control-plane threads: %.2f ms CPU per flush\n", rps, ms / flushes }' "$D/stat"
+  END { printf "%.0f req/s; control-plane threads: %.2f ms CPU per flush; Redis: %.2f ms CPU per flush\n", rps, ms / flushes, redis_ms / flushes }' "$D/stat"

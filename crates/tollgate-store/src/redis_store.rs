@@ -14,6 +14,7 @@
 //! | `P:a:<account id>` | string | the account's tenant id (its own for a parent); also written for accounts that only have usage |
 //! | `P:e:<normalized email>` | string | `{"a": account, "at": claim time ms}`: the account holding the email |
 //! | `P:i:<token hash>` | string | `{"c": child, "t": tenant, "x": expires_at}`, with PEXPIREAT a day past the expiry |
+//! | `P:uw:<writer>` | string | on a single server, `<seq> <group>`: the last group of a writer's (gateway process's) usage batches applied; expires 2 days after |
 //! | `P:feed` | stream | the change feed: entries `c` = a [`Change`](crate::Change) as JSON, `t` = writer time (ms); `MAXLEN ~ 100000` |
 //! | `T:a:<account id>` | string | the [`Account`] as JSON (parent and children; deleted ones stay, status `deleted`) |
 //! | `T:keyof` | hash | account id -> hash of its current key (no field for invited or deleted accounts) |
@@ -23,7 +24,7 @@
 //! | `T:u:<account id>` | hash | `r␟<day>␟<product>␟<pool>` -> requests, `c␟…` -> credits (␟ = U+001F) |
 //! | `T:pool` | hash | pool -> all credits the tenant ever used from it (its members' roll-up) |
 //! | `T:lease` | hash | pool -> credits leased to nodes and not given back |
-//! | `T:w` | hash | writer (gateway process) -> `<seq> <unix s>`: its last usage batch applied to this tenant; writers silent for 2 days are dropped |
+//! | `T:w` | hash | on Redis Cluster, writer (gateway process) -> `<seq> <unix s>`: its last usage batch applied to this tenant; writers silent for 2 days are dropped |
 //!
 //! # Crash safety across slots
 //!
@@ -53,11 +54,15 @@
 //!   dies in between leaves the change out of the feed; followers still converge within the
 //!   cache's `max_staleness`.
 //!
-//! Usage batches are split by tenant and each part is applied by one script that first compares
-//! the batch's number with the last one of its writer applied to the tenant (`T:w`), and records
-//! it, so a retried batch is never counted twice, even if only some of its tenants' parts had been
-//! applied. A writer sends its batches in order and the next only once the last was taken, so one
-//! number per writer and tenant is all the memory this takes (not a marker per batch).
+//! Usage batches are split by tenant, and a retried batch is never counted twice, even if only
+//! some of its parts had been applied. On Redis Cluster each tenant's part is applied by one
+//! script that first compares the batch's number with the last one of its writer applied to the
+//! tenant (`T:w`), and records it. On a single server the tenants' parts go in groups of 64, one
+//! script each, in order, and the script compares the batch and group numbers with the writer's
+//! marker (`P:uw:`), and records them: a retried batch is the same batch in the same groups, so
+//! the groups that landed are skipped. A writer sends its batches in order and the next only once
+//! the last was taken, so one number per writer (and tenant, on Cluster) is all the memory this
+//! takes (not a marker per batch).
 //!
 //! Every other write reads the record it changes and applies the change with a script that first
 //! checks the record is still exactly as read (compare-and-set on its JSON), retrying if not, so

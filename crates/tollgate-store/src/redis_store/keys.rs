@@ -16,8 +16,8 @@ pub(super) const FIELD_SEP: char = '\u{1f}';
 // two are also named by [`TenantKeys`] (see there).
 pub(super) const USAGE: &str = ":u:";
 pub(super) const POOL_USAGE: &str = ":pool";
-/// Suffix of a tenant's hash: writer (a gateway process) -> `<seq> <unix s>`, the last of its
-/// usage batches applied to this tenant and when.
+/// Suffix of a tenant's hash on Redis Cluster: writer (a gateway process) -> `<seq> <unix s>`,
+/// the last of its usage batches applied to this tenant and when.
 pub(super) const WRITERS: &str = ":w";
 
 /// Builds every key from the configured prefix.
@@ -58,6 +58,17 @@ impl Keys {
     /// The change feed (a stream).
     pub(super) fn feed(&self) -> String {
         format!("{}:feed", self.prefix)
+    }
+
+    /// Writes the key of a writer's (a gateway process's) usage marker on a single server into
+    /// `buf`, cleared first: `<batch number> <group number>` of the last group of its usage
+    /// batches applied.
+    pub(super) fn usage_writer<'b>(&self, buf: &'b mut String, writer: &str) -> &'b str {
+        buf.clear();
+        for part in [&*self.prefix, ":uw:", writer] {
+            buf.push_str(part);
+        }
+        buf
     }
 
     // ---- one tenant's keys, all under the hash tag `{<prefix>:t:<tenant>}` ----

@@ -140,28 +140,44 @@ if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return false end
 return redis.call('GET', KEYS[1])
 ";
 
-/// Tenants' parts of a usage batch, each applied at most once: a tenant's writers hash holds the
-/// number of the last batch of each writer applied to it, and a part numbered at or below it is a
-/// retry that landed before (skipped). A writer's first part on a tenant whose hash has 16 or more
-/// writers first drops the writers not heard from within the retention (processes long gone), so
-/// the hash stays as small as the number of live gateway processes. One call may carry several
-/// tenants only on a single server (their keys span hash slots); on Redis Cluster, one each.
-/// KEYS: per tenant, its writers hash, its pool usage, then the usage hash of each of its
-/// accounts. ARGV: writer, batch number (decimal), now (unix s), retention (s), then per tenant:
-/// (number of account hashes, number of deltas), then per delta: (index of its usage hash counted
-/// from the tenant's pool-usage key, requests field, credits field, pool, requests, credits). A
-/// counter that would overflow is pinned at i64::MAX. Returns how many parts were applied.
-const RECORD_USAGE_GROUP: &str = r"
+/// What both usage scripts share: `add` (HINCRBY, pinning a counter that would overflow at
+/// i64::MAX), `below` (decimal strings compared exactly, with no float rounding: shorter is
+/// smaller) and `apply`, which adds one tenant's deltas: `p` is the index in KEYS of the tenant's
+/// pool usage, its accounts' usage hashes follow it, and its deltas start at `ARGV[a]`, six
+/// arguments each: (index of its usage hash counted from the pool-usage key, requests field,
+/// credits field, pool, requests, credits).
+const USAGE_HELPERS: &str = r"
 local function add(key, field, n)
   local r = redis.pcall('HINCRBY', key, field, n)
   if type(r) == 'table' and r.err then
     redis.call('HSET', key, field, '9223372036854775807')
   end
 end
--- Decimal strings compared exactly (no float rounding): shorter is smaller.
 local function below(x, y)
   return #x < #y or (#x == #y and x < y)
 end
+local function apply(p, a, deltas)
+  local pool = KEYS[p]
+  for i = a, a + (deltas - 1) * 6, 6 do
+    local h = KEYS[p + tonumber(ARGV[i])]
+    add(h, ARGV[i + 1], ARGV[i + 4])
+    add(h, ARGV[i + 2], ARGV[i + 5])
+    add(pool, ARGV[i + 3], ARGV[i + 5])
+  end
+end
+";
+
+/// Tenants' parts of a usage batch on Redis Cluster (one tenant a call there, as their keys span
+/// slots), each applied at most once: a tenant's writers hash holds the number of the last batch
+/// of each writer applied to it, and a part numbered at or below it is a retry that landed before
+/// (skipped). A writer's first part on a tenant whose hash has 16 or more writers first drops the
+/// writers not heard from within the retention (processes long gone), so the hash stays as small
+/// as the number of live gateway processes.
+/// KEYS: per tenant, its writers hash, its pool usage, then the usage hash of each of its
+/// accounts. ARGV: writer, batch number (decimal), now (unix s), retention (s), then per tenant:
+/// (number of account hashes, number of deltas) and its deltas (see `USAGE_HELPERS`). Returns how
+/// many parts were applied.
+const RECORD_USAGE_PARTS: &str = r"
 local writer, seq, now, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local stamp = seq .. ' ' .. ARGV[3]
 local k, a, applied = 1, 5, 0
@@ -178,19 +194,43 @@ while a <= #ARGV do
         if at < now - keep then redis.call('HDEL', w, all[i]) end
       end
     end
-    local pool = KEYS[k + 1]
-    for i = a, a + (deltas - 1) * 6, 6 do
-      local h = KEYS[k + 1 + tonumber(ARGV[i])]
-      add(h, ARGV[i + 1], ARGV[i + 4])
-      add(h, ARGV[i + 2], ARGV[i + 5])
-      add(pool, ARGV[i + 3], ARGV[i + 5])
-    end
+    apply(k + 1, a, deltas)
     redis.call('HSET', w, writer, stamp)
     applied = applied + 1
   end
   k = k + 2 + accounts
   a = a + deltas * 6
 end
+return applied
+";
+
+/// A group of tenants' parts of a usage batch on a single server, applied at most once as a
+/// whole: the writer's marker holds `<batch number> <group number>` of the last group it applied,
+/// and a group at or below it is a retry that landed before (skipped). A writer sends its batches
+/// in order, the next only once the last was taken, and a retried batch is the same batch split
+/// into the same groups in the same order, so this one key per writer (expiring after the
+/// retention) is all the memory exactly-once takes: no per-tenant record, two commands a tenant
+/// fewer than `RECORD_USAGE_PARTS`.
+/// KEYS: the writer's marker, then per tenant, its pool usage and the usage hash of each of its
+/// accounts. ARGV: batch number (decimal), group number, retention (s), then per tenant: (number
+/// of account hashes, number of deltas) and its deltas (see `USAGE_HELPERS`). Returns how many
+/// parts were applied.
+const RECORD_USAGE_GROUP: &str = r"
+local seq, group = ARGV[1], tonumber(ARGV[2])
+local last = redis.call('GET', KEYS[1])
+if last then
+  local s, g = string.match(last, '^(%d+) (%d+)$')
+  if s and (below(seq, s) or (s == seq and tonumber(g) >= group)) then return 0 end
+end
+local k, a, applied = 2, 4, 0
+while a <= #ARGV do
+  local accounts, deltas = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  apply(k, a + 2, deltas)
+  k = k + 1 + accounts
+  a = a + 2 + deltas * 6
+  applied = applied + 1
+end
+redis.call('SET', KEYS[1], seq .. ' ' .. ARGV[2], 'EX', ARGV[3])
 return applied
 ";
 
@@ -271,6 +311,7 @@ pub(super) struct Scripts {
     pub(super) delete_tenant: Script,
     pub(super) put_subscription: Script,
     pub(super) resolve_key: Script,
+    pub(super) record_usage_parts: Script,
     pub(super) record_usage_group: Script,
     pub(super) lease: Script,
     pub(super) release: Script,
@@ -291,7 +332,8 @@ impl Scripts {
             delete_tenant: Script::new(DELETE_TENANT),
             put_subscription: Script::new(PUT_SUBSCRIPTION),
             resolve_key: Script::new(RESOLVE_KEY),
-            record_usage_group: Script::new(RECORD_USAGE_GROUP),
+            record_usage_parts: Script::new(&format!("{USAGE_HELPERS}{RECORD_USAGE_PARTS}")),
+            record_usage_group: Script::new(&format!("{USAGE_HELPERS}{RECORD_USAGE_GROUP}")),
             lease: Script::new(LEASE),
             release: Script::new(RELEASE),
             feed_append: Script::new(FEED_APPEND),

@@ -51,17 +51,19 @@ impl Inner {
         for chunk in accounts.chunks(PARALLEL) {
             try_join_all(chunk.iter().map(|(a, t)| self.index_for_usage(a, t))).await?;
         }
-        // Each tenant's part is exactly-once on the tenant's record of the writer's last batch: a
-        // retry after a partial failure applies only the parts that did not land. Parts of different tenants are independent,
-        // so they go out concurrently (they live on different cluster nodes anyway). On a single
-        // server, up to GROUP tenants' parts share one script call: a flush of a thousand tenants
-        // is then 16 calls rather than a thousand, on the gateway's core and on Redis's. They go
-        // one after another, so that building them never holds a core the data plane shares for
-        // more than one call's worth, nor Redis for more than one script's.
+        // On a single server, up to GROUP tenants' parts share one script call, exactly-once as a
+        // group on the writer's marker: a flush of a thousand tenants is then 16 calls rather than
+        // a thousand, on the gateway's core and on Redis's, and Redis keeps no per-tenant record
+        // of writers. The groups go one after another, so that building them never holds a core
+        // the data plane shares for more than one call's worth, nor Redis for more than one
+        // script's; a retry after a partial failure skips the groups that landed (a retried batch
+        // is the same batch, so it splits into the same groups). On Redis Cluster each tenant's
+        // part is exactly-once on the tenant's record of the writer's last batch, and parts go out
+        // concurrently (they live on different nodes).
         let parts: Vec<(&str, Vec<&UsageDelta>)> = by_tenant.into_iter().collect();
         if matches!(self.conns.main, Conn::Single(_)) {
-            for group in parts.chunks(GROUP) {
-                self.record_group_usage(batch, group).await?;
+            for (n, group) in parts.chunks(GROUP).enumerate() {
+                self.record_parts(batch, group, Some(n)).await?;
             }
             return Ok(());
         }
@@ -69,7 +71,7 @@ impl Inner {
             try_join_all(
                 chunk
                     .iter()
-                    .map(|part| self.record_group_usage(batch, std::slice::from_ref(part))),
+                    .map(|part| self.record_parts(batch, std::slice::from_ref(part), None)),
             )
             .await?;
         }
@@ -90,22 +92,26 @@ impl Inner {
         Ok(())
     }
 
-    /// Tenants' parts in one call (several only on a single server); see `RECORD_USAGE_GROUP`.
+    /// Tenants' parts in one call: a single server's group `group` (see `RECORD_USAGE_GROUP`), or
+    /// on Cluster one tenant's part (`group` None; see `RECORD_USAGE_PARTS`).
     ///
     /// The EVALSHA command is written straight into one buffer: a flush of a thousand tenants
     /// names about three thousand keys and six thousand arguments, and going through
     /// `ScriptInvocation` cost each a `format!`, a `Vec` of its own and two more copies, on the
     /// core the data plane shares.
-    async fn record_group_usage(
+    async fn record_parts(
         &self,
         batch: &UsageBatch,
         parts: &[(&str, Vec<&UsageDelta>)],
+        group: Option<usize>,
     ) -> StoreResult<()> {
-        let script = &self.scripts.record_usage_group;
-        let now = super::now_ms() / 1000;
+        let script = match group {
+            Some(_) => &self.scripts.record_usage_group,
+            None => &self.scripts.record_usage_parts,
+        };
         // Per tenant: its accounts in order of first use (their usage hashes are its keys after
-        // the writers hash and the pool usage), and each delta's account as its number there,
-        // counted from 1 (the script counts from the pool-usage key).
+        // its pool usage), and each delta's account as its number there, counted from 1 (the
+        // script counts from the pool-usage key).
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let layout: Vec<(Vec<&str>, Vec<usize>)> = parts
             .iter()
@@ -124,22 +130,36 @@ impl Inner {
                 (accounts, slots)
             })
             .collect();
-        let keys: usize = layout.iter().map(|(accounts, _)| accounts.len() + 2).sum();
+        let per_tenant = usize::from(group.is_none());
+        let keys: usize = usize::from(group.is_some())
+            + layout
+                .iter()
+                .map(|(accounts, _)| accounts.len() + 1 + per_tenant)
+                .sum::<usize>();
         let args = 4 + parts.len() * 2 + 6 * parts.iter().map(|(_, d)| d.len()).sum::<usize>();
         let mut cmd = redis::Cmd::with_capacity(3 + keys + args, 64 * (keys + args));
         cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
         let mut buf = String::new();
+        if group.is_some() {
+            cmd.arg(self.keys.usage_writer(&mut buf, &batch.writer));
+        }
         for ((tenant, _), (accounts, _)) in parts.iter().zip(&layout) {
-            cmd.arg(self.keys.write_tenant_key(&mut buf, tenant, WRITERS, ""));
+            if group.is_none() {
+                cmd.arg(self.keys.write_tenant_key(&mut buf, tenant, WRITERS, ""));
+            }
             cmd.arg(self.keys.write_tenant_key(&mut buf, tenant, POOL_USAGE, ""));
             for account in accounts {
                 cmd.arg(self.keys.write_tenant_key(&mut buf, tenant, USAGE, account));
             }
         }
-        cmd.arg(&batch.writer)
-            .arg(batch.seq)
-            .arg(now)
-            .arg(BATCH_RETENTION.as_secs());
+        match group {
+            Some(n) => cmd.arg(batch.seq).arg(n).arg(BATCH_RETENTION.as_secs()),
+            None => cmd
+                .arg(&batch.writer)
+                .arg(batch.seq)
+                .arg(super::now_ms() / 1000)
+                .arg(BATCH_RETENTION.as_secs()),
+        };
         for ((_, deltas), (accounts, slots)) in parts.iter().zip(&layout) {
             cmd.arg(accounts.len()).arg(deltas.len());
             for (d, slot) in deltas.iter().zip(slots) {
