@@ -126,7 +126,7 @@ struct Inner {
     prefix: String,
     /// Accounts whose `P:a:` index this process has written for usage, so a flush does not
     /// rewrite it every time. Cleared when it grows past `usage::INDEXED_CAP`.
-    indexed: DashSet<String>,
+    indexed: DashSet<String, foldhash::fast::RandomState>,
 }
 
 impl RedisStore {
@@ -149,7 +149,7 @@ impl RedisStore {
                 keys: Keys::new(prefix),
                 scripts: Scripts::new(),
                 prefix: prefix.to_owned(),
-                indexed: DashSet::new(),
+                indexed: DashSet::default(),
             }),
         })
     }

@@ -25,7 +25,6 @@ const INDEXED_CAP: usize = 100_000;
 
 impl Inner {
     pub(super) async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
-        let mut by_tenant: BTreeMap<&str, Vec<&UsageDelta>> = BTreeMap::new();
         for d in &batch.deltas {
             for name in [&d.product, &d.pool] {
                 if name.contains(FIELD_SEP) {
@@ -34,7 +33,6 @@ impl Inner {
                     ));
                 }
             }
-            by_tenant.entry(&*d.parent_id).or_default().push(d);
         }
         // Usage is read by account id, so each account's tenant must be findable first. The index
         // never changes once written, so writing it before the batch is safe if the batch fails.
@@ -60,7 +58,14 @@ impl Inner {
         // is the same batch, so it splits into the same groups). On Redis Cluster each tenant's
         // part is exactly-once on the tenant's record of the writer's last batch, and parts go out
         // concurrently (they live on different nodes).
-        let parts: Vec<(&str, Vec<&UsageDelta>)> = by_tenant.into_iter().collect();
+        // The deltas in order of tenant (a stable sort: a retried batch is split the same way),
+        // then each tenant's run of them is its part.
+        let mut sorted: Vec<&UsageDelta> = batch.deltas.iter().collect();
+        sorted.sort_by(|a, b| a.parent_id.cmp(&b.parent_id));
+        let parts: Vec<(&str, &[&UsageDelta])> = sorted
+            .chunk_by(|a, b| a.parent_id == b.parent_id)
+            .map(|run| (&*run[0].parent_id, run))
+            .collect();
         if matches!(self.conns.main, Conn::Single(_)) {
             for (n, group) in parts.chunks(GROUP).enumerate() {
                 self.record_parts(batch, group, Some(n)).await?;
@@ -102,7 +107,7 @@ impl Inner {
     async fn record_parts(
         &self,
         batch: &UsageBatch,
-        parts: &[(&str, Vec<&UsageDelta>)],
+        parts: &[(&str, &[&UsageDelta])],
         group: Option<usize>,
     ) -> StoreResult<()> {
         let script = match group {
@@ -112,7 +117,7 @@ impl Inner {
         // Per tenant: its accounts in order of first use (their usage hashes are its keys after
         // its pool usage), and each delta's account as its number there, counted from 1 (the
         // script counts from the pool-usage key).
-        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut seen: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
         let layout: Vec<(Vec<&str>, Vec<usize>)> = parts
             .iter()
             .map(|(_, deltas)| {
