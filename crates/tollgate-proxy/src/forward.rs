@@ -11,9 +11,16 @@
 //! before any response byte is sent again on a fresh connection; for other methods an idle
 //! connection is checked before use instead. Idle connections are dropped after two sweeps
 //! ([`Upstreams::sweep_idle`], every [`IDLE_SWEEP`]) without use.
+//!
+//! `idle_per_host` bounds the idle connections a worker keeps, but not the instant a response
+//! ends: those beyond it are closed once they have stayed unused for a whole [`EXCESS_TRIM`]
+//! period ([`Upstreams::trim_excess`]), least recently used first. Closing them at once made a
+//! worker with more requests in flight than that (HTTP/2 clients multiplex hundreds) close
+//! connections as a burst of responses ended and open new ones for the next burst of requests a
+//! moment later: a new upstream connection for about half of the requests.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +41,9 @@ use crate::wire::{self, Checkin, Conn, ResponseBody};
 
 /// How often each worker drops connections that stayed idle since the sweep before.
 pub const IDLE_SWEEP: Duration = Duration::from_secs(30);
+/// How often each worker closes the idle connections beyond `idle_per_host` that stayed unused
+/// since the time before.
+pub const EXCESS_TRIM: Duration = Duration::from_secs(1);
 
 /// Why the upstream TLS set-up failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,13 +120,18 @@ struct Idle {
     conn: Conn,
     /// The worker's sweep count when this connection was last put back.
     epoch: u64,
+    /// The worker's trim count when this connection was last put back.
+    trim: u64,
 }
 
 #[derive(Default)]
 struct LocalPool {
-    /// Indexed by [`Origin::id`]: a stack, most recently used on top.
-    idle: Vec<Vec<Idle>>,
+    /// Indexed by [`Origin::id`]: a stack, most recently used at the back.
+    idle: Vec<VecDeque<Idle>>,
     epoch: u64,
+    trim: u64,
+    /// `idle_per_host` (a restart setting), as the last connection put back said.
+    max_idle: usize,
 }
 
 thread_local! {
@@ -293,9 +308,25 @@ impl Upstreams {
         });
     }
 
+    /// Closes this worker's idle connections beyond `idle_per_host` to each origin that stayed
+    /// unused since the trim before, least recently used first. Each worker runs this on its own
+    /// thread every [`EXCESS_TRIM`].
+    pub fn trim_excess() {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let (trim, max_idle) = (p.trim, p.max_idle);
+            for stack in &mut p.idle {
+                while stack.len() > max_idle && stack.front().is_some_and(|i| i.trim < trim) {
+                    stack.pop_front();
+                }
+            }
+            p.trim += 1;
+        });
+    }
+
     /// Idle connections this worker holds to `origin` (for tests and metrics).
     pub fn idle_here(origin: &Origin) -> usize {
-        POOL.with(|p| p.borrow().idle.get(origin.id).map_or(0, Vec::len))
+        POOL.with(|p| p.borrow().idle.get(origin.id).map_or(0, VecDeque::len))
     }
 }
 
@@ -305,7 +336,7 @@ fn checkout(origin: usize, probe: bool) -> Option<Conn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let stack = p.idle.get_mut(origin)?;
-        while let Some(mut idle) = stack.pop() {
+        while let Some(mut idle) = stack.pop_back() {
             if !probe || !idle.conn.is_stale() {
                 return Some(idle.conn);
             }
@@ -314,18 +345,17 @@ fn checkout(origin: usize, probe: bool) -> Option<Conn> {
     })
 }
 
-/// A connection whose response was read to the end goes back on this worker's stack.
+/// A connection whose response was read to the end goes back on this worker's stack (those
+/// beyond `max_idle` until the next trims, see [`Upstreams::trim_excess`]).
 fn checkin(origin: usize, max_idle: usize, conn: Conn) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         if p.idle.len() <= origin {
-            p.idle.resize_with(origin + 1, Vec::new);
+            p.idle.resize_with(origin + 1, VecDeque::new);
         }
-        let epoch = p.epoch;
-        let stack = &mut p.idle[origin];
-        if stack.len() < max_idle {
-            stack.push(Idle { conn, epoch });
-        }
+        p.max_idle = max_idle;
+        let (epoch, trim) = (p.epoch, p.trim);
+        p.idle[origin].push_back(Idle { conn, epoch, trim });
     });
 }
 
@@ -675,6 +705,52 @@ mod tests {
         );
         Upstreams::sweep_idle();
         assert_eq!(Upstreams::idle_here(&origin), 0);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_idle_cap_stay_until_a_trim_finds_them_unused() {
+        // More requests in flight than `idle_per_host` (8 here): when they end, every connection
+        // stays for the next burst instead of being closed and opened again; those still unused
+        // a whole trim period later are closed down to the cap.
+        let (port, accepted) = upstream().await;
+        let up = pool();
+        let origin = up.origin(false, "127.0.0.1", port).unwrap();
+        for burst in 1..=3 {
+            // Bodies of 1 MiB are read as the caller polls them, so each response holds its
+            // connection until it is read.
+            let mut held = Vec::new();
+            for _ in 0..12 {
+                held.push(up.send(&origin, get("/big")).await.unwrap());
+            }
+            for resp in held {
+                assert_eq!(read(resp).await, 1 << 20);
+            }
+            assert_eq!(Upstreams::idle_here(&origin), 12, "burst {burst}");
+            assert_eq!(accepted.load(Ordering::SeqCst), 12, "burst {burst}");
+        }
+        Upstreams::trim_excess();
+        assert_eq!(
+            Upstreams::idle_here(&origin),
+            12,
+            "put back since the last trim: kept"
+        );
+        Upstreams::trim_excess();
+        assert_eq!(
+            Upstreams::idle_here(&origin),
+            8,
+            "unused for a whole period"
+        );
+        Upstreams::trim_excess();
+        assert_eq!(Upstreams::idle_here(&origin), 8, "never below the cap");
+        // The most recently used are the ones kept: all still work.
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(up.send(&origin, get("/big")).await.unwrap());
+        }
+        for resp in held {
+            assert_eq!(read(resp).await, 1 << 20);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 12);
     }
 
     #[tokio::test]

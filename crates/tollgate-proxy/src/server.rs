@@ -127,10 +127,14 @@ impl Workers {
                             }
                         };
                         let sweeper = tokio::spawn(async {
-                            let mut tick = tokio::time::interval(crate::forward::IDLE_SWEEP);
+                            use crate::forward::{Upstreams, EXCESS_TRIM, IDLE_SWEEP};
+                            let mut sweep = tokio::time::interval(IDLE_SWEEP);
+                            let mut trim = tokio::time::interval(EXCESS_TRIM);
                             loop {
-                                tick.tick().await;
-                                crate::forward::Upstreams::sweep_idle();
+                                tokio::select! {
+                                    _ = sweep.tick() => Upstreams::sweep_idle(),
+                                    _ = trim.tick() => Upstreams::trim_excess(),
+                                }
                             }
                         });
                         let stop = async move {
