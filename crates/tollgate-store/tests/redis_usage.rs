@@ -110,26 +110,14 @@ async fn usage_batches_keep_one_number_per_writer_not_a_key_per_batch() {
     let redis = TestRedis::start();
     let store = single(&redis).await;
     for seq in 0..50 {
-        store
-            .record_usage(&one_delta("node_a", seq, 1))
-            .await
-            .unwrap();
+        record_one(&store, "node_a", seq, 1).await;
     }
     // Redis forgets its scripts (a restart, SCRIPT FLUSH): the next batch loads it again.
     assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
-    store
-        .record_usage(&one_delta("node_b", 0, 1))
-        .await
-        .unwrap();
+    record_one(&store, "node_b", 0, 1).await;
     // An earlier batch of a writer, sent again (it landed, its reply was lost), changes nothing.
-    store
-        .record_usage(&one_delta("node_a", 10, 100))
-        .await
-        .unwrap();
-    store
-        .record_usage(&one_delta("node_a", 49, 100))
-        .await
-        .unwrap();
+    record_one(&store, "node_a", 10, 100).await;
+    record_one(&store, "node_a", 49, 100).await;
     assert_eq!(
         store.pool_usage("par_1").await.unwrap(),
         vec![("whois".to_owned(), 51)]
@@ -155,6 +143,14 @@ async fn usage_batches_keep_one_number_per_writer_not_a_key_per_batch() {
             "{writer} TTL {ttl}"
         );
     }
+}
+
+/// Records a batch of one delta (`acc_1` of `par_1`, product and pool `whois`, one request).
+async fn record_one(store: &dyn Store, writer: &str, seq: u64, credits: u64) {
+    store
+        .record_usage(&one_delta(writer, seq, credits))
+        .await
+        .unwrap();
 }
 
 fn one_delta(writer: &str, seq: u64, credits: u64) -> UsageBatch {
@@ -183,19 +179,10 @@ async fn cluster_tenants_keep_one_number_per_writer() {
         .unwrap();
     let cli = |args: &[&str]| cluster.cli(args);
     for seq in 0..20 {
-        store
-            .record_usage(&one_delta("node_a", seq, 1))
-            .await
-            .unwrap();
+        record_one(&store, "node_a", seq, 1).await;
     }
-    store
-        .record_usage(&one_delta("node_b", 0, 1))
-        .await
-        .unwrap();
-    store
-        .record_usage(&one_delta("node_a", 10, 100))
-        .await
-        .unwrap();
+    record_one(&store, "node_b", 0, 1).await;
+    record_one(&store, "node_a", 10, 100).await;
     assert_eq!(
         store.pool_usage("par_1").await.unwrap(),
         vec![("whois".to_owned(), 21)]
@@ -214,10 +201,7 @@ async fn cluster_tenants_keep_one_number_per_writer() {
     }
     cli(&["HSET", "{tg:t:par_1}:w", "live", &format!("3 {now}")]);
     assert_eq!(cli(&["HLEN", "{tg:t:par_1}:w"]).trim(), "23");
-    store
-        .record_usage(&one_delta("node_c", 0, 1))
-        .await
-        .unwrap();
+    record_one(&store, "node_c", 0, 1).await;
     let writers = cli(&["HKEYS", "{tg:t:par_1}:w"]);
     let mut writers: Vec<&str> = writers.lines().collect();
     writers.sort_unstable();
