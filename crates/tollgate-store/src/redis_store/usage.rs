@@ -57,9 +57,8 @@ impl Inner {
         // script's; a retry after a partial failure skips the groups that landed (a retried batch
         // is the same batch, so it splits into the same groups). On Redis Cluster each tenant's
         // part is exactly-once on the tenant's record of the writer's last batch, and parts go out
-        // concurrently (they live on different nodes).
-        // The deltas in order of tenant (a stable sort: a retried batch is split the same way),
-        // then each tenant's run of them is its part.
+        // concurrently (they live on different nodes). A tenant's part is its run of the deltas
+        // sorted by tenant (a stable sort: a retried batch is split the same way).
         let mut sorted: Vec<&UsageDelta> = batch.deltas.iter().collect();
         sorted.sort_by(|a, b| a.parent_id.cmp(&b.parent_id));
         let parts: Vec<(&str, &[&UsageDelta])> = sorted
@@ -135,11 +134,13 @@ impl Inner {
                 (accounts, slots)
             })
             .collect();
-        let per_tenant = usize::from(group.is_none());
-        let keys: usize = usize::from(group.is_some())
+        // The writer's marker on a single server; per tenant, its writers record on Cluster, its
+        // pool usage and its accounts' usage.
+        let tenant_keys = 1 + usize::from(group.is_none());
+        let keys = usize::from(group.is_some())
             + layout
                 .iter()
-                .map(|(accounts, _)| accounts.len() + 1 + per_tenant)
+                .map(|(accounts, _)| tenant_keys + accounts.len())
                 .sum::<usize>();
         let args = 4 + parts.len() * 2 + 6 * parts.iter().map(|(_, d)| d.len()).sum::<usize>();
         let mut cmd = redis::Cmd::with_capacity(3 + keys + args, 64 * (keys + args));
