@@ -14,7 +14,8 @@
 # ["250ms"] Tollgate's [metering] flush_interval, HOLD [0] (1: start everything, print the
 # ports and pids, and wait to be killed instead of measuring: for profiling), QUIET_MAX [10]
 # and QUIET_WAIT [900]: before each measurement, wait up to QUIET_WAIT s until other work uses at
-# most QUIET_MAX % of the machine.
+# most QUIET_MAX % of the machine. NGINX_KEEPALIVE [64] is nginx-proxy's upstream `keepalive`
+# (idle connections kept, as Tollgate's default `upstream_idle_per_host`).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,6 +40,7 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-3}
 CONNS=${CONNS:-64}
+NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-64}
 PHASES=${PHASES:-admitted refused h2}
 PARENTS=${PARENTS:-10000}
 CHILDREN_PER_PARENT=${CHILDREN_PER_PARENT:-10}
@@ -248,7 +250,7 @@ http {
 $(nginx_http_common "$TMP/nginx-proxy")
   upstream backend {
     server 127.0.0.1:$UP_PORT;
-    keepalive 64;
+    keepalive $NGINX_KEEPALIVE;
     keepalive_requests 1000000;
   }
   server {
@@ -538,7 +540,7 @@ def sh(cmd):
     except Exception:
         return "?"
 json.dump({
-    "duration_s": $DURATION, "rounds": $ROUNDS, "warmup_s": $WARMUP, "connections": $CONNS,
+    "duration_s": $DURATION, "rounds": $ROUNDS, "warmup_s": $WARMUP, "connections": $CONNS, "nginx_keepalive": $NGINX_KEEPALIVE,
     "smoke": bool($SMOKE), "proxy_cpu": $PROXY_CPU, "load_cpu": $LOAD_CPU,
     "tree": json.load(open("$SEED_DIR/seed.json")),
     "cpu_model": cpu, "cpus": int(sh("nproc") or 0), "kernel": platform.release(),
