@@ -29,7 +29,6 @@ case "$STORE" in
   redis) read_hold ab.sh redis ;;
   *) echo "ab.sh: STORE is embedded or redis, not $STORE" >&2; exit 2 ;;
 esac
-REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 
 D=$(mktemp -d /tmp/tollgate-ab.XXXXXX)
 PIDS=()

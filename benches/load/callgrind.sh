@@ -29,11 +29,9 @@ trap '[ -z "${VG:-}" ] || kill "$VG" 2>/dev/null || true; rm -rf "$D"' EXIT
 start_gateway "$D" "$BIN" "$(embedded_store "$D")" \
   valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$D/cg.out"
 VG=$GW_PID PORT=$GW_PORT OPS=$GW_OPS
-REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 if [ "${H2:-0}" = 1 ]; then
   # HTTP/2 (h2c), as the load run's h2 phase: the key in the apiKey parameter, one URI per key.
-  awk -v base="http://127.0.0.1:$PORT" -v path="$REQ_PATH" \
-    '$0 != "" { print (NR == 1 ? base : "") path "&apiKey=" $0 }' "$KEYS" >"$D/uris.txt"
+  h2_uris "$PORT" "$KEYS" >"$D/uris.txt"
   timeout $((SECS + 60)) taskset -c "$LOAD_CPU" h2load -t1 -c8 -m10 -D "$SECS" -i "$D/uris.txt" >/dev/null
 else
   timeout $((SECS + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c8 -d"${SECS}s" -s "$HERE/keys.lua" \

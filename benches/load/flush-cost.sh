@@ -26,7 +26,6 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 command -v perf >/dev/null || { echo "flush-cost.sh: needs perf (apt-get install linux-perf)" >&2; exit 1; }
 read_hold flush-cost.sh redis
-REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 
 D=$(mktemp -d /tmp/tollgate-flush.XXXXXX)
 trap '[ -z "${GW_PID:-}" ] || kill "$GW_PID" 2>/dev/null || true; rm -rf "$D"' EXIT
@@ -47,11 +46,10 @@ if [ -n "${PERF_DATA:-}" ]; then
   echo "profile of the control-plane threads: perf report -i $PERF_DATA"
   exit 0
 fi
-RPID=$(redis-cli -p "$RP" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
-ticks() { sed 's/.*) //' "/proc/$RPID/stat" | awk '{ print $12 + $13 }'; }
-T0=$(ticks)
+RPID=$(redis_pid)
+T0=$(cpu_ticks "$RPID")
 perf stat -x, -e task-clock -t "$TIDS" -o "$D/stat" -- sleep "$SECS" 2>/dev/null
-T1=$(ticks)
+T1=$(cpu_ticks "$RPID")
 wait "$W"
 awk -F, -v flushes=$((SECS * 4)) -v rps="$(awk '/Requests\/sec/ { print $2 }' "$D/wrk")" \
   -v redis_ms="$(((T1 - T0) * 1000 / $(getconf CLK_TCK)))" '

@@ -1,4 +1,5 @@
-# Sourced by run.sh and held.sh: the gateway.toml every load run gives Tollgate, and its ports.
+# Sourced by run.sh and held.sh: the gateway.toml every load run gives Tollgate, its ports, the
+# request the loads send, and the CPU time of a process.
 #
 #   gateway_toml PORT ACCOUNT_PORT OPS_PORT UPSTREAM_PORT STORE_TOML [FLUSH_INTERVAL] > gateway.toml
 #
@@ -44,3 +45,18 @@ embedded_store_toml() { printf 'backend = "embedded"\npath = "%s"\n' "$1"; }
 free_ports() {
   python3 -c 'import socket, sys; ss = [socket.socket() for _ in range(int(sys.argv[1]))]; [s.bind(("127.0.0.1", 0)) for s in ss]; print(*(s.getsockname()[1] for s in ss))' "$1"
 }
+
+# The request every load sends: the route gateway_toml configures, plus the key (x-api-key from
+# keys.lua for wrk; the apiKey parameter for h2load, see h2_uris).
+REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
+
+# h2_uris PORT KEYS_FILE > file: h2load's URI list, one per key. h2load has no per-request headers
+# from a file, so its requests carry the key in the query (`apiKey`, the vendor's own convention;
+# Tollgate strips it before forwarding).
+h2_uris() {
+  awk -v base="http://127.0.0.1:$1" -v path="$REQ_PATH" \
+    '$0 != "" { print (NR == 1 ? base : "") path "&apiKey=" $0 }' "$2"
+}
+
+# cpu_ticks PID: the process's user + system CPU time so far, in clock ticks (/proc).
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }

@@ -20,14 +20,11 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 command -v perf >/dev/null || { echo "h2-ab.sh: needs perf (apt-get install linux-perf)" >&2; exit 1; }
 read_hold h2-ab.sh
-REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
-# nginx-proxy's worker, and its other listener (HTTP/2).
-read -r _ _ _ NP _ <"$OUT/hold.txt"
-NPID=${NP#*/}
-NH2=$(ss -ltnp | grep "pid=$NPID," | awk '{ print $4 }' | sed 's/.*://' | grep -vx "$NGINX" | head -1)
+# nginx-proxy's other listener (HTTP/2).
+NH2=$(ss -ltnp | grep "pid=$NGINX_PID," | awk '{ print $4 }' | sed 's/.*://' | grep -vx "$NGINX" | head -1)
 D=$(mktemp -d /tmp/tollgate-h2ab.XXXXXX)
 declare -A PORT PID
-PORT[nginx]=$NH2 PID[nginx]=$NPID
+PORT[nginx]=$NH2 PID[nginx]=$NGINX_PID
 NAMES=(nginx)
 cleanup() {
   local n
@@ -44,12 +41,8 @@ for bin in "$@"; do
   PORT[$n]=$GW_PORT PID[$n]=$GW_PID
   NAMES+=("$n")
 done
-uris() { # uris NAME > file: the key in the apiKey parameter, as the load run's h2 phase sends it
-  awk -v base="http://127.0.0.1:${PORT[$1]}" -v path="$REQ_PATH" \
-    '$0 != "" { print (NR == 1 ? base : "") path "&apiKey=" $0 }' "$KEYS"
-}
 for n in "${NAMES[@]}"; do
-  uris "$n" >"$D/uris-${PORT[$n]}"
+  h2_uris "${PORT[$n]}" "$KEYS" >"$D/uris-${PORT[$n]}"
   taskset -c "$LOAD_CPU" h2load -t1 -c64 -m10 -D 3 -i "$D/uris-${PORT[$n]}" >/dev/null 2>&1 # warm
 done
 for r in $(seq "${ROUNDS:-5}"); do

@@ -4,14 +4,14 @@
 # shellcheck source=gateway-toml.sh
 . "$HERE/gateway-toml.sh"
 
-# read_hold NAME [redis]: reads $OUT/hold.txt into UP (the upstream's port), NGINX (nginx-proxy's
-# port), TE and TR (the held Tollgates, PORT/PID), KEYS and UNKNOWN (key files) and RP (Redis's
+# read_hold NAME [redis]: reads $OUT/hold.txt into UP (the upstream's port), NGINX and NGINX_PID
+# (nginx-proxy's port and worker), TE and TR (the held Tollgates, PORT/PID), KEYS and UNKNOWN (key files) and RP (Redis's
 # port); exits with NAME's error if there is no hold, or, with "redis", if it names no Redis.
 read_hold() {
   [ -f "$OUT/hold.txt" ] || { echo "$1: no $OUT/hold.txt: start HOLD=1 benches/load/run.sh first" >&2; exit 1; }
   # shellcheck disable=SC2034 # read by the scripts that source this
   read -r _ UP _ NGINX _ TE _ TR _ KEYS _ UNKNOWN _ RP _ <"$OUT/hold.txt"
-  NGINX=${NGINX%%/*}
+  NGINX_PID=${NGINX#*/} NGINX=${NGINX%%/*}
   if [ "${2:-}" = redis ] && [ -z "${RP:-}" ]; then
     echo "$1: $OUT/hold.txt names no Redis (an older run.sh?)" >&2
     exit 1
@@ -42,6 +42,9 @@ start_gateway() {
   kill "$GW_PID" 2>/dev/null || true
   exit 1
 }
+
+# redis_pid: the held Redis's process id.
+redis_pid() { redis-cli -p "$RP" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }'; }
 
 # Bodies of the [store] section for a gateway beside the hold: the held Redis (the seeded tree
 # under prefix "tg"), or a copy of the seeded embedded store made in DIR.

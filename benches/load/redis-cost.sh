@@ -18,18 +18,16 @@ LOAD_CPU=${LOAD_CPU:-1}
 . "$HERE/held.sh"
 read_hold redis-cost.sh redis
 TR=${TR%/*}
-REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
-RPID=$(redis-cli -p "$RP" info server | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
-ticks() { sed 's/.*) //' "/proc/$RPID/stat" | awk '{ print $12 + $13 }'; }
+RPID=$(redis_pid)
 load() {
   timeout $(($1 + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c64 -d"$1s" -s "$HERE/keys.lua" \
     "http://127.0.0.1:$TR" -- "$KEYS" "$REQ_PATH"
 }
 load 3 >/dev/null # warm: every key cached, every usage cell made
 redis-cli -p "$RP" config resetstat >/dev/null
-K0=$(redis-cli -p "$RP" dbsize) T0=$(ticks)
+K0=$(redis-cli -p "$RP" dbsize) T0=$(cpu_ticks "$RPID")
 RPS=$(load "$SECS" | awk '/^Requests\/sec/ { printf "%d", $2 }')
-T1=$(ticks) K1=$(redis-cli -p "$RP" dbsize)
+T1=$(cpu_ticks "$RPID") K1=$(redis-cli -p "$RP" dbsize)
 STATS=$(redis-cli -p "$RP" info commandstats | tr -d '\r')
 CALLS=$(echo "$STATS" | awk -F'[=,]' '/^cmdstat_(evalsha|eval):/ { n += $2 } END { print n + 0 }')
 USEC=$(echo "$STATS" | awk -F'[=,]' '/^cmdstat_(evalsha|eval):/ { n += $4 } END { print n + 0 }')

@@ -53,7 +53,6 @@ OUT=${OUT:-$HERE/out}
 RESEED=${RESEED:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 FLUSH_INTERVAL=${FLUSH_INTERVAL:-250ms}
-REQ_PATH="/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
 
 log() { printf '[load %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -352,7 +351,6 @@ RAW=$OUT/raw.jsonl
 mkdir -p "$OUT/logs"
 rm -f "$OUT"/logs/*.txt
 
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # Busy ticks of one CPU (user nice system irq softirq steal), from /proc/stat.
 core_ticks() { awk -v c="cpu$1" '$1 == c { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 # Share of the whole machine busy over a second, in percent.
@@ -394,13 +392,6 @@ contender tollgate-redis/disabled-child "$TR_PID" "$TR_PORT" "$DISABLED" h1
 [ "$H2_NGINX" = 1 ] && contender nginx-proxy/h2 "$NGINX_PROXY_PID" "$NP_H2_PORT" "$KEYS" h2
 contender tollgate-embedded/h2 "$TE_PID" "$TE_PORT" "$KEYS" h2
 contender tollgate-redis/h2 "$TR_PID" "$TR_PORT" "$KEYS" h2
-
-# h2load has no per-request headers from a file, so its requests carry the key in the query
-# (`apiKey`, the vendor's own convention; Tollgate strips it before forwarding).
-h2_uris() { # h2_uris PORT KEYS_FILE > file
-  awk -v base="http://127.0.0.1:$1" -v path="$REQ_PATH" \
-    '$0 != "" { print (NR == 1 ? base : "") path "&apiKey=" $0 }' "$2"
-}
 
 # run_load NAME SECONDS LOGFILE: the load itself; prints its output.
 run_load() {
