@@ -11,12 +11,18 @@
 # nginx, BIN1, BIN2, ... (rotated each round). Prints each contender's median req/s and p99 and its
 # median per-round ratio to nginx. OUT [benches/load/out] is the held run's output directory.
 # STORE=redis runs each BIN on the held run's Redis instead (the seeded tree under prefix "tg",
-# shared by the BINs, which take turns).
+# shared by the BINs, which take turns). KEYSET=unknown sends the BINs the seeded unknown keys
+# (refusals, 401 from the negative cache) while nginx proxies the admitted ones, as run.sh's
+# refused phase. UNPINNED=1 runs everything as an operator would start it: nothing pinned, nginx
+# with `worker_processes auto` (its own, started here against the held upstream), each BIN with
+# its default thread counts, wrk with -t THREADS [2]; the held upstream and Redis stay on LOAD_CPU.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=held.sh
 . "$HERE/held.sh"
-[ $# -ge 1 ] || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+# shellcheck source=nginx-conf.sh
+. "$HERE/nginx-conf.sh"
+[ $# -ge 1 ] || { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -24,6 +30,9 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
 STORE=${STORE:-embedded}
+KEYSET=${KEYSET:-admitted}
+UNPINNED=${UNPINNED:-0}
+THREADS=${THREADS:-2}
 case "$STORE" in
   embedded) read_hold ab.sh ;;
   redis) read_hold ab.sh redis ;;
@@ -40,7 +49,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-NAMES=(nginx) PORTS=("$NGINX")
+case "$KEYSET" in
+  admitted) BIN_KEYS=$KEYS ;;
+  unknown) BIN_KEYS=$UNKNOWN ;;
+  *) echo "ab.sh: KEYSET is admitted or unknown, not $KEYSET" >&2; exit 2 ;;
+esac
+
+if [ "$UNPINNED" = 1 ]; then
+  read -r NGINX <<<"$(free_ports 1)"
+  mkdir -p "$D/nginx"
+  nginx_proxy_conf "$D/nginx" "$NGINX" "$UP" 64 "" auto >"$D/nginx/nginx.conf"
+  nginx -p "$D/nginx" -c "$D/nginx/nginx.conf" -e "$D/nginx/error.log" 2>>"$D/nginx/error.log" &
+  PIDS+=("$!")
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$NGINX/" && break; sleep 0.1; done
+fi
+
+NAMES=(nginx) PORTS=("$NGINX") FILES=("$KEYS")
 i=0
 for bin in "$@"; do
   i=$((i + 1))
@@ -49,21 +73,26 @@ for bin in "$@"; do
   if [ "$STORE" = redis ]; then store=$(redis_store); else store=$(embedded_store "$dir"); fi
   start_gateway "$dir" "$bin" "$store"
   PIDS+=("$GW_PID")
-  NAMES+=("$i:$(basename "$bin")") PORTS+=("$GW_PORT")
+  NAMES+=("$i:$(basename "$bin")") PORTS+=("$GW_PORT") FILES+=("$BIN_KEYS")
 done
 
-load() { # PORT SECONDS -> "req/s p99_ms"
-  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$2s" --latency -s "$HERE/keys.lua" \
-    "http://127.0.0.1:$1" -- "$KEYS" "$REQ_PATH" 2>&1 |
+load() { # PORT SECONDS KEYS_FILE -> "req/s p99_ms"
+  if [ "$UNPINNED" = 1 ]; then
+    set -- "$1" "$2" "$3" wrk -t"$THREADS"
+  else
+    set -- "$1" "$2" "$3" taskset -c "$LOAD_CPU" wrk -t1
+  fi
+  "${@:4}" -c"$CONNS" -d"$2s" --latency -s "$HERE/keys.lua" \
+    "http://127.0.0.1:$1" -- "$3" "$REQ_PATH" 2>&1 |
     awk '/Requests\/sec/ { r = $2 } / 99%/ { v = $2; if (v ~ /us$/) p = v / 1000; else if (v ~ /ms$/) p = v + 0; else p = v * 1000 } END { printf "%d %.3f\n", r, p }'
 }
-for p in "${PORTS[@]}"; do load "$p" 3 >/dev/null; done # warm-up: caches, pools
+for j in "${!PORTS[@]}"; do load "${PORTS[$j]}" 3 "${FILES[$j]}" >/dev/null; done # warm-up: caches, pools
 n=${#PORTS[@]}
 : >"$D/rows"
 for r in $(seq "$ROUNDS"); do
   for k in $(seq 0 $((n - 1))); do
     j=$(((k + r) % n))
-    echo "$r ${NAMES[$j]} $(load "${PORTS[$j]}" "$DURATION")" | tee -a "$D/rows" >&2
+    echo "$r ${NAMES[$j]} $(load "${PORTS[$j]}" "$DURATION" "${FILES[$j]}")" | tee -a "$D/rows" >&2
   done
 done
 python3 - "$D/rows" <<'PY'

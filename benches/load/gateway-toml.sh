@@ -1,15 +1,18 @@
 # Sourced by run.sh and held.sh: the gateway.toml every load run gives Tollgate, its ports, the
 # request the loads send, and the CPU time of a process.
 #
-#   gateway_toml PORT ACCOUNT_PORT OPS_PORT UPSTREAM_PORT STORE_TOML [FLUSH_INTERVAL] > gateway.toml
+#   gateway_toml PORT ACCOUNT_PORT OPS_PORT UPSTREAM_PORT STORE_TOML [FLUSH_INTERVAL] [WORKERS] > gateway.toml
 #
-# STORE_TOML is the body of the [store] section; FLUSH_INTERVAL defaults to 250ms.
+# STORE_TOML is the body of the [store] section; FLUSH_INTERVAL defaults to 250ms. WORKERS [1] is
+# [proxy] workers: one data-plane thread on the one core Tollgate is pinned to, as nginx runs one
+# worker; "auto" leaves it to the default (one per core).
 gateway_toml() {
+  local workers="workers = ${7:-1}"
+  [ "${7:-1}" = auto ] && workers="# workers: the default, one per core"
   cat <<EOF
 [proxy]
 listen = "127.0.0.1:$1"
-# One data-plane thread on the one core Tollgate is pinned to, as nginx runs one worker.
-workers = 1
+$workers
 [account_api]
 listen = "127.0.0.1:$2"
 [ops]

@@ -20,16 +20,23 @@ read_hold() {
 
 # start_gateway DIR BIN STORE_TOML [WRAPPER...]: writes DIR/gateway.toml (the load run's settings,
 # free ports, the held upstream, STORE_TOML as the [store] section's body) and starts BIN run on
-# it, pinned to PROXY_CPU, under WRAPPER if given (valgrind ...), its stderr in DIR/log. Sets
-# GW_PID, GW_PORT and GW_OPS once the ops listener answers /readyz; otherwise prints the log, stops
-# BIN and exits.
+# it, pinned to PROXY_CPU, under WRAPPER if given (valgrind ...), its stderr in DIR/log. With
+# UNPINNED=1, BIN runs as an operator would start it instead: not pinned, its default thread
+# counts (one data-plane worker per core). Sets GW_PID, GW_PORT and GW_OPS once the ops listener
+# answers /readyz; otherwise prints the log, stops BIN and exits.
 start_gateway() {
   local dir=$1 bin=$2 store=$3 account
   shift 3
   read -r GW_PORT account GW_OPS <<<"$(free_ports 3)"
-  gateway_toml "$GW_PORT" "$account" "$GW_OPS" "$UP" "$store" >"$dir/gateway.toml"
-  TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_held_$RANDOM$RANDOM \
-    taskset -c "$PROXY_CPU" "$@" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &
+  if [ "${UNPINNED:-0}" = 1 ]; then
+    gateway_toml "$GW_PORT" "$account" "$GW_OPS" "$UP" "$store" 250ms auto >"$dir/gateway.toml"
+    TOLLGATE_OPERATOR_TOKEN=op_held_$RANDOM$RANDOM \
+      "$@" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &
+  else
+    gateway_toml "$GW_PORT" "$account" "$GW_OPS" "$UP" "$store" >"$dir/gateway.toml"
+    TOKIO_WORKER_THREADS=1 TOLLGATE_OPERATOR_TOKEN=op_held_$RANDOM$RANDOM \
+      taskset -c "$PROXY_CPU" "$@" "$bin" run --config "$dir/gateway.toml" 2>"$dir/log" &
+  fi
   GW_PID=$!
   local _
   for _ in $(seq 240); do

@@ -21,6 +21,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=gateway-toml.sh
 . "$HERE/gateway-toml.sh"
+# shellcheck source=nginx-conf.sh
+. "$HERE/nginx-conf.sh"
 ROOT=$(cd "$HERE/../.." && pwd)
 
 SMOKE=0
@@ -166,34 +168,8 @@ expect_status() {
 # nginx: the upstream (twice: the real one on LOAD_CPU, contender "upstream-direct" on PROXY_CPU)
 # and the plain reverse proxy.
 
-NGINX_USER=""
-[ "$(id -u)" = 0 ] && NGINX_USER="user root;"
 H2_NGINX=0
 nginx -V 2>&1 | grep -q -- '--with-http_v2_module' && H2_NGINX=1
-
-nginx_common() { # nginx_common DIR
-  mkdir -p "$1/tmp"
-  cat <<EOF
-$NGINX_USER
-worker_processes 1;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log error;
-events { worker_connections 8192; }
-EOF
-}
-nginx_http_common() {
-  cat <<EOF
-  access_log off;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  client_body_temp_path $1/tmp/body;
-  proxy_temp_path $1/tmp/proxy;
-  fastcgi_temp_path $1/tmp/fastcgi;
-  uwsgi_temp_path $1/tmp/uwsgi;
-  scgi_temp_path $1/tmp/scgi;
-EOF
-}
 
 # start_nginx NAME CPU CONF_TEXT: starts nginx (master + 1 worker) pinned to CPU; sets NGINX_WORKER.
 start_nginx() {
@@ -213,23 +189,6 @@ start_nginx() {
   NGINX_WORKER=$worker
 }
 
-BODY='{"domainName":"example.com","registryData":{"registrant":{"organization":"Example Inc."},"status":"clientTransferProhibited"},"estimatedDomainAge":10950}'
-upstream_conf() { # upstream_conf DIR PORT
-  nginx_common "$1"
-  cat <<EOF
-http {
-$(nginx_http_common "$1")
-  server {
-    listen 127.0.0.1:$2 backlog=4096;
-    location / {
-      default_type application/json;
-      return 200 '$BODY';
-    }
-  }
-}
-EOF
-}
-
 UP_PORT=$(free_port)
 start_nginx upstream "$LOAD_CPU" "$(upstream_conf "$TMP/upstream" "$UP_PORT")"
 UPSTREAM_PID=$NGINX_WORKER
@@ -242,26 +201,10 @@ DIRECT_PID=$NGINX_WORKER
 wait_http "http://127.0.0.1:$DIRECT_PORT/" 200 10
 
 read -r NP_PORT NP_H2_PORT <<<"$(free_ports 2)"
-H2_LISTEN=""
-[ "$H2_NGINX" = 1 ] && H2_LISTEN="listen 127.0.0.1:$NP_H2_PORT http2 backlog=4096;"
-start_nginx nginx-proxy "$PROXY_CPU" "$(nginx_common "$TMP/nginx-proxy")
-http {
-$(nginx_http_common "$TMP/nginx-proxy")
-  upstream backend {
-    server 127.0.0.1:$UP_PORT;
-    keepalive $NGINX_KEEPALIVE;
-    keepalive_requests 1000000;
-  }
-  server {
-    listen 127.0.0.1:$NP_PORT backlog=4096;
-    $H2_LISTEN
-    location / {
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection \"\";
-    }
-  }
-}"
+NP_H2=""
+[ "$H2_NGINX" = 1 ] && NP_H2=$NP_H2_PORT
+start_nginx nginx-proxy "$PROXY_CPU" \
+  "$(nginx_proxy_conf "$TMP/nginx-proxy" "$NP_PORT" "$UP_PORT" "$NGINX_KEEPALIVE" "$NP_H2")"
 NGINX_PROXY_PID=$NGINX_WORKER
 wait_http "http://127.0.0.1:$NP_PORT/" 200 10
 log "nginx-proxy: 127.0.0.1:$NP_PORT$([ "$H2_NGINX" = 1 ] && echo ", h2c 127.0.0.1:$NP_H2_PORT") (CPU $PROXY_CPU)"
