@@ -691,3 +691,53 @@ permission = "billing.view"
     assert_eq!(u["by_product"]["whois"]["requests"], admitted, "{u}");
     assert!(u["by_product"].get("dns").is_none(), "{u}");
 }
+
+/// `key_missing` names the key sources in force, in their order, on every path (GET: the fast
+/// path; POST with a JSON body: hyper's; HTTP/2): the head sources and the first `json:` one, the
+/// only one read. Before, the data plane always named the default sources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_missing_names_the_configured_sources_on_every_path() {
+    let up = StubUpstream::start().await;
+    let cfg = format!(
+        "[keys]\nsources = [\"header:x-authentication-token\", \"json:apiKey\", \"query:token\", \
+         \"json:key\"]\n{}",
+        routes(&up.url())
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let url = format!("{}/whoisserver/WhoisService?domainName=a.example", g.proxy);
+    // A key where the default sources, not these, would find it.
+    let default_place = [("x-api-key", "at_0000000000000000000000000000z")];
+    let replies = [
+        ("GET", get(&url, &default_place).await.unwrap()),
+        (
+            "POST",
+            post_json(
+                &url,
+                &default_place,
+                &json!({"key": "at_0000000000000000000000000000z"}),
+            )
+            .await
+            .unwrap(),
+        ),
+        (
+            "h2",
+            send_h2c(Method::GET, &url, &default_place).await.unwrap(),
+        ),
+    ];
+    for (how, r) in &replies {
+        assert_eq!(r.status, 401, "{how}");
+        assert_eq!(
+            r.json(),
+            json!({"error": {"code": "key_missing", "message":
+                "No API key was given: send it in the x-authentication-token header, the apiKey \
+                 field of a JSON body, or the token query parameter."}}),
+            "{how}"
+        );
+        assert_eq!(
+            r.headers["content-length"].to_str().unwrap(),
+            r.body.len().to_string(),
+            "{how}"
+        );
+    }
+    assert!(up.requests().is_empty());
+}

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::Request;
-use tollgate_config::{KeySource, KeysConfig};
+use tollgate_config::{key_missing_message, KeySource, KeysConfig};
 use tollgate_core::{bearer_token, DenyReason};
 
 use crate::respond::query_param;
@@ -46,25 +46,11 @@ impl Lookup {
 }
 
 fn missing_message(sources: &[KeySource]) -> String {
-    let places: Vec<String> = sources
-        .iter()
-        .filter_map(|s| match s {
-            KeySource::Header(name) => Some(format!("the {name} header")),
-            KeySource::Bearer => Some("an Authorization: Bearer header".to_owned()),
-            KeySource::Query(name) => Some(format!("the {name} query parameter")),
-            KeySource::Json(_) => None,
-        })
-        .collect();
-    match places.as_slice() {
-        [] => "No API key was given, and this gateway reads no header, bearer or query \
-               parameter for one on the account API: ask the operator to configure [keys] sources."
-            .to_owned(),
-        [one] => format!("No API key was given: send it in {one}."),
-        [first @ .., last] => format!(
-            "No API key was given: send it in {}, or {last}.",
-            first.join(", ")
-        ),
-    }
+    key_missing_message(sources).unwrap_or_else(|| {
+        "No API key was given, and this gateway reads no header, bearer or query parameter for \
+         one on the account API: ask the operator to configure [keys] sources."
+            .to_owned()
+    })
 }
 
 impl KeySources {

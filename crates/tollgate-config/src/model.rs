@@ -93,6 +93,32 @@ pub enum KeySource {
     Json(String),
 }
 
+impl KeySource {
+    /// Where a client puts a key for this source, as a `key_missing` message names it.
+    pub fn place(&self) -> String {
+        match self {
+            KeySource::Header(name) => format!("the {name} header"),
+            KeySource::Bearer => "an Authorization: Bearer header".to_owned(),
+            KeySource::Query(name) => format!("the {name} query parameter"),
+            KeySource::Json(name) => format!("the {name} field of a JSON body"),
+        }
+    }
+}
+
+/// The `key_missing` message naming `sources` in their order, or `None` if there are none. It
+/// names only places, never a value a caller sent.
+pub fn key_missing_message<'a>(sources: impl IntoIterator<Item = &'a KeySource>) -> Option<String> {
+    let places: Vec<String> = sources.into_iter().map(KeySource::place).collect();
+    match places.as_slice() {
+        [] => None,
+        [one] => Some(format!("No API key was given: send it in {one}.")),
+        [first @ .., last] => Some(format!(
+            "No API key was given: send it in {}, or {last}.",
+            first.join(", ")
+        )),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeysConfig {
     pub sources: Vec<KeySource>,

@@ -77,6 +77,8 @@ pub struct Proxy {
     unmatched: Unmatched,
     cache: Arc<KeyCache>,
     sources: Vec<KeySource>,
+    /// The `key_missing` body, naming `sources`.
+    key_missing: Bytes,
     strip_headers: Vec<HeaderName>,
     strip_bearer: bool,
     strip_query: Vec<String>,
@@ -165,7 +167,26 @@ impl Proxy {
                 KeySource::Json(_) => {}
             }
         }
+        // The places a key is read from: the head sources, and the first `json:` source.
+        let json = config
+            .keys
+            .sources
+            .iter()
+            .find(|s| matches!(s, KeySource::Json(_)));
+        let read = config
+            .keys
+            .sources
+            .iter()
+            .filter(|s| !matches!(s, KeySource::Json(_)) || Some(*s) == json);
+        let key_missing = match tollgate_config::key_missing_message(read) {
+            Some(message) => Bytes::from(crate::respond::error_body(
+                DenyReason::KeyMissing.code(),
+                &message,
+            )),
+            None => Refusal::Deny(DenyReason::KeyMissing).body().clone(),
+        };
         Ok(Proxy {
+            key_missing,
             router: Router::new(config.routes.clone()),
             runtime,
             unmatched: Unmatched {
@@ -184,6 +205,14 @@ impl Proxy {
             metering,
             access: Arc::new(AccessLog::default()),
         })
+    }
+
+    /// The JSON body of refusal `r`: `key_missing`'s names this configuration's key sources.
+    pub(crate) fn refusal_body(&self, r: Refusal) -> &Bytes {
+        match r {
+            Refusal::Deny(DenyReason::KeyMissing) => &self.key_missing,
+            _ => r.body(),
+        }
     }
 
     /// Writes the access log through `access` (shared across config reloads) instead of a
@@ -206,12 +235,18 @@ impl Proxy {
         if !crate::path::is_safe(path.as_bytes()) {
             let r = Refusal::InvalidRequest;
             self.record(None, started, request_id.as_bytes(), &trace, Err(r));
-            return finish(refusal(r).map(Either::Right), request_id);
+            return finish(
+                refusal(r, self.refusal_body(r).clone()).map(Either::Right),
+                request_id,
+            );
         }
         let Some(idx) = self.router.find(host, path) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
             self.record(None, started, request_id.as_bytes(), &trace, Err(r));
-            return finish(refusal(r).map(Either::Right), request_id);
+            return finish(
+                refusal(r, self.refusal_body(r).clone()).map(Either::Right),
+                request_id,
+            );
         };
         let resp = match self
             .admit_and_forward(idx, req, client, &request_id, &mut trace)
@@ -229,7 +264,7 @@ impl Proxy {
             }
             Err((r, retry_after)) => {
                 self.record(Some(idx), started, request_id.as_bytes(), &trace, Err(r));
-                let mut resp = refusal(r).map(Either::Right);
+                let mut resp = refusal(r, self.refusal_body(r).clone()).map(Either::Right);
                 if let Some(secs) = retry_after {
                     resp.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -88,10 +88,41 @@ impl Refusal {
         Refusal::ALL.iter().position(|r| *r == self).unwrap_or(0)
     }
 
-    pub fn body(self) -> Bytes {
-        BODIES[self.index()].clone()
+    /// The default JSON body (`key_missing`'s names the default sources; a proxy renders its own,
+    /// see [`crate::Proxy`]).
+    pub fn body(self) -> &'static Bytes {
+        &BODIES[self.index()]
+    }
+
+    /// The HTTP/1.1 status line and fixed fields of [`refusal`], as the fast path writes them,
+    /// rendered once: a refusal then costs no header map.
+    pub fn wire_head(self) -> &'static [u8] {
+        &WIRE_HEADS[self.index()]
     }
 }
+
+static WIRE_HEADS: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
+    Refusal::ALL
+        .iter()
+        .map(|r| {
+            let resp = refusal(*r, Bytes::new());
+            let status = resp.status();
+            let mut out = format!(
+                "HTTP/1.1 {} {}\r\n",
+                status.as_str(),
+                status.canonical_reason().unwrap_or("")
+            )
+            .into_bytes();
+            for (name, value) in resp.headers() {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out
+        })
+        .collect()
+});
 
 static BODIES: LazyLock<Vec<Bytes>> = LazyLock::new(|| {
     Refusal::ALL
@@ -113,10 +144,11 @@ static CHALLENGE: HeaderValue = HeaderValue::from_static(tollgate_core::BEARER_C
 /// seconds (a failover, a restart).
 static STORE_RETRY: HeaderValue = HeaderValue::from_static("1");
 
-/// A complete refusal response. The caller adds `x-request-id` (and `retry-after` when limited).
-/// A 401 carries `www-authenticate`, a `store_unavailable` a `retry-after` of a second.
-pub fn refusal(r: Refusal) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(r.body()));
+/// A complete refusal response with `body` (`r.body()`, or the proxy's own `key_missing` body
+/// naming its sources). The caller adds `x-request-id` (and `retry-after` when limited). A 401
+/// carries `www-authenticate`, a `store_unavailable` a `retry-after` of a second.
+pub fn refusal(r: Refusal, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = r.status();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, JSON.clone());
@@ -158,13 +190,25 @@ mod tests {
         for (code, status) in spec {
             let r = Refusal::ALL.iter().find(|r| r.code() == code).unwrap();
             assert_eq!(r.status().as_u16(), status, "{code}");
-            let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
             assert_eq!(v["error"]["code"], code);
             assert!(v["error"]["message"].as_str().unwrap().len() > 10);
             // Both paths send `refusal`'s fields: the challenge on every 401 and only there,
             // a retry hint when the store is away.
-            let resp = refusal(*r);
+            let resp = refusal(*r, r.body().clone());
             let h = resp.headers();
+            // The fast path's pre-rendered head carries the same status and fields.
+            let wire = String::from_utf8(r.wire_head().to_vec()).unwrap();
+            let line = format!(
+                "HTTP/1.1 {status} {}\r\n",
+                r.status().canonical_reason().unwrap()
+            );
+            assert!(wire.starts_with(&line), "{wire}");
+            assert_eq!(wire.lines().count(), 1 + h.len(), "{wire}");
+            for (name, value) in h {
+                let field = format!("{name}: {}\r\n", value.to_str().unwrap());
+                assert!(wire.contains(&field), "{code}: {field} not in {wire}");
+            }
             assert_eq!(h[header::CONTENT_TYPE], "application/json");
             assert_eq!(
                 h.get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap()),
@@ -178,7 +222,7 @@ mod tests {
             );
         }
         let v: serde_json::Value =
-            serde_json::from_slice(&Refusal::Deny(DenyReason::ParentDisabled).body()).unwrap();
+            serde_json::from_slice(Refusal::Deny(DenyReason::ParentDisabled).body()).unwrap();
         assert_eq!(
             v["error"]["message"],
             "This key's parent account is disabled or deleted."

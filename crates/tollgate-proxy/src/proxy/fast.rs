@@ -307,7 +307,8 @@ impl Proxy {
                 Refusal::Deny(DenyReason::RouteNotFound)
             };
             let ended = self.record(None, started, request_id, &trace, Err(r));
-            write_refusal(out, r, None, request_id, head.head_req, close);
+            let body = self.refusal_body(r);
+            write_refusal(out, r, body, None, request_id, (head.head_req, close));
             return (None, ended);
         };
         match self
@@ -324,7 +325,15 @@ impl Proxy {
                 let ended = self.record(Some(idx), started, request_id, &trace, Err(r));
                 let out = &mut scratch.out;
                 out.clear();
-                write_refusal(out, r, retry_after, request_id, head.head_req, close);
+                let body = self.refusal_body(r);
+                write_refusal(
+                    out,
+                    r,
+                    body,
+                    retry_after,
+                    request_id,
+                    (head.head_req, close),
+                );
                 (None, ended)
             }
         }
@@ -506,25 +515,17 @@ fn push_date(out: &mut Vec<u8>) {
     });
 }
 
-/// A refusal, as hyper's path writes it: the spec's JSON body (none for `HEAD`).
+/// A refusal, as hyper's path writes it: the status line and fixed fields rendered at start-up,
+/// then the per-request ones and `body` (none for `HEAD`).
 fn write_refusal(
     out: &mut Vec<u8>,
     r: Refusal,
+    body: &[u8],
     retry_after: Option<u64>,
     request_id: &[u8],
-    head_req: bool,
-    close: bool,
+    (head_req, close): (bool, bool),
 ) {
-    let resp = crate::respond::refusal(r);
-    let status = resp.status();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in resp.headers() {
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
-    }
+    out.extend_from_slice(r.wire_head());
     if let Some(secs) = retry_after {
         out.extend_from_slice(b"retry-after: ");
         super::push_num(out, secs);
@@ -535,11 +536,10 @@ fn write_refusal(
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    let body = r.body();
     push_length(out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
     if !head_req {
-        out.extend_from_slice(&body);
+        out.extend_from_slice(body);
     }
 }
 
