@@ -11,7 +11,8 @@
 # data-plane thread's instruction count and their ratio. OUT [benches/load/out] is the held run's
 # output directory (its hold.txt names the upstream). KEEP=DIR copies callgrind's output files
 # there, for callgrind_annotate. H2=1 sends HTTP/2 instead (h2load -c8 -m10, h2c, the key in the
-# apiKey parameter, as the load run's h2 phase). Needs valgrind (apt-get install valgrind).
+# apiKey parameter, as the load run's h2 phase). KEYSET=unknown sends the seeded unknown keys
+# instead (refusals from the negative cache). Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=held.sh
@@ -23,6 +24,11 @@ PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 command -v valgrind >/dev/null || { echo "callgrind.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 read_hold callgrind.sh
+case "${KEYSET:-admitted}" in
+  admitted) ;;
+  unknown) KEYS=$UNKNOWN ;;
+  *) echo "callgrind.sh: KEYSET is admitted or unknown, not $KEYSET" >&2; exit 2 ;;
+esac
 
 D=$(mktemp -d /tmp/tollgate-callgrind.XXXXXX)
 trap '[ -z "${VG:-}" ] || kill "$VG" 2>/dev/null || true; rm -rf "$D"' EXIT
