@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
-use tollgate_testkit::http::{get, post_json, send, send_h2c, Reply};
+use tollgate_testkit::http::{get, post_json, send, send_chunked, send_h2c, Reply};
 use tollgate_testkit::{StubUpstream, TestGateway};
 
 mod common;
@@ -331,9 +331,17 @@ async fn every_refusal_has_its_status_and_code() {
         504,
         "upstream_timeout",
     );
-    // The same on hyper's path (a body), which times each request with a timer of its own.
+    // The same with a body on the fast path, and on hyper's (a chunked body), which times each
+    // request with a timer of its own.
     expect(
         &post_json(&slow, &[("x-api-key", &pkey)], &json!({"q": 1}))
+            .await
+            .unwrap(),
+        504,
+        "upstream_timeout",
+    );
+    expect(
+        &send_chunked(Method::POST, &slow, &[("x-api-key", &pkey)], "{}")
             .await
             .unwrap(),
         504,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
-use tollgate_testkit::http::{get, post_json, send_h2c};
+use tollgate_testkit::http::{get, post_json, send_chunked, send_h2c};
 use tollgate_testkit::{StubUpstream, TestGateway};
 
 mod common;
@@ -56,8 +56,8 @@ async fn https_upstreams_work_over_pooled_connections() {
     );
 }
 
-/// One keep-alive connection: pipelined GETs (the fast path), then a POST with a body (hyper
-/// takes the connection over with the bytes already read), then a GET again (hyper's from then
+/// One keep-alive connection: pipelined GETs (the fast path), then a chunked POST (hyper takes
+/// the connection over with the bytes already read), then a GET again (hyper's from then
 /// on). Every response is right and nothing of the key or spoofed attribution reaches upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_through_both_paths() {
@@ -92,12 +92,12 @@ async fn one_connection_through_both_paths() {
             "{head}"
         );
     }
-    // A body: hyper's path, same connection.
+    // A chunked body: hyper's path, same connection.
     let body = r#"{"q":"x"}"#;
     s.write_all(
         format!(
             "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
             body.len()
         )
         .as_bytes(),
@@ -195,10 +195,17 @@ async fn raw_upstream(head: &'static str) -> String {
                 loop {
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         let req = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = req
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
+                        let len = if req.contains("transfer-encoding: chunked") {
+                            // The bodies here are one chunk: up to the last chunk's end.
+                            match buf[end + 4..].windows(5).position(|w| w == b"0\r\n\r\n") {
+                                Some(at) => at + 5,
+                                None => break,
+                            }
+                        } else {
+                            req.lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap())
+                        };
                         if buf.len() < end + 4 + len {
                             break;
                         }
@@ -220,8 +227,8 @@ async fn raw_upstream(head: &'static str) -> String {
 }
 
 /// The upstream's response fields reach the client less the hop-by-hop ones (and those its
-/// `Connection` names) and less the ones Tollgate sets itself, the same on both paths (GET: the
-/// fast path; POST with a body: hyper's).
+/// `Connection` names) and less the ones Tollgate sets itself, the same on both paths (GET and a
+/// `Content-Length` POST: the fast path; a chunked POST: hyper's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_fields_lose_hop_by_hop_and_spoofed_ones_on_both_paths() {
     use tokio::io::AsyncWriteExt;
@@ -244,6 +251,10 @@ async fn response_fields_lose_hop_by_hop_and_spoofed_ones_on_both_paths() {
         format!(
             "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
              X-Request-Id: mine\r\nContent-Length: 2\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             X-Request-Id: mine\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
         ),
     ];
     let mut seen = Vec::new();
@@ -296,6 +307,7 @@ async fn response_fields_lose_hop_by_hop_and_spoofed_ones_on_both_paths() {
         );
     }
     assert_eq!(seen[0], seen[1], "the two paths forward different fields");
+    assert_eq!(seen[0], seen[2], "the two paths forward different fields");
 }
 
 /// On one kept-alive connection (the fast path keeps one timer for the route timeouts of its
@@ -352,8 +364,8 @@ timeout = "1s"
     );
 }
 
-/// The query key comes out wherever it stands, and only it: the fast path (GET), hyper's
-/// (POST) and HTTP/2 send the upstream the same target.
+/// The query key comes out wherever it stands, and only it: the fast path (GET, and POST with a
+/// `Content-Length` body), hyper's (a chunked POST) and HTTP/2 send the upstream the same target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_key_is_cut_out_of_the_target_and_nothing_else() {
     let up = StubUpstream::start().await;
@@ -374,13 +386,17 @@ async fn a_query_key_is_cut_out_of_the_target_and_nothing_else() {
                 "POST",
                 post_json(&url, &[], &json!({"x": 1})).await.unwrap(),
             ),
+            (
+                "chunked POST",
+                send_chunked(Method::POST, &url, &[], "{}").await.unwrap(),
+            ),
             ("h2", send_h2c(Method::GET, &url, &[]).await.unwrap()),
         ];
         for (how, r) in &replies {
             assert_eq!(r.status, 200, "{how} {query}");
         }
         let seen = up.requests();
-        for (rec, (how, _)) in seen[seen.len() - 3..].iter().zip(&replies) {
+        for (rec, (how, _)) in seen[seen.len() - replies.len()..].iter().zip(&replies) {
             let want = if want.is_empty() {
                 "/whoisserver/WhoisService".to_owned()
             } else {
@@ -392,7 +408,8 @@ async fn a_query_key_is_cut_out_of_the_target_and_nothing_else() {
 }
 
 /// The vendor's own credential goes upstream in place of the client's key, by query or header, on
-/// every path (GET: fast path; POST with a body: hyper's; HTTP/2 GET: bytes, as the fast path).
+/// every path (GET and a `Content-Length` POST: the fast path; a chunked POST: hyper's; HTTP/2
+/// GET: bytes, as the fast path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_credentials_replace_the_clients_key() {
     let up = StubUpstream::start().await;
@@ -429,6 +446,10 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
         .await
         .unwrap();
     assert_eq!(r.status, 200);
+    let r = send_chunked(Method::POST, &q, &[("x-api-key", &key)], "{}")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
     let r = send_h2c(Method::GET, &format!("{q}&apiKey={key}"), &[])
         .await
         .unwrap();
@@ -441,8 +462,8 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
         .unwrap();
     assert_eq!(r.status, 200);
     let seen = up.requests();
-    assert_eq!(seen.len(), 5);
-    for r in &seen[..3] {
+    assert_eq!(seen.len(), 6);
+    for r in &seen[..4] {
         assert_eq!(
             r.uri, "/whoisserver/WhoisService?domainName=a.example&apiKey=vendor%20q%261",
             "{:?}",
@@ -450,7 +471,7 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
         );
         assert_eq!(r.header("x-api-key"), None);
     }
-    for r in &seen[3..] {
+    for r in &seen[4..] {
         assert_eq!(r.uri, "/dns/lookup?name=a.example");
         assert_eq!(r.header("x-api-key"), Some("vendor-h"));
     }

@@ -16,13 +16,15 @@
 # refused phase. UNPINNED=1 runs everything as an operator would start it: nothing pinned, nginx
 # with `worker_processes auto` (its own, started here against the held upstream), each BIN with
 # its default thread counts, wrk with -t THREADS [2]; the held upstream and Redis stay on LOAD_CPU.
+# BODY='{"domainName":"example.com"}' sends each request as a POST with that JSON body (the key
+# still in the x-api-key header).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=held.sh
 . "$HERE/held.sh"
 # shellcheck source=nginx-conf.sh
 . "$HERE/nginx-conf.sh"
-[ $# -ge 1 ] || { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -83,7 +85,7 @@ load() { # PORT SECONDS KEYS_FILE -> "req/s p99_ms"
     set -- "$1" "$2" "$3" taskset -c "$LOAD_CPU" wrk -t1
   fi
   "${@:4}" -c"$CONNS" -d"$2s" --latency -s "$HERE/keys.lua" \
-    "http://127.0.0.1:$1" -- "$3" "$REQ_PATH" 2>&1 |
+    "http://127.0.0.1:$1" -- "$3" "$REQ_PATH" ${BODY:+"$BODY"} 2>&1 |
     awk '/Requests\/sec/ { r = $2 } / 99%/ { v = $2; if (v ~ /us$/) p = v / 1000; else if (v ~ /ms$/) p = v + 0; else p = v * 1000 } END { printf "%d %.3f\n", r, p }'
 }
 for j in "${!PORTS[@]}"; do load "${PORTS[$j]}" 3 "${FILES[$j]}" >/dev/null; done # warm-up: caches, pools

@@ -1,7 +1,7 @@
 -- wrk script: one request per key from a keys file, rotated per request in the x-api-key header,
 -- and a machine-readable summary line at the end.
 --
---   wrk -t1 -c64 -d10s --latency -s keys.lua http://127.0.0.1:PORT -- KEYS_FILE [PATH]
+--   wrk -t1 -c64 -d10s --latency -s keys.lua http://127.0.0.1:PORT -- KEYS_FILE [PATH [BODY]]
 --
 -- Every contender gets the same requests (nginx and the bare upstream ignore the header), so the
 -- client's own work is the same for all of them. The requests are rendered once in init(): the
@@ -12,12 +12,19 @@ local n = 0
 local i = 0
 
 function init(args)
-  local file = args[1] or error("usage: -- KEYS_FILE [PATH]")
+  local file = args[1] or error("usage: -- KEYS_FILE [PATH [BODY]]")
   local path = args[2] or "/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
+  -- With a BODY: POST it as JSON (Content-Length framed), the key still in the header.
+  local body = args[3]
   for key in io.lines(file) do
     if key ~= "" then
       n = n + 1
-      requests[n] = wrk.format("GET", path, { ["x-api-key"] = key })
+      if body then
+        requests[n] = wrk.format("POST", path,
+          { ["x-api-key"] = key, ["content-type"] = "application/json" }, body)
+      else
+        requests[n] = wrk.format("GET", path, { ["x-api-key"] = key })
+      end
     end
   end
   if n == 0 then

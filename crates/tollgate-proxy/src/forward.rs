@@ -229,25 +229,28 @@ impl Upstreams {
         }
     }
 
-    /// Sends a serialized request head without a body (an idempotent `GET` or `HEAD`) to `origin`
-    /// on a pooled connection, or a new one. `take` reads the response head where it lies (see
-    /// [`wire::exchange_raw`]); it runs once, for the response that is returned.
+    /// Sends a serialized request (its head, and a body held in memory after it) to `origin` on
+    /// a pooled connection, or a new one. `take` reads the response head where it lies (see
+    /// [`wire::exchange_raw`]); it runs once, for the response that is returned. As [`Self::send`]
+    /// does, a request that is not `idempotent` goes only on a pooled connection that does not
+    /// look closed, and is not sent again if that one fails.
     pub async fn send_raw<T>(
         &self,
         origin: &Arc<Origin>,
-        head: &[u8],
+        request: &[u8],
         head_req: bool,
+        idempotent: bool,
         mut take: impl FnMut(&wire::RawHead<'_>) -> std::io::Result<T>,
     ) -> Result<(T, UpstreamBody), ForwardError> {
         loop {
-            let (mut conn, reused) = match checkout(origin.id, false) {
+            let (mut conn, reused) = match checkout(origin.id, !idempotent) {
                 Some(c) => (c, true),
                 // Boxed: a new connection's (TLS) future stays out of every request's.
                 None => (Box::pin(self.connect(origin)).await?, false),
             };
-            match wire::exchange_raw(&mut conn, head, head_req, &mut take).await {
+            match wire::exchange_raw(&mut conn, request, head_req, &mut take).await {
                 Ok((taken, framing)) => return Ok((taken, self.body(origin, conn, framing))),
-                Err(e) if e.retryable && reused => continue,
+                Err(e) if e.retryable && reused && idempotent => continue,
                 Err(e) => return Err(ForwardError::Io(e.error)),
             }
         }

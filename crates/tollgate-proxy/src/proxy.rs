@@ -510,7 +510,7 @@ impl Proxy {
             self.call_upstream(idx, trace, None, async {
                 let (head, body) = self
                     .upstreams
-                    .send_raw(&rt.origin, &up, head_req, crate::wire::to_response)
+                    .send_raw(&rt.origin, &up, head_req, true, crate::wire::to_response)
                     .await?;
                 Ok(head.map(|()| body))
             })

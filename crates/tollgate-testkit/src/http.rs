@@ -46,7 +46,7 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> anyhow::Result<Reply> {
-    send_with(false, method, url, headers, body.into()).await
+    send_with(false, method, url, headers, Full::new(body.into())).await
 }
 
 /// As [`send`], over HTTP/2 cleartext with prior knowledge.
@@ -55,24 +55,54 @@ pub async fn send_h2c(
     url: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<Reply> {
-    send_with(true, method, url, headers, Bytes::new()).await
+    send_with(true, method, url, headers, Full::new(Bytes::new())).await
 }
 
-async fn send_with(
+/// As [`send`], with a body of no stated length: HTTP/1.1 sends it chunked (so the gateway's
+/// hyper path serves it, where a `Content-Length` body up to 64 KiB takes the fast path).
+pub async fn send_chunked(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> anyhow::Result<Reply> {
+    send_with(false, method, url, headers, Unsized(Some(body.into()))).await
+}
+
+/// A body whose length is not known up front (one data frame).
+struct Unsized(Option<Bytes>);
+
+impl hyper::body::Body for Unsized {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+async fn send_with<B>(
     h2: bool,
     method: Method,
     url: &str,
     headers: &[(&str, &str)],
-    body: Bytes,
-) -> anyhow::Result<Reply> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+    body: B,
+) -> anyhow::Result<Reply>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let client: Client<_, B> = Client::builder(TokioExecutor::new())
         .http2_only(h2)
         .build_http();
     let mut b = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b.body(Full::new(body))?;
+    let req = b.body(body)?;
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();

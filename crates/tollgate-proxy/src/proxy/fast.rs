@@ -1,13 +1,15 @@
-//! The fast path: what most API traffic is (HTTP/1.1 `GET` and `HEAD` without a body, on plain
-//! TCP, to a plain-HTTP upstream) is parsed with `httparse` and forwarded as bytes: the client's
-//! fields are copied into the upstream request as they came, less the ones Tollgate takes out, and
-//! the upstream's response head is re-written once for the client. No `http::Request`, no header
-//! map, no per-request task or channel.
+//! The fast path: what most API traffic is (HTTP/1.1 `GET` and `HEAD`, and `POST`, `PUT`, `PATCH`
+//! and `DELETE` with a `Content-Length` body of at most [`FAST_BODY_MAX`] bytes, on plain TCP, to a
+//! plain-HTTP upstream) is parsed with `httparse` and forwarded as bytes: the client's fields are
+//! copied into the upstream request as they came, less the ones Tollgate takes out, the body
+//! after them as it came, and the upstream's response head is re-written once for the client. No
+//! `http::Request`, no header map, no per-request task or channel.
 //!
-//! Anything else (HTTP/2, `h2c` upgrades, bodies, `Expect`, other methods, TLS, an HTTPS upstream,
-//! a head this code does not parse, a head larger than `max_header_bytes`) hands the connection, with
-//! the bytes already read, to hyper for the rest of its life: the first such request sees exactly
-//! what hyper would have done. Both paths share the admission, metering, limits, metrics and log
+//! Anything else (HTTP/2, `h2c` upgrades, chunked or larger bodies, a body whose key is in it
+//! (`json:` sources), `Expect`, other methods, TLS, an HTTPS upstream, a head this code does not
+//! parse, a head larger than `max_header_bytes`) hands the connection, with the bytes already
+//! read, to hyper for the rest of its life: the first such request sees exactly what hyper would
+//! have done. Both paths share the admission, metering, limits, metrics and log
 //! code in `proxy.rs`; the tests drive both.
 
 use std::io;
@@ -37,6 +39,9 @@ use crate::wire::RawHead;
 const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const REARM_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 const MAX_HEADERS: usize = 100;
+/// The largest request body the fast path holds and forwards whole (as much as a `json:` source
+/// reads); a longer one goes to hyper, which streams it.
+pub(crate) const FAST_BODY_MAX: usize = extract::JSON_BODY_LIMIT;
 
 /// Serves `stream` on the fast path for as long as its requests qualify. `Some`: hand the
 /// connection and the bytes read so far to hyper.
@@ -61,12 +66,20 @@ pub(crate) async fn serve_conn(
     let closed = closing.wait_for(|c| *c);
     tokio::pin!(closed);
     let mut armed_at = tokio::time::Instant::now();
+    // The bytes the request at the front needs, its body included, once its head said so.
+    let mut need = 0;
     loop {
         // 1. A whole request head (pipelined ones may already be in the buffer). Its end is
         // found by a scan for the blank line; only a head still incomplete is parsed here, to hand
         // one that can never be a request to hyper at once. A complete one is parsed once, in 2.
+        // Then its body, if it has one (`need`).
         loop {
-            if !buf.is_empty() {
+            if need > 0 {
+                if buf.len() >= need {
+                    break;
+                }
+                buf.reserve(need - buf.len());
+            } else if !buf.is_empty() {
                 if has_blank_line(&buf) {
                     break;
                 }
@@ -92,18 +105,31 @@ pub(crate) async fn serve_conn(
 
         // 2. Does it qualify? Decided before anything happens, so hyper can take it as it is.
         let proxy = slot.load_full();
-        let mut head_len = 0;
+        let mut consumed = 0;
         let verdict = 'request: {
             // Left uninitialized: the parser writes the fields it finds.
             let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
             let mut req = httparse::Request::new(&mut []);
-            match req.parse_with_uninit_headers(&buf, &mut fields) {
-                Ok(httparse::Status::Complete(n)) => head_len = n,
+            let head_len = match req.parse_with_uninit_headers(&buf, &mut fields) {
+                Ok(httparse::Status::Complete(n)) => n,
                 _ => break 'request Verdict::Hyper,
-            }
-            let Some(head) = Head::qualify(&req, &proxy.router) else {
+            };
+            let Some(mut head) = Head::qualify(&req, &proxy.router) else {
                 break 'request Verdict::Hyper;
             };
+            if head.body_len > 0 {
+                // A key that may be in the body is hyper's to read (it parses and rewrites it).
+                if proxy.json_field.is_some()
+                    && extract::from_fields(|n| head.field(n), head.query, &proxy.sources).is_none()
+                {
+                    break 'request Verdict::Hyper;
+                }
+                if buf.len() < head_len + head.body_len {
+                    break 'request Verdict::More(head_len + head.body_len);
+                }
+            }
+            consumed = head_len + head.body_len;
+            head.body = &buf[head_len..consumed];
             if head
                 .route
                 .is_some_and(|idx| proxy.runtime[idx].origin.https)
@@ -132,8 +158,13 @@ pub(crate) async fn serve_conn(
                 Ok(()) => Verdict::Next,
             }
         };
+        need = 0;
         match verdict {
             Verdict::Hyper => return Some((stream, buf.freeze())),
+            Verdict::More(total) => {
+                need = total;
+                continue;
+            }
             Verdict::Gone => return None,
             Verdict::Close => {
                 let _ = stream.shutdown().await;
@@ -141,7 +172,7 @@ pub(crate) async fn serve_conn(
             }
             Verdict::Next => {}
         }
-        buf.advance(head_len);
+        buf.advance(consumed);
         if buf.capacity() > 64 * 1024 && buf.is_empty() {
             buf = BytesMut::with_capacity(4096);
         }
@@ -160,6 +191,8 @@ struct Scratch {
 enum Verdict {
     /// Not for this path: hyper takes the connection.
     Hyper,
+    /// The body is not all here yet: read until the buffer holds this many bytes, then again.
+    More(usize),
     /// Answered; read the next request.
     Next,
     /// Answered with `Connection: close`.
@@ -195,6 +228,18 @@ fn head_length(buf: &[u8]) -> Option<Result<usize, ()>> {
     }
 }
 
+/// A `Content-Length` value the fast path takes: decimal digits, at most [`FAST_BODY_MAX`].
+fn body_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    (n <= FAST_BODY_MAX).then_some(n)
+}
+
 /// A request head that qualifies for the fast path.
 struct Head<'h, 'b> {
     head_req: bool,
@@ -208,6 +253,10 @@ struct Head<'h, 'b> {
     route: Option<usize>,
     /// The client asked for `Connection: close`.
     close: bool,
+    /// The `Content-Length` of the body (0: none).
+    body_len: usize,
+    /// The body, once all of it is in the buffer.
+    body: &'b [u8],
 }
 
 impl<'h, 'b> Head<'h, 'b> {
@@ -217,7 +266,7 @@ impl<'h, 'b> Head<'h, 'b> {
         }
         let method = req.method?;
         let head_req = match method {
-            "GET" => false,
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" => false,
             "HEAD" => true,
             _ => return None,
         };
@@ -225,7 +274,7 @@ impl<'h, 'b> Head<'h, 'b> {
         if !target.starts_with('/') {
             return None;
         }
-        let (mut host, mut close) = (None, false);
+        let (mut host, mut close, mut body_len) = (None, false, None);
         for f in req.headers.iter() {
             let name = f.name.as_bytes();
             if name.eq_ignore_ascii_case(b"host") {
@@ -234,9 +283,12 @@ impl<'h, 'b> Head<'h, 'b> {
                 }
                 host = Some(std::str::from_utf8(f.value).ok()?);
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                if f.value.trim_ascii() != b"0" {
+                // One length, of digits only, and small enough to hold: anything else is hyper's
+                // (which refuses conflicting lengths, and streams long bodies).
+                if body_len.is_some() {
                     return None;
                 }
+                body_len = Some(body_length(f.value)?);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding")
                 || name.eq_ignore_ascii_case(b"expect")
                 || name.eq_ignore_ascii_case(b"upgrade")
@@ -253,6 +305,10 @@ impl<'h, 'b> Head<'h, 'b> {
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
             }
+        }
+        let body_len = body_len.unwrap_or(0);
+        if head_req && body_len > 0 {
+            return None;
         }
         let host = crate::router::host_of(host?);
         let (path, query) = match target.split_once('?') {
@@ -273,6 +329,8 @@ impl<'h, 'b> Head<'h, 'b> {
                 router.find(Some(host), path)
             },
             close,
+            body_len,
+            body: &[],
         })
     }
 
@@ -378,6 +436,11 @@ impl Proxy {
             request_id,
             up,
         );
+        // The body as it came, after the head (its `content-length` is the client's, passed on).
+        up.extend_from_slice(head.body);
+        // A request that may not be repeated is not sent again on a fresh connection when a
+        // pooled one fails (as on hyper's path).
+        let idempotent = matches!(head.method, "GET" | "HEAD" | "PUT" | "DELETE");
 
         // The exchange. As the upstream's response head arrives, the start of the client's (step
         // 7) is written from it where it lies in the connection's buffer (no header map): its
@@ -388,10 +451,13 @@ impl Proxy {
                 idx,
                 trace,
                 Some(deadlines),
-                self.upstreams
-                    .send_raw(&rt.origin, up, head_req, |raw: &RawHead<'_>| {
-                        Ok(client_head(raw, head_req, out))
-                    }),
+                self.upstreams.send_raw(
+                    &rt.origin,
+                    up,
+                    head_req,
+                    idempotent,
+                    |raw: &RawHead<'_>| Ok(client_head(raw, head_req, out)),
+                ),
             )
             .await;
 
