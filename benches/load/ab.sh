@@ -17,14 +17,15 @@
 # with `worker_processes auto` (its own, started here against the held upstream), each BIN with
 # its default thread counts, wrk with -t THREADS [2]; the held upstream and Redis stay on LOAD_CPU.
 # BODY='{"domainName":"example.com"}' sends each request as a POST with that JSON body (the key
-# still in the x-api-key header).
+# still in the x-api-key header; in the body instead where BODY says @KEY@, as in
+# BODY='{"apiKey":"@KEY@","domainName":"example.com"}').
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=held.sh
 . "$HERE/held.sh"
 # shellcheck source=nginx-conf.sh
 . "$HERE/nginx-conf.sh"
-[ $# -ge 1 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}

@@ -14,12 +14,16 @@ local i = 0
 function init(args)
   local file = args[1] or error("usage: -- KEYS_FILE [PATH [BODY]]")
   local path = args[2] or "/whoisserver/WhoisService?domainName=example.com&outputFormat=JSON"
-  -- With a BODY: POST it as JSON (Content-Length framed), the key still in the header.
+  -- With a BODY: POST it as JSON (Content-Length framed), the key in the header, or in the body
+  -- where it says @KEY@ (the vendor's POST convention, Tollgate's json:apiKey source).
   local body = args[3]
   for key in io.lines(file) do
     if key ~= "" then
       n = n + 1
-      if body then
+      if body and body:find("@KEY@", 1, true) then
+        requests[n] = wrk.format("POST", path, { ["content-type"] = "application/json" },
+          (body:gsub("@KEY@", key)))
+      elseif body then
         requests[n] = wrk.format("POST", path,
           { ["x-api-key"] = key, ["content-type"] = "application/json" }, body)
       else

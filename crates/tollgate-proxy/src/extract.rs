@@ -79,10 +79,18 @@ pub fn json_source(sources: &[KeySource]) -> Option<&str> {
 
 /// Whether a body may be a JSON document worth parsing for a key.
 pub fn is_json(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+    is_json_type(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// Whether a `Content-Type` value is JSON's (`application/json`, or a `+json` type).
+pub fn is_json_type(value: Option<&[u8]>) -> bool {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
         .is_some_and(|ct| {
             let ct = ct.split(';').next().unwrap_or("").trim();
             ct.eq_ignore_ascii_case("application/json")
@@ -129,7 +137,7 @@ pub fn has_param(query: &str, names: &[String]) -> bool {
 
 /// Takes the key field out of a JSON object body. `None` if the body is not a JSON object or has no
 /// string field of that name; else the key and the body re-encoded without the field (when `strip`).
-pub fn from_json(body: &Bytes, field: &str, strip: bool) -> Option<(Vec<u8>, Option<Bytes>)> {
+pub fn from_json(body: &[u8], field: &str, strip: bool) -> Option<(Vec<u8>, Option<Bytes>)> {
     let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     let obj = doc.as_object_mut()?;
     let key = obj.get(field)?.as_str()?.as_bytes().to_vec();

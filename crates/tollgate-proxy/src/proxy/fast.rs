@@ -5,11 +5,11 @@
 //! after them as it came, and the upstream's response head is re-written once for the client. No
 //! `http::Request`, no header map, no per-request task or channel.
 //!
-//! Anything else (HTTP/2, `h2c` upgrades, chunked or larger bodies, a body whose key is in it
-//! (`json:` sources), `Expect`, other methods, TLS, an HTTPS upstream, a head this code does not
-//! parse, a head larger than `max_header_bytes`) hands the connection, with the bytes already
-//! read, to hyper for the rest of its life: the first such request sees exactly what hyper would
-//! have done. Both paths share the admission, metering, limits, metrics and log
+//! A key in a JSON body (a `json:` source, when no head source has one) is taken out of the body
+//! here too, as on hyper's path. Anything else (HTTP/2, `h2c` upgrades, chunked or larger bodies,
+//! `Expect`, other methods, TLS, an HTTPS upstream, a head this code does not parse, a head larger
+//! than `max_header_bytes`) hands the connection, with the bytes already read, to hyper for the
+//! rest of its life: the first such request sees exactly what hyper would have done. Both paths share the admission, metering, limits, metrics and log
 //! code in `proxy.rs`; the tests drive both.
 
 use std::io;
@@ -117,16 +117,8 @@ pub(crate) async fn serve_conn(
             let Some(mut head) = Head::qualify(&req, &proxy.router) else {
                 break 'request Verdict::Hyper;
             };
-            if head.body_len > 0 {
-                // A key that may be in the body is hyper's to read (it parses and rewrites it).
-                if proxy.json_field.is_some()
-                    && extract::from_fields(|n| head.field(n), head.query, &proxy.sources).is_none()
-                {
-                    break 'request Verdict::Hyper;
-                }
-                if buf.len() < head_len + head.body_len {
-                    break 'request Verdict::More(head_len + head.body_len);
-                }
+            if buf.len() < head_len + head.body_len {
+                break 'request Verdict::More(head_len + head.body_len);
             }
             consumed = head_len + head.body_len;
             head.body = &buf[head_len..consumed];
@@ -412,9 +404,23 @@ impl Proxy {
         let rt = &self.runtime[idx];
         let Scratch { out, up, deadlines } = scratch;
 
-        // 1. The key, from the head sources (a fast-path request has no body to look in).
-        let key = extract::from_fields(|name| head.field(name), head.query, &self.sources)
-            .ok_or((Refusal::Deny(DenyReason::KeyMissing), None))?;
+        // 1. The key: head sources first; a JSON body (taken out of it unless the key is
+        // forwarded) only if they had none.
+        let mut rewritten = None;
+        let key = match extract::from_fields(|name| head.field(name), head.query, &self.sources) {
+            Some(key) => key,
+            None => {
+                let missing = (Refusal::Deny(DenyReason::KeyMissing), None);
+                let field = self.json_field.as_deref().ok_or(missing)?;
+                if head.body.is_empty() || !extract::is_json_type(head.field("content-type")) {
+                    return Err(missing);
+                }
+                let (key, body) =
+                    extract::from_json(head.body, field, !self.forward_key).ok_or(missing)?;
+                rewritten = body;
+                key
+            }
+        };
 
         // 2-4. Who, may it, limits and credits: the same code as hyper's path.
         let (credits, standing) = self
@@ -428,16 +434,21 @@ impl Proxy {
         // 5. The upstream request, its fields copied as they came but for Tollgate's own.
         up.clear();
         self.write_request_start(head.method, head.target, head.query, rt, up);
-        self.write_upstream_fields(
-            head.fields.iter().map(|f| (f.name, f.value)),
-            rt,
-            principal,
-            client,
-            request_id,
-            up,
-        );
-        // The body as it came, after the head (its `content-length` is the client's, passed on).
-        up.extend_from_slice(head.body);
+        // A body re-written without its key gets its own length in place of the client's.
+        let fields = head
+            .fields
+            .iter()
+            .map(|f| (f.name, f.value))
+            .filter(|(name, _)| {
+                rewritten.is_none() || !name.eq_ignore_ascii_case("content-length")
+            });
+        self.write_upstream_fields(fields, rt, principal, client, request_id, up);
+        if let Some(body) = &rewritten {
+            push_length(up, body.len() as u64);
+        }
+        up.extend_from_slice(b"\r\n");
+        // The body after the head: as it came, or without its key.
+        up.extend_from_slice(rewritten.as_deref().unwrap_or(head.body));
         // A request that may not be repeated is not sent again on a fresh connection when a
         // pooled one fails (as on hyper's path).
         let idempotent = matches!(head.method, "GET" | "HEAD" | "PUT" | "DELETE");

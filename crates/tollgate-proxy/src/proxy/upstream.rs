@@ -52,6 +52,7 @@ impl Proxy {
             request_id.as_bytes(),
             &mut up,
         );
+        up.extend_from_slice(b"\r\n");
         up
     }
 
@@ -80,8 +81,8 @@ impl Proxy {
     /// The upstream request's fields after its request line and `host`: the client's as they
     /// came, less hop-by-hop ones, Tollgate's own and the key's (unless the key is forwarded);
     /// then the attribution, the request id, `x-forwarded-for` and the upstream's credential;
-    /// then the blank line. Shared by the fast path (httparse's fields) and HTTP/2 GET and HEAD
-    /// (a header map's).
+    /// not the blank line that ends them. Shared by the fast path (httparse's fields) and HTTP/2
+    /// GET and HEAD (a header map's).
     pub(super) fn write_upstream_fields<'f>(
         &self,
         fields: impl Iterator<Item = (&'f str, &'f [u8])>,
@@ -143,7 +144,6 @@ impl Proxy {
         if let Some((name, value)) = auth_header {
             push_field(up, name.as_bytes(), value.as_bytes());
         }
-        up.extend_from_slice(b"\r\n");
     }
 
     /// The upstream request target when it differs from the client's (`None`: pass it through;
