@@ -12,7 +12,8 @@
 # output directory (its hold.txt names the upstream). KEEP=DIR copies callgrind's output files
 # there, for callgrind_annotate. H2=1 sends HTTP/2 instead (h2load -c8 -m10, h2c, the key in the
 # apiKey parameter, as the load run's h2 phase). KEYSET=unknown sends the seeded unknown keys
-# instead (refusals from the negative cache). Needs valgrind (apt-get install valgrind).
+# instead (refusals from the negative cache). BODY sends POSTs with that JSON body, as ab.sh's
+# BODY (@KEY@: the key in the body). Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=held.sh
@@ -41,7 +42,7 @@ if [ "${H2:-0}" = 1 ]; then
   timeout $((SECS + 60)) taskset -c "$LOAD_CPU" h2load -t1 -c8 -m10 -D "$SECS" -i "$D/uris.txt" >/dev/null
 else
   timeout $((SECS + 60)) taskset -c "$LOAD_CPU" wrk -t1 -c8 -d"${SECS}s" -s "$HERE/keys.lua" \
-    "http://127.0.0.1:$PORT" -- "$KEYS" "$REQ_PATH" >/dev/null
+    "http://127.0.0.1:$PORT" -- "$KEYS" "$REQ_PATH" ${BODY:+"$BODY"} >/dev/null
 fi
 N=$(curl -s "http://127.0.0.1:$OPS/metrics" | awk '/^tollgate_requests_total/ { s += $2 } END { printf "%d\n", s }')
 kill -INT "$VG"
