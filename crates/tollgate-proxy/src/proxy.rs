@@ -215,6 +215,11 @@ impl Proxy {
         }
     }
 
+    /// Refusal `r` as hyper's path answers it (the fast path writes the same bytes itself).
+    fn refusal(&self, r: Refusal) -> Response<ResponseBody> {
+        refusal(r, self.refusal_body(r).clone()).map(Either::Right)
+    }
+
     /// Writes the access log through `access` (shared across config reloads) instead of a
     /// default one.
     pub fn with_access_log(mut self, access: Arc<AccessLog>) -> Proxy {
@@ -235,18 +240,12 @@ impl Proxy {
         if !crate::path::is_safe(path.as_bytes()) {
             let r = Refusal::InvalidRequest;
             self.record(None, started, request_id.as_bytes(), &trace, Err(r));
-            return finish(
-                refusal(r, self.refusal_body(r).clone()).map(Either::Right),
-                request_id,
-            );
+            return finish(self.refusal(r), request_id);
         }
         let Some(idx) = self.router.find(host, path) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
             self.record(None, started, request_id.as_bytes(), &trace, Err(r));
-            return finish(
-                refusal(r, self.refusal_body(r).clone()).map(Either::Right),
-                request_id,
-            );
+            return finish(self.refusal(r), request_id);
         };
         let resp = match self
             .admit_and_forward(idx, req, client, &request_id, &mut trace)
@@ -264,7 +263,7 @@ impl Proxy {
             }
             Err((r, retry_after)) => {
                 self.record(Some(idx), started, request_id.as_bytes(), &trace, Err(r));
-                let mut resp = refusal(r, self.refusal_body(r).clone()).map(Either::Right);
+                let mut resp = self.refusal(r);
                 if let Some(secs) = retry_after {
                     resp.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -9,8 +9,9 @@
 //! here too, as on hyper's path. Anything else (HTTP/2, `h2c` upgrades, chunked or larger bodies,
 //! `Expect`, other methods, TLS, an HTTPS upstream, a head this code does not parse, a head larger
 //! than `max_header_bytes`) hands the connection, with the bytes already read, to hyper for the
-//! rest of its life: the first such request sees exactly what hyper would have done. Both paths share the admission, metering, limits, metrics and log
-//! code in `proxy.rs`; the tests drive both.
+//! rest of its life: the first such request sees exactly what hyper would have done. Both paths
+//! share the admission, metering, limits, metrics and log code in `proxy.rs`; the tests drive
+//! both.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
