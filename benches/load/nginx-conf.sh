@@ -31,8 +31,9 @@ nginx_http_common() {
 CONF
 }
 
-BODY='{"domainName":"example.com","registryData":{"registrant":{"organization":"Example Inc."},"status":"clientTransferProhibited"},"estimatedDomainAge":10950}'
-# upstream_conf DIR PORT: the upstream, nginx answering every request with BODY (150 bytes of JSON).
+UPSTREAM_BODY='{"domainName":"example.com","registryData":{"registrant":{"organization":"Example Inc."},"status":"clientTransferProhibited"},"estimatedDomainAge":10950}'
+# upstream_conf DIR PORT: the upstream, nginx answering every request with UPSTREAM_BODY (150
+# bytes of JSON). Not BODY: ab.sh, which sources this file, takes BODY from its caller.
 upstream_conf() {
   nginx_common "$1"
   cat <<CONF
@@ -42,7 +43,7 @@ $(nginx_http_common "$1")
     listen 127.0.0.1:$2 backlog=4096;
     location / {
       default_type application/json;
-      return 200 '$BODY';
+      return 200 '$UPSTREAM_BODY';
     }
   }
 }
