@@ -8,8 +8,9 @@
 # Each BIN runs on its own copy of the seeded embedded store with the load run's settings (one
 # worker, metering and per-key metrics on, access log off), pinned to PROXY_CPU [0]; wrk -c CONNS
 # [64] on LOAD_CPU [1] for DURATION [8] s per contender per round, ROUNDS [5] rounds, in the order
-# nginx, BIN1, BIN2, ... (rotated each round). Prints each contender's median req/s and p99 and its
-# median per-round ratio to nginx. OUT [benches/load/out] is the held run's output directory.
+# nginx, BIN1, BIN2, ... (rotated each round). Prints each contender's median req/s, p99 and CPU
+# time per request (nginx: its workers; a BIN: all its threads), the median per-round ratios of
+# req/s and p99 to nginx's and the ratio of the CPU medians. OUT [benches/load/out] is the held run's output directory.
 # STORE=redis runs each BIN on the held run's Redis instead (the seeded tree under prefix "tg",
 # shared by the BINs, which take turns). KEYSET=unknown sends the BINs the seeded unknown keys
 # (refusals, 401 from the negative cache) while nginx proxies the admitted ones, as run.sh's
@@ -25,7 +26,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/held.sh"
 # shellcheck source=nginx-conf.sh
 . "$HERE/nginx-conf.sh"
-[ $# -ge 1 ] || { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -65,9 +66,11 @@ if [ "$UNPINNED" = 1 ]; then
   nginx -p "$D/nginx" -c "$D/nginx/nginx.conf" -e "$D/nginx/error.log" 2>>"$D/nginx/error.log" &
   PIDS+=("$!")
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$NGINX/" && break; sleep 0.1; done
+  NGINX_PID=$(pgrep -P "${PIDS[-1]}" | tr '\n' ' ')
 fi
 
-NAMES=(nginx) PORTS=("$NGINX") FILES=("$KEYS")
+# Each contender's processes, whose CPU time is its cost (nginx: its workers; a BIN: all threads).
+NAMES=(nginx) PORTS=("$NGINX") FILES=("$KEYS") CPU_PIDS=("$NGINX_PID")
 i=0
 for bin in "$@"; do
   i=$((i + 1))
@@ -76,7 +79,7 @@ for bin in "$@"; do
   if [ "$STORE" = redis ]; then store=$(redis_store); else store=$(embedded_store "$dir"); fi
   start_gateway "$dir" "$bin" "$store"
   PIDS+=("$GW_PID")
-  NAMES+=("$i:$(basename "$bin")") PORTS+=("$GW_PORT") FILES+=("$BIN_KEYS")
+  NAMES+=("$i:$(basename "$bin")") PORTS+=("$GW_PORT") FILES+=("$BIN_KEYS") CPU_PIDS+=("$GW_PID")
 done
 
 load() { # PORT SECONDS KEYS_FILE -> "req/s p99_ms"
@@ -89,27 +92,45 @@ load() { # PORT SECONDS KEYS_FILE -> "req/s p99_ms"
     "http://127.0.0.1:$1" -- "$3" "$REQ_PATH" ${BODY:+"$BODY"} 2>&1 |
     awk '/Requests\/sec/ { r = $2 } / 99%/ { v = $2; if (v ~ /us$/) p = v / 1000; else if (v ~ /ms$/) p = v + 0; else p = v * 1000 } END { printf "%d %.3f\n", r, p }'
 }
+ticks() { # PIDS -> their user + system CPU time, in clock ticks
+  local p t=0
+  for p in $1; do t=$((t + $(cpu_ticks "$p"))); done
+  echo "$t"
+}
+# One round of contender J: "req/s p99_ms cpu_us_per_request".
+measure() {
+  local before after out
+  before=$(ticks "${CPU_PIDS[$1]}")
+  out=$(load "${PORTS[$1]}" "$DURATION" "${FILES[$1]}")
+  after=$(ticks "${CPU_PIDS[$1]}")
+  awk -v o="$out" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$DURATION" \
+    'BEGIN { split(o, f, " "); printf "%s %s %.2f\n", f[1], f[2], t * 1e6 / hz / (f[1] * s + 1e-9) }'
+}
 for j in "${!PORTS[@]}"; do load "${PORTS[$j]}" 3 "${FILES[$j]}" >/dev/null; done # warm-up: caches, pools
 n=${#PORTS[@]}
 : >"$D/rows"
 for r in $(seq "$ROUNDS"); do
   for k in $(seq 0 $((n - 1))); do
     j=$(((k + r) % n))
-    echo "$r ${NAMES[$j]} $(load "${PORTS[$j]}" "$DURATION" "${FILES[$j]}")" | tee -a "$D/rows" >&2
+    echo "$r ${NAMES[$j]} $(measure "$j")" | tee -a "$D/rows" >&2
   done
 done
 python3 - "$D/rows" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
-for r, name, rps, p99 in rows:
-    by.setdefault(name, {})[r] = (float(rps), float(p99))
+for r, name, rps, p99, cpu in rows:
+    by.setdefault(name, {})[r] = (float(rps), float(p99), float(cpu))
 base = by["nginx"]
-print(f"{'contender':<28} {'req/s':>9} {'p99 ms':>7} {'req/s vs nginx':>15} {'p99 vs nginx':>13}")
+base_cpu = statistics.median(v[2] for v in base.values())
+print(f"{'contender':<28} {'req/s':>9} {'p99 ms':>7} {'CPU us/req':>10} {'req/s vs nginx':>15} "
+      f"{'p99 vs nginx':>13} {'CPU vs nginx':>13}")
 for name, rounds in by.items():
     rps = statistics.median(v[0] for v in rounds.values())
     p99 = statistics.median(v[1] for v in rounds.values())
+    cpu = statistics.median(v[2] for v in rounds.values())
     rr = statistics.median(rounds[k][0] / base[k][0] for k in rounds)
     pr = statistics.median(rounds[k][1] / base[k][1] for k in rounds)
-    print(f"{name:<28} {rps:>9.0f} {p99:>7.2f} {rr:>14.3f}x {pr:>12.3f}x")
+    print(f"{name:<28} {rps:>9.0f} {p99:>7.2f} {cpu:>10.2f} {rr:>14.3f}x {pr:>12.3f}x "
+          f"{cpu / base_cpu:>12.3f}x")
 PY
