@@ -46,7 +46,7 @@ async fn dispatch(
 ) -> Result<Response<Bytes>, ApiError> {
     // The two endpoints anyone may call, before any key is looked at.
     match m.handler {
-        AccountHandler::OpenApi => return Ok(openapi::response()),
+        AccountHandler::OpenApi => return Ok(openapi::response(state.key_sources.openapi())),
         AccountHandler::AcceptInvitation => {
             return accept_invitation(state, m.params.get("token").unwrap_or_default()).await
         }

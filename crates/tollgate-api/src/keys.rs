@@ -29,6 +29,8 @@ struct Lookup {
     sources: Vec<KeySource>,
     /// Names only the places a key is looked for: never a value the caller sent.
     missing: Arc<str>,
+    /// `/openapi.json`, its security schemes these sources.
+    openapi: Bytes,
 }
 
 impl Lookup {
@@ -40,6 +42,9 @@ impl Lookup {
             .collect();
         Lookup {
             missing: missing_message(&sources).into(),
+            openapi: Bytes::from(
+                serde_json::to_vec(&crate::openapi::document_for(&sources)).unwrap_or_default(),
+            ),
             sources,
         }
     }
@@ -64,6 +69,11 @@ impl KeySources {
     /// Puts new sources in force (a config reload); requests already past the look-up keep theirs.
     pub fn set(&self, configured: &[KeySource]) {
         self.current.store(Arc::new(Lookup::new(configured)));
+    }
+
+    /// `/openapi.json` for the sources in force.
+    pub(crate) fn openapi(&self) -> Bytes {
+        self.current.load().openapi.clone()
     }
 
     /// Whether any source in force can carry a key to the account API.

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
+use tollgate_config::{key_places, KeySource};
+
 use crate::respond::{raw, JSON};
 
 fn schema(name: &str) -> Value {
@@ -50,18 +52,75 @@ fn authed(mut responses: Value, forbidden: &str) -> Value {
     responses
 }
 
-/// The document, built once.
+/// The document for the default `[keys] sources`, built once.
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(build)
+    DOC.get_or_init(|| document_for(&tollgate_config::KeysConfig::default().sources))
 }
 
-/// `GET /openapi.json`.
-pub(crate) fn response() -> Response<Bytes> {
-    static BYTES: OnceLock<Bytes> = OnceLock::new();
-    let body =
-        BYTES.get_or_init(|| Bytes::from(serde_json::to_vec(document()).unwrap_or_default()));
-    let mut res = raw(StatusCode::OK, JSON, body.clone());
+/// The document for the key sources in force: one security scheme per header, bearer or query
+/// source, in their order (a `json:` source reads no key on this API), named in the description.
+pub fn document_for(sources: &[KeySource]) -> Value {
+    let mut doc = build();
+    let mut schemes = serde_json::Map::new();
+    let mut security = Vec::new();
+    for source in sources {
+        let (name, scheme) = match source {
+            KeySource::Header(h) if h == "x-api-key" => (
+                "ApiKeyHeader".to_owned(),
+                json!({"type": "apiKey", "in": "header", "name": h}),
+            ),
+            KeySource::Header(h) => (
+                format!("Header-{}", scheme_name(h)),
+                json!({"type": "apiKey", "in": "header", "name": h}),
+            ),
+            KeySource::Bearer => (
+                "BearerKey".to_owned(),
+                json!({"type": "http", "scheme": "bearer", "description": "The API key as a bearer token."}),
+            ),
+            KeySource::Query(q) if q == "apiKey" => (
+                "ApiKeyQuery".to_owned(),
+                json!({"type": "apiKey", "in": "query", "name": q}),
+            ),
+            KeySource::Query(q) => (
+                format!("Query-{}", scheme_name(q)),
+                json!({"type": "apiKey", "in": "query", "name": q}),
+            ),
+            KeySource::Json(_) => continue,
+        };
+        security.push(json!({ name.clone(): [] }));
+        schemes.insert(name, scheme);
+    }
+    let places = key_places(sources.iter().filter(|s| !matches!(s, KeySource::Json(_))))
+        .unwrap_or_else(|| "none configured for this API: see [keys] sources".to_owned());
+    doc["info"]["description"] = json!(format!(
+        "Self-service API for parent and child accounts, authenticated by the caller's own API \
+         key ({places}). Every error body is {{\"error\":{{\"code\",\"message\"}}}}. Unknown \
+         paths answer 404 `not_found`; a known path with another method answers 405 \
+         `method_not_allowed` with an `allow` header."
+    ));
+    doc["security"] = Value::Array(security);
+    doc["components"]["securitySchemes"] = Value::Object(schemes);
+    doc
+}
+
+/// A security scheme's name from a header or parameter name: OpenAPI allows `[A-Za-z0-9._-]`.
+fn scheme_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `GET /openapi.json`: `body` is [`document_for`] the sources in force, rendered once per
+/// configuration (see [`crate::KeySources`]).
+pub(crate) fn response(body: Bytes) -> Response<Bytes> {
+    let mut res = raw(StatusCode::OK, JSON, body);
     // Public and the same for every caller: unlike the other bodies, fine to cache.
     res.headers_mut().insert(
         http::header::CACHE_CONTROL,
@@ -402,6 +461,7 @@ fn build() -> Value {
 mod tests {
     use super::*;
     use crate::router::ACCOUNT_ROUTES;
+    use crate::KeySources;
     use std::collections::BTreeSet;
 
     const METHODS: [&str; 8] = [
@@ -540,9 +600,71 @@ mod tests {
 
     #[test]
     fn served_document_parses() {
-        let res = response();
+        let res = response(crate::KeySources::default().openapi());
         assert_eq!(res.status(), StatusCode::OK);
         let v: Value = serde_json::from_slice(res.body()).unwrap();
         assert_eq!(&v, document());
+    }
+
+    /// One security scheme per header, bearer or query source in force, in their order, and the
+    /// description names them; a `json:` source has none (it reads no key on this API). The
+    /// default sources keep their scheme names, `x-authentication-token` among them.
+    #[test]
+    fn security_schemes_follow_the_key_sources() {
+        let schemes = |doc: &Value| -> Vec<(String, Value)> {
+            let all = doc["components"]["securitySchemes"].as_object().unwrap();
+            doc["security"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|req| {
+                    let name = req.as_object().unwrap().keys().next().unwrap().clone();
+                    let scheme = all[&name].clone();
+                    (name, scheme)
+                })
+                .collect()
+        };
+        let defaults = schemes(document());
+        let names: Vec<&str> = defaults.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ApiKeyHeader",
+                "BearerKey",
+                "Header-x-authentication-token",
+                "ApiKeyQuery"
+            ]
+        );
+        assert_eq!(defaults[2].1["name"], "x-authentication-token");
+
+        let s = KeySources::new(&[
+            KeySource::Query("token".into()),
+            KeySource::Json("apiKey".into()),
+            KeySource::Header("x-key".into()),
+        ]);
+        let doc: Value = serde_json::from_slice(&s.openapi()).unwrap();
+        assert_eq!(
+            schemes(&doc),
+            [
+                (
+                    "Query-token".to_owned(),
+                    json!({"type": "apiKey", "in": "query", "name": "token"})
+                ),
+                (
+                    "Header-x-key".to_owned(),
+                    json!({"type": "apiKey", "in": "header", "name": "x-key"})
+                ),
+            ]
+        );
+        let description = doc["info"]["description"].as_str().unwrap();
+        assert!(
+            description.contains("(the token query parameter, or the x-key header)"),
+            "{description}"
+        );
+        // A reload puts the new sources in the document too.
+        s.set(&[KeySource::Bearer]);
+        let doc: Value = serde_json::from_slice(&s.openapi()).unwrap();
+        assert_eq!(schemes(&doc).len(), 1);
+        assert_eq!(doc["security"], json!([{"BearerKey": []}]));
     }
 }

@@ -105,18 +105,21 @@ impl KeySource {
     }
 }
 
-/// The `key_missing` message naming `sources` in their order, or `None` if there are none. It
-/// names only places, never a value a caller sent.
-pub fn key_missing_message<'a>(sources: impl IntoIterator<Item = &'a KeySource>) -> Option<String> {
+/// The places of `sources` in their order, as a sentence names them ("the x-api-key header, or
+/// the apiKey query parameter"), or `None` if there are none.
+pub fn key_places<'a>(sources: impl IntoIterator<Item = &'a KeySource>) -> Option<String> {
     let places: Vec<String> = sources.into_iter().map(KeySource::place).collect();
     match places.as_slice() {
         [] => None,
-        [one] => Some(format!("No API key was given: send it in {one}.")),
-        [first @ .., last] => Some(format!(
-            "No API key was given: send it in {}, or {last}.",
-            first.join(", ")
-        )),
+        [one] => Some(one.clone()),
+        [first @ .., last] => Some(format!("{}, or {last}", first.join(", "))),
     }
+}
+
+/// The `key_missing` message naming `sources` in their order, or `None` if there are none. It
+/// names only places, never a value a caller sent.
+pub fn key_missing_message<'a>(sources: impl IntoIterator<Item = &'a KeySource>) -> Option<String> {
+    key_places(sources).map(|places| format!("No API key was given: send it in {places}."))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
