@@ -65,26 +65,25 @@ pub fn document_for(sources: &[KeySource]) -> Value {
     let mut schemes = serde_json::Map::new();
     let mut security = Vec::new();
     for source in sources {
+        // The defaults' schemes keep the names they always had.
         let (name, scheme) = match source {
-            KeySource::Header(h) if h == "x-api-key" => (
-                "ApiKeyHeader".to_owned(),
+            KeySource::Header(h) => (
+                match h.as_str() {
+                    "x-api-key" => "ApiKeyHeader".to_owned(),
+                    _ => format!("Header-{}", scheme_name(h)),
+                },
                 json!({"type": "apiKey", "in": "header", "name": h}),
             ),
-            KeySource::Header(h) => (
-                format!("Header-{}", scheme_name(h)),
-                json!({"type": "apiKey", "in": "header", "name": h}),
+            KeySource::Query(q) => (
+                match q.as_str() {
+                    "apiKey" => "ApiKeyQuery".to_owned(),
+                    _ => format!("Query-{}", scheme_name(q)),
+                },
+                json!({"type": "apiKey", "in": "query", "name": q}),
             ),
             KeySource::Bearer => (
                 "BearerKey".to_owned(),
                 json!({"type": "http", "scheme": "bearer", "description": "The API key as a bearer token."}),
-            ),
-            KeySource::Query(q) if q == "apiKey" => (
-                "ApiKeyQuery".to_owned(),
-                json!({"type": "apiKey", "in": "query", "name": q}),
-            ),
-            KeySource::Query(q) => (
-                format!("Query-{}", scheme_name(q)),
-                json!({"type": "apiKey", "in": "query", "name": q}),
             ),
             KeySource::Json(_) => continue,
         };
@@ -129,6 +128,8 @@ pub(crate) fn response(body: Bytes) -> Response<Bytes> {
     res
 }
 
+/// Everything but what [`document_for`] derives from the key sources: the description, `security`
+/// and `components.securitySchemes`.
 fn build() -> Value {
     let member_id = param("MemberId");
     json!({
@@ -136,10 +137,8 @@ fn build() -> Value {
         "info": {
             "title": "Tollgate account API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Self-service API for parent and child accounts, authenticated by the caller's own API key (x-api-key header, Authorization: Bearer, or the apiKey query parameter). Every error body is {\"error\":{\"code\",\"message\"}}. Unknown paths answer 404 `not_found`; a known path with another method answers 405 `method_not_allowed` with an `allow` header.",
             "license": {"name": "Apache-2.0"}
         },
-        "security": [{"ApiKeyHeader": []}, {"BearerKey": []}, {"ApiKeyQuery": []}],
         "paths": {
             "/v1/me": {
                 "get": {
@@ -278,11 +277,6 @@ fn build() -> Value {
             }
         },
         "components": {
-            "securitySchemes": {
-                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
-                "BearerKey": {"type": "http", "scheme": "bearer", "description": "The API key as a bearer token."},
-                "ApiKeyQuery": {"type": "apiKey", "in": "query", "name": "apiKey"}
-            },
             "parameters": {
                 "From": {
                     "name": "from", "in": "query", "required": false,

@@ -168,16 +168,11 @@ impl Proxy {
             }
         }
         // The places a key is read from: the head sources, and the first `json:` source.
-        let json = config
-            .keys
-            .sources
-            .iter()
-            .find(|s| matches!(s, KeySource::Json(_)));
-        let read = config
-            .keys
-            .sources
-            .iter()
-            .filter(|s| !matches!(s, KeySource::Json(_)) || Some(*s) == json);
+        let json_field = extract::json_source(&config.keys.sources);
+        let read = config.keys.sources.iter().filter(|s| match s {
+            KeySource::Json(name) => Some(name.as_str()) == json_field,
+            _ => true,
+        });
         let key_missing = match tollgate_config::key_missing_message(read) {
             Some(message) => Bytes::from(crate::respond::error_body(
                 DenyReason::KeyMissing.code(),
@@ -194,7 +189,7 @@ impl Proxy {
                 duration: metrics.request_histogram("_unmatched"),
             },
             cache,
-            json_field: extract::json_source(&config.keys.sources).map(str::to_owned),
+            json_field: json_field.map(str::to_owned),
             sources: config.keys.sources.clone(),
             strip_headers,
             strip_bearer,

@@ -224,12 +224,11 @@ fn head_length(buf: &[u8]) -> Option<Result<usize, ()>> {
 /// A `Content-Length` value the fast path takes: decimal digits, at most [`FAST_BODY_MAX`].
 fn body_length(value: &[u8]) -> Option<usize> {
     let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > 9 || !digits.iter().all(u8::is_ascii_digit) {
+    // `parse` alone would also take a leading `+`.
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = digits
-        .iter()
-        .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
     (n <= FAST_BODY_MAX).then_some(n)
 }
 
@@ -656,7 +655,25 @@ async fn write_streaming(
 
 #[cfg(test)]
 mod tests {
-    use super::{has_blank_line as end, head_length};
+    use super::{body_length, has_blank_line as end, head_length, FAST_BODY_MAX};
+
+    #[test]
+    fn a_body_length_is_plain_digits_up_to_the_cap() {
+        assert_eq!(body_length(b"0"), Some(0));
+        assert_eq!(body_length(b" 0042 "), Some(42));
+        assert_eq!(body_length(b"65536"), Some(FAST_BODY_MAX));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-1",
+            b"5 5",
+            b"0x10",
+            b"65537",
+            b"99999999999999999999999",
+        ] {
+            assert_eq!(body_length(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn the_end_of_a_head_is_its_first_empty_line() {
