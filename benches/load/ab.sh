@@ -17,6 +17,10 @@
 # refused phase. UNPINNED=1 runs everything as an operator would start it: nothing pinned, nginx
 # with `worker_processes auto` (its own, started here against the held upstream), each BIN with
 # its default thread counts, wrk with -t THREADS [2]; the held upstream and Redis stay on LOAD_CPU.
+# CPU_QUOTA=45 caps each contender's processes (nginx's workers; all of a BIN's threads) at that
+# percent of one core with a CFS bandwidth limit (a cgroup of its own, period CPU_PERIOD_US [2500]),
+# so the proxies, not the load core, set the pace: their req/s ratio is then what each does with
+# the same CPU. Needs root and the cgroup cpu controller (v1 or v2).
 # BODY='{"domainName":"example.com"}' sends each request as a POST with that JSON body (the key
 # still in the x-api-key header; in the body instead where BODY says @KEY@, as in
 # BODY='{"apiKey":"@KEY@","domainName":"example.com"}').
@@ -26,7 +30,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/held.sh"
 # shellcheck source=nginx-conf.sh
 . "$HERE/nginx-conf.sh"
-[ $# -ge 1 ] || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 OUT=${OUT:-$HERE/out}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -37,6 +41,8 @@ STORE=${STORE:-embedded}
 KEYSET=${KEYSET:-admitted}
 UNPINNED=${UNPINNED:-0}
 THREADS=${THREADS:-2}
+CPU_QUOTA=${CPU_QUOTA:-}
+CPU_PERIOD_US=${CPU_PERIOD_US:-2500}
 case "$STORE" in
   embedded) read_hold ab.sh ;;
   redis) read_hold ab.sh redis ;;
@@ -45,8 +51,14 @@ esac
 
 D=$(mktemp -d /tmp/tollgate-ab.XXXXXX)
 PIDS=()
+CGROUPS=()
 cleanup() {
-  local p
+  local p cg
+  # Back to the root group first: the held nginx outlives this script.
+  for cg in "${CGROUPS[@]}"; do
+    while read -r p; do echo "$p" >"$(dirname "$cg")/cgroup.procs" 2>/dev/null || true; done <"$cg/cgroup.procs"
+    rmdir "$cg" 2>/dev/null || true
+  done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$D"
@@ -106,6 +118,31 @@ measure() {
   awk -v o="$out" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v s="$DURATION" \
     'BEGIN { split(o, f, " "); printf "%s %s %.2f\n", f[1], f[2], t * 1e6 / hz / (f[1] * s + 1e-9) }'
 }
+if [ -n "$CPU_QUOTA" ]; then
+  quota=$((CPU_PERIOD_US * CPU_QUOTA / 100))
+  [ "$quota" -ge 1000 ] || { echo "ab.sh: CPU_QUOTA x CPU_PERIOD_US is under the kernel's 1000 us minimum" >&2; exit 2; }
+  if [ -w /sys/fs/cgroup/cpu/cgroup.procs ]; then
+    CG_ROOT=/sys/fs/cgroup/cpu # v1
+  elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    CG_ROOT=/sys/fs/cgroup # v2
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+  else
+    echo "ab.sh: CPU_QUOTA needs the cgroup cpu controller (and root)" >&2; exit 2
+  fi
+  for j in "${!PORTS[@]}"; do
+    cg="$CG_ROOT/tollgate-ab.$$.$j"
+    mkdir "$cg"
+    CGROUPS+=("$cg")
+    if [ "$CG_ROOT" = /sys/fs/cgroup ]; then
+      echo "$quota $CPU_PERIOD_US" >"$cg/cpu.max"
+    else
+      echo "$CPU_PERIOD_US" >"$cg/cpu.cfs_period_us"
+      echo "$quota" >"$cg/cpu.cfs_quota_us"
+    fi
+    for p in ${CPU_PIDS[$j]}; do echo "$p" >"$cg/cgroup.procs"; done
+  done
+  echo "ab.sh: each contender capped at $CPU_QUOTA% of a core ($quota us per $CPU_PERIOD_US us)" >&2
+fi
 for j in "${!PORTS[@]}"; do load "${PORTS[$j]}" 3 "${FILES[$j]}" >/dev/null; done # warm-up: caches, pools
 n=${#PORTS[@]}
 : >"$D/rows"

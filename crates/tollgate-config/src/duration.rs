@@ -17,7 +17,7 @@ pub enum DurationError {
     NoUnit,
     #[error("unknown unit `{0}`")]
     UnknownUnit(String),
-    #[error("duration too large")]
+    #[error("duration too large (at most 36500d)")]
     Overflow,
 }
 
@@ -40,8 +40,13 @@ impl DurationError {
 
 pub(crate) const UNITS_FIX: &str = "use a number with ms, s, m, h or d, e.g. \"30s\"";
 
+/// The longest duration a setting takes: 100 years. Every duration is added to a clock reading
+/// somewhere, and a longer one would overflow it (a panic at the first request) rather than mean
+/// "never".
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
 /// Parses `250ms`, `5s`, `2m`, `1h` or `7d`: digits then one unit, nothing else (no spaces, no sign,
-/// no fractions), so a value means the same to every reader of the file.
+/// no fractions), so a value means the same to every reader of the file. At most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     if s.is_empty() {
         return Err(DurationError::Empty);
@@ -63,7 +68,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     // All-digit `number` only fails to parse when it does not fit in a u64.
     let n: u64 = number.parse().map_err(|_| DurationError::Overflow)?;
     let secs_per = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" => {
+            let d = Duration::from_millis(n);
+            return if d > MAX_DURATION {
+                Err(DurationError::Overflow)
+            } else {
+                Ok(d)
+            };
+        }
         "s" => 1,
         "m" => 60,
         "h" => 3_600,
@@ -72,6 +84,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     };
     n.checked_mul(secs_per)
         .map(Duration::from_secs)
+        .filter(|d| *d <= MAX_DURATION)
         .ok_or(DurationError::Overflow)
 }
 
@@ -88,10 +101,6 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
         assert_eq!(parse_duration("007s"), Ok(Duration::from_secs(7)));
-        assert_eq!(
-            parse_duration("18446744073709551615ms"),
-            Ok(Duration::from_millis(u64::MAX))
-        );
     }
 
     #[test]
@@ -132,6 +141,26 @@ mod tests {
             parse_duration("18446744073709551615d"),
             Err(DurationError::Overflow)
         );
+        // Fits in a u64 but would overflow a clock reading it is added to: refused at 100 years.
+        assert_eq!(
+            parse_duration("18446744073709551615s"),
+            Err(DurationError::Overflow)
+        );
+        assert_eq!(
+            parse_duration("18446744073709551615ms"),
+            Err(DurationError::Overflow)
+        );
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("36501d"), Err(DurationError::Overflow));
+        assert_eq!(parse_duration("3153600000000ms"), Ok(MAX_DURATION));
+        assert_eq!(
+            parse_duration("3153600000001ms"),
+            Err(DurationError::Overflow)
+        );
+        // Every setting's largest value still adds to a clock reading.
+        assert!(std::time::Instant::now()
+            .checked_add(MAX_DURATION)
+            .is_some());
     }
 
     #[test]
