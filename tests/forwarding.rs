@@ -433,7 +433,7 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
         BIN.as_ref(),
         &cfg,
         &[
-            ("TG_TEST_VENDOR_Q", "vendor q&1"),
+            ("TG_TEST_VENDOR_Q", "at_vendor-q.1~ &2"),
             ("TG_TEST_VENDOR_H", "vendor-h"),
         ],
     )
@@ -465,7 +465,7 @@ upstream_auth = {{ header = "x-api-key", env = "TG_TEST_VENDOR_H" }}
     assert_eq!(seen.len(), 6);
     for r in &seen[..4] {
         assert_eq!(
-            r.uri, "/whoisserver/WhoisService?domainName=a.example&apiKey=vendor%20q%261",
+            r.uri, "/whoisserver/WhoisService?domainName=a.example&apiKey=at_vendor-q.1~%20%262",
             "{:?}",
             r.method
         );

@@ -17,6 +17,14 @@ use super::{
 use crate::respond::Refusal;
 use crate::{extract, forward};
 
+/// What an injected credential escapes in a query value: everything but RFC 3986's unreserved
+/// characters, which stay as they are (a vendor key `at_...` goes out as `at_...`, not `at%5F...`).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 impl Proxy {
     /// The HTTP/1.1 head of an HTTP/2 GET or HEAD for the upstream, with the fast path's field
     /// rules; split cookies joined (see `joined_cookies`).
@@ -213,7 +221,7 @@ impl Proxy {
         out.push(sep);
         out.extend_from_slice(name.as_bytes());
         out.push(b'=');
-        let enc = percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC);
+        let enc = percent_encoding::utf8_percent_encode(value, QUERY_VALUE);
         for piece in enc {
             out.extend_from_slice(piece.as_bytes());
         }
