@@ -762,3 +762,96 @@ async fn key_missing_names_the_configured_sources_on_every_path() {
     }
     assert!(up.requests().is_empty());
 }
+
+/// The host a request is routed by follows HTTP's rules (RFC 9112 section 3.2, RFC 9113 section
+/// 8.3.1): an HTTP/1.1 request without `Host` or with two is a 400 `invalid_request`, an
+/// absolute-form target's authority wins over `Host`, HTTP/1.0 may go without one, and an HTTP/2
+/// `host` field that names another host than `:authority` is malformed. Nothing refused reaches
+/// an upstream.
+#[tokio::test]
+async fn the_host_a_request_is_routed_by_follows_http() {
+    use tokio::io::AsyncWriteExt;
+    let named = StubUpstream::start().await;
+    let other = StubUpstream::start().await;
+    let cfg = format!(
+        r#"
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+host = "named.example"
+upstream = "{n}"
+product = "whois"
+
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "{o}"
+product = "whois"
+"#,
+        n = named.url(),
+        o = other.url()
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (_, key) = create_parent(&g, "owner@host.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let path = "/whoisserver/WhoisService?domainName=a.example";
+    let raw = |head: String| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            read_response(&mut s, &mut buf).await
+        }
+    };
+    let refused = [
+        format!("GET {path} HTTP/1.1\r\nX-Api-Key: {key}\r\n\r\n"),
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: named.example\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n"
+        ),
+    ];
+    for head in refused {
+        let (status, resp, body) = raw(head.clone()).await;
+        assert_eq!(status, 400, "{head:?}: {resp}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "invalid_request", "{head:?}");
+    }
+    assert_eq!((named.count(), other.count()), (0, 0));
+
+    // Absolute form: the target's authority, not Host.
+    let (status, resp, _) = raw(format!(
+        "GET http://named.example{path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!((named.count(), other.count()), (1, 0));
+    // Host as the fast path reads it, either case, with a port.
+    let (status, resp, _) = raw(format!(
+        "GET {path} HTTP/1.1\r\nHost: Named.Example:8080\r\nX-Api-Key: {key}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!((named.count(), other.count()), (2, 0));
+    // HTTP/1.0 without Host: the routes without a host.
+    let (status, resp, _) = raw(format!("GET {path} HTTP/1.0\r\nX-Api-Key: {key}\r\n\r\n")).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!((named.count(), other.count()), (2, 1));
+
+    // HTTP/2: :authority is the host; a host field that disagrees is malformed.
+    let url = format!("{}{path}", g.proxy);
+    let r = send_h2c(Method::GET, &url, &[("x-api-key", &key)])
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!((named.count(), other.count()), (2, 2));
+    let r = send_h2c(
+        Method::GET,
+        &url,
+        &[("x-api-key", &key), ("host", "named.example")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_request".into())
+    );
+    assert_eq!((named.count(), other.count()), (2, 2));
+}

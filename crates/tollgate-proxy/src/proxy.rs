@@ -226,8 +226,12 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
-        let host = request_host(req.uri(), req.headers());
         let mut trace = Trace::default();
+        let Ok(host) = request_host(req.version(), req.uri(), req.headers()) else {
+            let r = Refusal::InvalidRequest;
+            self.record(None, started, request_id.as_bytes(), &trace, Err(r));
+            return finish(self.refusal(r), request_id);
+        };
         // Before the route or the key: a path the upstream could resolve elsewhere is never
         // routed as it reads (`uri.path()` is the path as it came; an absolute-form target's,
         // `""` for authority form, `*` for asterisk form).

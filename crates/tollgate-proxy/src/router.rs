@@ -42,13 +42,47 @@ impl Router {
     }
 }
 
-/// The host a request names, lower-case and without its port (`Host` header, else the URI).
-pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Option<&'a str> {
-    let raw = headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.host())?;
-    Some(host_of(raw))
+/// The host a request is for, by HTTP's rules; `Err` for a request that names it badly, which is
+/// answered 400 before anything else (RFC 9112 section 3.2: an HTTP/1.1 request without `Host`, or
+/// with more than one, or with a value that is not one). An absolute-form target's authority wins
+/// over `Host` (section 3.2.2); an HTTP/2 request's `:authority` is its host, and a `host` field
+/// naming another is malformed (RFC 9113 section 8.3.1). `Ok(None)`: an HTTP/1.0 request without
+/// one, routed by the routes without a `host`.
+pub fn request_host<'a>(
+    version: http::Version,
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
+) -> Result<Option<&'a str>, BadHost> {
+    let mut fields = headers.get_all(http::header::HOST).iter();
+    let field = match (fields.next(), fields.next()) {
+        (Some(_), Some(_)) => return Err(BadHost),
+        (Some(v), None) => Some(v.to_str().map_err(|_| BadHost)?),
+        (None, _) => None,
+    };
+    let field = field.map(host_of);
+    match uri.host() {
+        Some(authority) => {
+            if version == http::Version::HTTP_2
+                && field.is_some_and(|f| !f.eq_ignore_ascii_case(authority))
+            {
+                return Err(BadHost);
+            }
+            Ok(Some(host_of_authority(authority)))
+        }
+        None if field.is_none() && version == http::Version::HTTP_11 => Err(BadHost),
+        None => Ok(field),
+    }
+}
+
+/// A request whose host is missing, doubled or malformed: a 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadHost;
+
+/// `uri.host()` keeps an IPv6 literal's brackets; `Host` values are compared without them.
+fn host_of_authority(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 /// The host of a `Host` field value: `[v6]:port`, `host:port`, `host`.
@@ -106,17 +140,46 @@ mod tests {
 
     #[test]
     fn hosts() {
+        use http::Version;
+        let v11 = Version::HTTP_11;
         let mut h = http::HeaderMap::new();
         let uri: http::Uri = "/x".parse().unwrap();
-        assert_eq!(request_host(&uri, &h), None);
+        // HTTP/1.1 needs exactly one Host; HTTP/1.0 may go without.
+        assert_eq!(request_host(v11, &uri, &h), Err(BadHost));
+        assert_eq!(request_host(Version::HTTP_10, &uri, &h), Ok(None));
         h.insert("host", "Example.com:8080".parse().unwrap());
-        assert_eq!(request_host(&uri, &h), Some("Example.com"));
+        assert_eq!(request_host(v11, &uri, &h), Ok(Some("Example.com")));
         h.insert("host", "[::1]:8080".parse().unwrap());
-        assert_eq!(request_host(&uri, &h), Some("::1"));
+        assert_eq!(request_host(v11, &uri, &h), Ok(Some("::1")));
+        h.append("host", "other.example".parse().unwrap());
+        assert_eq!(request_host(v11, &uri, &h), Err(BadHost));
+        assert_eq!(request_host(Version::HTTP_10, &uri, &h), Err(BadHost));
+        let mut bad = http::HeaderMap::new();
+        bad.insert("host", http::HeaderValue::from_bytes(b"a\xffb").unwrap());
+        assert_eq!(request_host(v11, &uri, &bad), Err(BadHost));
+        // An absolute-form target's authority wins over Host.
         let abs: http::Uri = "http://a.example:1/x".parse().unwrap();
+        let mut other = http::HeaderMap::new();
+        other.insert("host", "other.example".parse().unwrap());
+        assert_eq!(request_host(v11, &abs, &other), Ok(Some("a.example")));
         assert_eq!(
-            request_host(&abs, &http::HeaderMap::new()),
-            Some("a.example")
+            request_host(v11, &abs, &http::HeaderMap::new()),
+            Ok(Some("a.example"))
+        );
+        let v6: http::Uri = "http://[::1]:1/x".parse().unwrap();
+        assert_eq!(
+            request_host(v11, &v6, &http::HeaderMap::new()),
+            Ok(Some("::1"))
+        );
+        // HTTP/2: :authority is the host; a host field naming another is malformed.
+        let v2 = Version::HTTP_2;
+        assert_eq!(request_host(v2, &abs, &other), Err(BadHost));
+        let mut same = http::HeaderMap::new();
+        same.insert("host", "A.example:1".parse().unwrap());
+        assert_eq!(request_host(v2, &abs, &same), Ok(Some("a.example")));
+        assert_eq!(
+            request_host(v2, &abs, &http::HeaderMap::new()),
+            Ok(Some("a.example"))
         );
     }
 }
