@@ -855,3 +855,118 @@ product = "whois"
     );
     assert_eq!((named.count(), other.count()), (2, 2));
 }
+
+/// An upstream that answers each request with a head promising 100 bytes and sends 5 of them,
+/// then holds its connections open without another byte.
+async fn stalling_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+                .await;
+            held.push(s);
+        }
+    });
+    url
+}
+
+/// The route's `timeout` also bounds each wait for the response body (as nginx's
+/// `proxy_read_timeout`): an upstream that stalls in the middle of a body has the response cut
+/// off after it, on every path, instead of holding the client for as long as it likes; and the
+/// request-duration histogram covers the whole response, body included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_cut_off_after_the_route_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = stalling_upstream().await;
+    let cfg = format!(
+        r#"
+[[routes]]
+name = "stall"
+prefix = "/whoisserver/WhoisService"
+upstream = "{up}"
+product = "whois"
+timeout = "1s"
+"#
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (_, key) = create_parent(&g, "owner@stall.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let path = "/whoisserver/WhoisService?domainName=a.example";
+    let deadline = Duration::from_secs(15);
+
+    // HTTP/1.1: the fast path (GET) and hyper's (a chunked POST). The client sees the 5 bytes,
+    // then the connection ends short of the promised 100.
+    let heads = [
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n"),
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        ),
+    ];
+    for head in heads {
+        let started = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(deadline, async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "still waiting after {deadline:?}: {head:?}");
+        let elapsed = started.elapsed();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+        assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    }
+
+    // HTTP/2: the stream is reset after the timeout; the client gets an error, not a body.
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        deadline,
+        send_h2c(
+            Method::GET,
+            &format!("{}{path}", g.proxy),
+            &[("x-api-key", &key)],
+        ),
+    )
+    .await
+    .expect("the HTTP/2 request ends");
+    assert!(r.is_err(), "a body cut short is an error on HTTP/2");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+
+    // Each of the three requests took over a second as its client saw it, and the histogram
+    // says so (it used to stop at the response head, a few milliseconds).
+    let metrics =
+        String::from_utf8_lossy(&get(&format!("{}/metrics", g.ops), &[]).await.unwrap().body)
+            .into_owned();
+    let field = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(r#"route="stall""#))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(field("tollgate_request_duration_seconds_count"), 3.0);
+    assert!(field("tollgate_request_duration_seconds_sum") >= 3.0);
+}

@@ -29,6 +29,9 @@ pub struct Trace {
     pub credits: u64,
     /// Time the upstream took to answer (or fail), when the request was forwarded.
     pub upstream: Option<Duration>,
+    /// The response body is still to be streamed from the upstream, and observes the request's
+    /// duration when it ends (`UpstreamBody::arm`) rather than at the response head.
+    pub duration_at_body_end: bool,
 }
 
 /// One line's fields.

@@ -21,11 +21,12 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
@@ -265,7 +266,7 @@ impl Upstreams {
         let mut body = ResponseBody::new(conn, framing, checkin);
         match body.try_complete() {
             Some(all) => UpstreamBody::Whole(Some(all)),
-            None => UpstreamBody::Streaming(body),
+            None => UpstreamBody::Streaming(Streamed::new(body)),
         }
     }
 
@@ -367,7 +368,115 @@ fn checkin(origin: usize, max_idle: usize, conn: Conn) {
 /// came.
 pub enum UpstreamBody {
     Whole(Option<Bytes>),
-    Streaming(ResponseBody),
+    Streaming(Streamed),
+}
+
+impl UpstreamBody {
+    /// For a body still to be read: the upstream may go at most `idle` without sending any of it
+    /// (the route's timeout, as nginx's `proxy_read_timeout` bounds each read), after which the
+    /// body fails and its connection is closed; and `duration` observes the time since `started`
+    /// when the body has ended, failed or been dropped, so the request-duration histogram holds the
+    /// whole request as the client saw it. A body already read whole needs neither.
+    pub fn arm(&mut self, idle: Duration, duration: &prometheus::Histogram, started: Instant) {
+        if let UpstreamBody::Streaming(s) = self {
+            s.idle = Some(idle);
+            s.end = Some((duration.clone(), started));
+        }
+    }
+
+    /// Whether the request's duration is observed when the body ends (see [`Self::arm`]).
+    pub fn observes_its_end(&self) -> bool {
+        matches!(self, UpstreamBody::Streaming(s) if s.end.is_some())
+    }
+}
+
+/// A body read off the upstream's connection, with the route's idle timeout and the
+/// request-duration observation of [`UpstreamBody::arm`].
+pub struct Streamed {
+    /// `None` once the idle timeout fired: the connection is dropped, never reused.
+    body: Option<ResponseBody>,
+    idle: Option<Duration>,
+    /// Armed at the first wait for the upstream, moved on by every frame.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    end: Option<(prometheus::Histogram, Instant)>,
+}
+
+impl Streamed {
+    fn new(body: ResponseBody) -> Streamed {
+        Streamed {
+            body: Some(body),
+            idle: None,
+            timer: None,
+            end: None,
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some((h, started)) = self.end.take() {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        // The client went away (or the response was dropped) before the end: its request ended here.
+        self.ended();
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(timer), Some(idle)) = (this.timer.as_mut(), this.idle) {
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(done) => {
+                this.ended();
+                Poll::Ready(done)
+            }
+            Poll::Pending => {
+                let Some(idle) = this.idle else {
+                    return Poll::Pending;
+                };
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.body = None;
+                this.ended();
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the upstream sent nothing of the body for the route's timeout",
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(ResponseBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), ResponseBody::size_hint)
+    }
 }
 
 impl Body for UpstreamBody {

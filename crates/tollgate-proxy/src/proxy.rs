@@ -250,7 +250,12 @@ impl Proxy {
             .admit_and_forward(idx, req, client, &request_id, &mut trace)
             .await
         {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                if let Either::Left(body) = resp.body_mut() {
+                    let timeout = self.router.routes()[idx].timeout;
+                    body.arm(timeout, &self.runtime[idx].duration, started);
+                    trace.duration_at_body_end = body.observes_its_end();
+                }
                 self.record(
                     Some(idx),
                     started,
@@ -302,7 +307,9 @@ impl Proxy {
             (Err(r), None) => self.unmatched.outcomes[r.index()].inc(),
             (Ok(_), None) => {}
         }
-        duration.observe(elapsed.as_secs_f64());
+        if !trace.duration_at_body_end {
+            duration.observe(elapsed.as_secs_f64());
+        }
         let admitted = outcome.is_ok();
         if admitted && !self.access.sampled() {
             return ended;
