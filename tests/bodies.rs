@@ -396,3 +396,101 @@ async fn a_key_in_a_json_body_is_taken_out_on_the_fast_path() {
     let (status, head, _) = read_response(&mut s, &mut buf).await;
     assert_eq!(status, 200, "{head}");
 }
+
+/// With `forward = false`, a JSON body's top-level key field never reaches the upstream, wherever
+/// the key came from (here the `x-api-key` header): on the fast path (a `Content-Length` body),
+/// hyper's (chunked) and HTTP/2 (with and without a `content-length`), the field is cut out and
+/// every other byte goes as the client sent it: numbers, escapes, spacing, nested fields of the
+/// same name. A chunked JSON body over 64 KiB is not held: it streams through as it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_field_in_a_json_body_goes_whichever_source_the_key_came_from() {
+    use http::Method;
+    use tollgate_testkit::http::{send_chunked, send_h2c_body};
+
+    let (up, seen) = recording_upstream(false).await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up)).await;
+    let (_, key) = create_parent(&g, "owner@jsonhead.example", &["whois"]).await;
+    let url = format!("{}/whoisserver/WhoisService", g.proxy);
+    let rest = r#""n": 12345678901234567890123, "x":1.50,"e" :1.0e2, "s":"\u00e9\/",
+  "o": {"apiKey": "nested"}, "l": ["apiKey", {"apiKey": 1}]"#;
+    let body = format!("{{ \"apiKey\": \"{key}\",\n  {rest} }}");
+    let want = format!("{{ {rest} }}");
+
+    // The fast path, then hyper's (chunked), on raw connections.
+    let host = g.proxy.trim_start_matches("http://");
+    for chunked in [false, true] {
+        let framing = if chunked {
+            format!(
+                "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+        } else {
+            format!("Content-Length: {}\r\n\r\n{body}", body.len())
+        };
+        let req = format!(
+            "POST /whoisserver/WhoisService HTTP/1.1\r\nHost: {host}\r\nX-Api-Key: {key}\r\n\
+             Content-Type: application/json\r\n{framing}"
+        );
+        let mut s = connect(&g).await;
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (status, head, _) = read_response(&mut s, &mut Vec::new()).await;
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(fast(&head), !chunked, "{head}");
+    }
+    // HTTP/2, with a content-length and without.
+    for sized in [true, false] {
+        let r = send_h2c_body(
+            Method::POST,
+            &url,
+            &[("x-api-key", &key), ("content-type", "application/json")],
+            body.clone(),
+            sized,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "h2 sized={sized}");
+    }
+    // The key in the body alone: the same cut, the same bytes left.
+    let r = send_chunked(
+        Method::POST,
+        &url,
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    // Too long to hold: streamed as it came (the `json:` source would not read it either).
+    let long = format!(
+        "{{\"pad\":\"{}\",\"apiKey\":\"{key}\"}}",
+        "p".repeat(extract_limit() + 10)
+    );
+    let r = send_chunked(
+        Method::POST,
+        &url,
+        &[("x-api-key", &key), ("content-type", "application/json")],
+        long.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+
+    let seen = seen.lock().unwrap();
+    let posts: Vec<&Seen> = seen.iter().filter(|r| r.line.starts_with("POST")).collect();
+    assert_eq!(posts.len(), 6);
+    for (i, r) in posts[..5].iter().enumerate() {
+        assert_eq!(String::from_utf8_lossy(&r.body), want, "request {i}");
+        assert!(!r.head.contains(&key), "request {i}: {}", r.head);
+        assert_eq!(
+            r.field("content-length"),
+            Some(want.len().to_string()),
+            "request {i}"
+        );
+    }
+    assert_eq!(posts[5].body, long.as_bytes());
+}
+
+/// The largest JSON body Tollgate holds (the `json:` source's limit).
+fn extract_limit() -> usize {
+    64 * 1024
+}

@@ -373,7 +373,10 @@ async fn a_query_key_is_cut_out_of_the_target_and_nothing_else() {
     let (_, key) = create_parent(&g, "owner@q.example", &["whois"]).await;
     let base = format!("{}/whoisserver/WhoisService", g.proxy);
     let cases = [
-        (format!("apiKey={key}&a=1&&b=x%26y"), "a=1&b=x%26y"),
+        (format!("apiKey={key}&a=1&&b=x%26y"), "a=1&&b=x%26y"),
+        (format!("a=1&apiKey={key}&b=2&&c"), "a=1&b=2&&c"),
+        (format!("&apiKey={key}&a=1&"), "&a=1&"),
+        (format!("a=1&apiKey={key}&&apiKey=x"), "a=1&"),
         (format!("a=1&apiKey={key}&apiKeyX=2"), "a=1&apiKeyX=2"),
         (format!("a=1&apiKey={key}"), "a=1"),
         (format!("apiKey={key}"), ""),

@@ -8,6 +8,8 @@ use http::{header, HeaderValue};
 use percent_encoding::percent_decode;
 use tollgate_config::KeySource;
 
+mod json;
+
 /// Largest JSON body `json:NAME` parses for a key.
 pub const JSON_BODY_LIMIT: usize = 64 * 1024;
 
@@ -135,21 +137,32 @@ pub fn has_param(query: &str, names: &[String]) -> bool {
     pairs(query).any(|(key, _)| names.iter().any(|n| n.as_bytes() == key))
 }
 
-/// Takes the key field out of a JSON object body. `None` if the body is not a JSON object or has no
-/// string field of that name; else the key and the body re-encoded without the field (when `strip`).
+/// Takes the key field out of a JSON object body. `None` if the body is not (structurally) a JSON
+/// object or its last top-level member of that name is not a non-empty string; else the key and,
+/// when `strip`, the body without every top-level member of that name (see [`strip_json`]).
 pub fn from_json(body: &[u8], field: &str, strip: bool) -> Option<(Vec<u8>, Option<Bytes>)> {
-    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = doc.as_object_mut()?;
-    let key = obj.get(field)?.as_str()?.as_bytes().to_vec();
+    if !json::may_hold(body, field) {
+        return None;
+    }
+    let obj = json::scan(body, field)?;
+    let key: String = serde_json::from_slice(&body[obj.last_value()?]).ok()?;
     if key.is_empty() {
         return None;
     }
-    if !strip {
-        return Some((key, None));
+    let rest = strip.then(|| Bytes::from(obj.without_named(body)));
+    Some((key.into_bytes(), rest))
+}
+
+/// A JSON object body without its top-level members named `field`, cut out with one adjoining
+/// separator each and every other byte left as it came; `None` when there are none (or the body
+/// is not structurally a JSON object): it goes as it is. A body without the quoted name (or any
+/// escape) is not scanned.
+pub fn strip_json(body: &[u8], field: &str) -> Option<Vec<u8>> {
+    if !json::may_hold(body, field) {
+        return None;
     }
-    obj.shift_remove(field);
-    let rewritten = serde_json::to_vec(&doc).ok()?;
-    Some((key, Some(Bytes::from(rewritten))))
+    let obj = json::scan(body, field)?;
+    obj.has_named().then(|| obj.without_named(body))
 }
 
 #[cfg(test)]

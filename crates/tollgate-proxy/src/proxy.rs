@@ -28,9 +28,54 @@ mod upstream;
 pub(crate) use fast::serve_conn;
 use ratelimit::{push_num, rate_limit_headers, rate_limit_headers_into};
 
-/// Request bodies to the upstream: the client's, passed through, or rebuilt here (a JSON body
-/// without its key field).
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Request bodies to the upstream: the client's, passed through (perhaps after a part of it read
+/// here), or one held whole here (a JSON body, perhaps without its key field).
+pub type ProxyBody = Either<ClientBody, Full<Bytes>>;
+
+/// The client's request body as it streams in: its first bytes already read here (a JSON body
+/// held to look for a key field in it that grew past [`extract::JSON_BODY_LIMIT`]), then the rest.
+#[derive(Debug)]
+pub struct ClientBody {
+    held: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(rest: Incoming) -> ClientBody {
+        ClientBody { held: None, rest }
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(held) = this.held.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(held))));
+        }
+        std::pin::Pin::new(&mut this.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let rest = self.rest.size_hint();
+        let held = self.held.as_ref().map_or(0, |h| h.len() as u64);
+        let mut hint = hyper::body::SizeHint::new();
+        hint.set_lower(rest.lower() + held);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint
+    }
+}
 
 /// Response bodies to the client: the upstream's, passed through, or built here (refusals).
 pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -469,7 +514,7 @@ impl Proxy {
 
         // 1. The key: head sources first; the JSON body only if they had none.
         let (key, body): (Vec<u8>, ProxyBody) = match extract::from_head(&parts, &self.sources) {
-            Some((k, _)) => (k, Either::Left(body)),
+            Some((k, _)) => (k, Either::Left(ClientBody::from(body))),
             None => match (&self.json_field, extract::is_json(&parts)) {
                 (Some(field), true) => {
                     let bytes = match Limited::new(body, extract::JSON_BODY_LIMIT).collect().await {
@@ -506,6 +551,13 @@ impl Proxy {
         // goes as the fast path's requests do: its head written as bytes from the client's
         // fields; anything else through a header map.
         let bodiless = matches!(&body, Either::Left(b) if hyper::body::Body::is_end_stream(b));
+        // A JSON body the key did not come from may hold the key field too: it goes without it.
+        let body = match (self.strip_json_field(), body) {
+            (Some(field), Either::Left(b)) if !bodiless && extract::is_json(&parts) => {
+                Self::without_json_key(&mut parts.headers, b, field).await?
+            }
+            (_, body) => body,
+        };
         let resp = if parts.version == http::Version::HTTP_2
             && bodiless
             && matches!(parts.method, http::Method::GET | http::Method::HEAD)
@@ -547,6 +599,47 @@ impl Proxy {
             rate_limit_headers(&mut rparts.headers, s);
         }
         Ok(Response::from_parts(rparts, Either::Left(rbody)))
+    }
+
+    /// The JSON field taken out of request bodies before they go upstream (`None`: the key is
+    /// forwarded, or there is no `json:` source).
+    pub(crate) fn strip_json_field(&self) -> Option<&str> {
+        self.json_field.as_deref().filter(|_| !self.forward_key)
+    }
+
+    /// A JSON body whose key came from the head, made ready to go upstream: held whole (as a
+    /// `json:` source reads it, up to [`extract::JSON_BODY_LIMIT`]) and sent without its top-level
+    /// `field` members (its `content-length` set to match). A body longer than that goes as it
+    /// came, streamed (the `json:` source would not read it either).
+    async fn without_json_key(
+        headers: &mut http::HeaderMap,
+        mut body: ClientBody,
+        field: &str,
+    ) -> Result<ProxyBody, (Refusal, Option<u64>)> {
+        let limit = extract::JSON_BODY_LIMIT;
+        if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+            return Ok(Either::Left(body));
+        }
+        let mut held = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            // The client broke off: nothing to forward.
+            let frame = frame.map_err(|_| (Refusal::BadRequest, None))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            held.extend_from_slice(&data);
+            if held.len() > limit {
+                body.held = Some(held.freeze());
+                return Ok(Either::Left(body));
+            }
+        }
+        let held = held.freeze();
+        let whole = match extract::strip_json(&held, field) {
+            Some(stripped) => Bytes::from(stripped),
+            None => held,
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(whole.len()));
+        Ok(Either::Right(Full::new(whole)))
     }
 
     /// Rate limit, backlog bound and pooled credits; leases more credits when the local slice is

@@ -58,6 +58,23 @@ pub async fn send_h2c(
     send_with(true, method, url, headers, Full::new(Bytes::new())).await
 }
 
+/// As [`send_h2c`], with a body: of a stated length (`content-length`, from the body's size) when
+/// `sized`, else in frames of no stated length.
+pub async fn send_h2c_body(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+    sized: bool,
+) -> anyhow::Result<Reply> {
+    let body = body.into();
+    if sized {
+        send_with(true, method, url, headers, Full::new(body)).await
+    } else {
+        send_with(true, method, url, headers, Unsized(Some(body))).await
+    }
+}
+
 /// As [`send`], with a body of no stated length: HTTP/1.1 sends it chunked (so the gateway's
 /// hyper path serves it, where a `Content-Length` body up to 64 KiB takes the fast path).
 pub async fn send_chunked(

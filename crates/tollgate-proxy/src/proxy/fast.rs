@@ -5,8 +5,9 @@
 //! after them as it came, and the upstream's response head is re-written once for the client. No
 //! `http::Request`, no header map, no per-request task or channel.
 //!
-//! A key in a JSON body (a `json:` source, when no head source has one) is taken out of the body
-//! here too, as on hyper's path. Anything else (HTTP/2, `h2c` upgrades, chunked or larger bodies,
+//! A key in a JSON body (a `json:` source, when no head source has one) is read here too, and the
+//! key field cut out of a JSON body (unless the key is forwarded) wherever the key came from, as
+//! on hyper's path. Anything else (HTTP/2, `h2c` upgrades, chunked or larger bodies,
 //! `Expect`, other methods, TLS, an HTTPS upstream, a head this code does not parse, a head larger
 //! than `max_header_bytes`) hands the connection, with the bytes already read, to hyper for the
 //! rest of its life: the first such request sees exactly what hyper would have done. Both paths
@@ -435,6 +436,15 @@ impl Proxy {
             .principal
             .as_ref()
             .ok_or((Refusal::Deny(DenyReason::KeyUnknown), None))?;
+
+        // A JSON body the key did not come from may hold the key field too: it goes without it.
+        if rewritten.is_none() && !head.body.is_empty() {
+            if let Some(field) = self.strip_json_field() {
+                if extract::is_json_type(head.field("content-type")) {
+                    rewritten = extract::strip_json(head.body, field).map(Bytes::from);
+                }
+            }
+        }
 
         // 5. The upstream request, its fields copied as they came but for Tollgate's own.
         up.clear();

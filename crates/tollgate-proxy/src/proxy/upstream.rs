@@ -180,8 +180,9 @@ impl Proxy {
 
     /// Appends the upstream's request target to `out` if it differs from the client's: `path`,
     /// then the query less the key's parameters (unless the key is forwarded) and less the
-    /// upstream credential's, then the credential. Empty `&&` pairs go on a rewrite. `false`,
-    /// with `out` untouched: the client's target goes as it is.
+    /// upstream credential's, each with one `&`, every other byte as it came (empty `&&` pairs
+    /// too), then the credential. A query left empty loses its `?`. `false`, with `out`
+    /// untouched: the client's target goes as it is.
     fn push_upstream_target(
         &self,
         path: &str,
@@ -202,23 +203,32 @@ impl Proxy {
         }
         out.reserve(path.len() + query.map_or(0, str::len) + 1);
         out.extend_from_slice(path.as_bytes());
-        let mut sep = b'?';
+        // The pairs kept, joined by `&` as they were: an empty one is kept too (`a&&b`), only a
+        // query with nothing left in it is dropped.
+        let start = out.len();
+        out.push(b'?');
+        let mut first = true;
         for pair in query.unwrap_or("").as_bytes().split(|&b| b == b'&') {
             let (name, _) = extract::split_pair(pair);
-            if pair.is_empty()
-                || (strip && self.strip_query.iter().any(|n| n.as_bytes() == name))
+            if (strip && self.strip_query.iter().any(|n| n.as_bytes() == name))
                 || auth.is_some_and(|(n, _)| n.as_bytes() == name)
             {
                 continue;
             }
-            out.push(sep);
-            sep = b'&';
+            if !first {
+                out.push(b'&');
+            }
+            first = false;
             out.extend_from_slice(pair);
+        }
+        let empty = out.len() == start + 1;
+        if empty {
+            out.truncate(start);
         }
         let Some((name, value)) = auth else {
             return true;
         };
-        out.push(sep);
+        out.push(if empty { b'?' } else { b'&' });
         out.extend_from_slice(name.as_bytes());
         out.push(b'=');
         let enc = percent_encoding::utf8_percent_encode(value, QUERY_VALUE);
