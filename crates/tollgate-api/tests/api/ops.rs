@@ -380,6 +380,10 @@ async fn accounts_lifecycle_by_operator() {
         .await;
     assert_eq!(c.expect(200)["parent_id"], pid.as_str());
     assert!(c.body.get("children").is_none());
+    // The tenant's settings live on the parent: a child's record does not show them.
+    assert!(c.body.get("team").is_none(), "{}", c.body);
+    assert!(c.body.get("limits").is_none(), "{}", c.body);
+    assert!(c.body.get("subscriptions").is_none(), "{}", c.body);
 
     let r = h
         .op(
