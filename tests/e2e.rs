@@ -517,3 +517,113 @@ product = "whois"
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+/// A stdout or stderr whose reader is already gone: every write to it fails with EPIPE, as
+/// `tollgate check | head -1` does once `head` has its line.
+fn closed_pipe() -> std::process::Stdio {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    drop(ours);
+    std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs))
+}
+
+const BAD_TOML: &str = "[cache]\nmax_staleness = \"5 seconds\"\n[[routes]]\nprefix = \"/b/../c\"\n\
+                        upstream = \"ftp://example.com\"\nproduct = \"whois\"\n";
+
+#[test]
+fn check_on_a_closed_pipe_exits_with_its_own_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, BAD_TOML).unwrap();
+    let good = concat!(env!("CARGO_MANIFEST_DIR"), "/../../gateway.toml");
+    for (config, want) in [(bad.as_os_str(), 1), (good.as_ref(), 0)] {
+        let status = std::process::Command::new(BIN)
+            .args(["check".as_ref(), "--config".as_ref(), config])
+            .stdout(closed_pipe())
+            .stderr(closed_pipe())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(want), "{config:?}: {status}");
+    }
+}
+
+#[test]
+fn a_bad_config_exits_1_for_check_run_and_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, BAD_TOML).unwrap();
+    for command in ["check", "run", "dev"] {
+        let out = std::process::Command::new(BIN)
+            .args([command.as_ref(), "--config".as_ref(), bad.as_os_str()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{command}: {}\n{err}",
+            out.status
+        );
+        assert!(err.contains("routes[0].prefix"), "{command}:\n{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_with_a_config_file_says_why_sighup_reloads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dev.toml");
+    let port = || tollgate_testkit::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{}\"\n[account_api]\nlisten = \"127.0.0.1:{}\"\n\
+             [ops]\nlisten = \"127.0.0.1:{}\"\n[[routes]]\nprefix = \"/w\"\n\
+             upstream = \"https://w.example.com\"\nproduct = \"whois\"\n",
+            port(),
+            port(),
+            port()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    // The banner goes to a stdout nobody reads: dev must keep running all the same.
+    let mut child = std::process::Command::new(BIN)
+        .args(["dev".as_ref(), "--config".as_ref(), config.as_os_str()])
+        .stdout(closed_pipe())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    tollgate_testkit::wait_until("dev listening", Duration::from_secs(30), || async {
+        read().contains("tollgate is listening")
+    })
+    .await;
+    let pid = child.id().to_string();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-HUP").success());
+    let want = format!(
+        "tollgate dev does not reload {} (its routes go to the built-in echo upstream)",
+        config.display()
+    );
+    tollgate_testkit::wait_until("the SIGHUP message", Duration::from_secs(30), || async {
+        read().contains(&want)
+    })
+    .await;
+    assert!(
+        !read().contains("not started from a config file"),
+        "{}",
+        read()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "dev exited:\n{}",
+        read()
+    );
+    assert!(kill("-TERM").success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", read());
+}

@@ -46,7 +46,11 @@ async fn dispatch(
 ) -> Result<Response<Bytes>, ApiError> {
     // The two endpoints anyone may call, before any key is looked at.
     match m.handler {
-        AccountHandler::OpenApi => return Ok(openapi::response(state.key_sources.openapi())),
+        AccountHandler::OpenApi => {
+            let (body, etag) = state.key_sources.openapi();
+            let seen = req.headers().get(http::header::IF_NONE_MATCH);
+            return Ok(openapi::response(body, etag, seen));
+        }
         AccountHandler::AcceptInvitation => {
             return accept_invitation(state, m.params.get("token").unwrap_or_default()).await
         }

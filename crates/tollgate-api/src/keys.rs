@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
+use http::header::{HeaderValue, AUTHORIZATION};
 use http::Request;
 use tollgate_config::{key_missing_message, KeySource, KeysConfig};
 use tollgate_core::{bearer_token, DenyReason};
@@ -31,6 +31,9 @@ struct Lookup {
     missing: Arc<str>,
     /// `/openapi.json`, its security schemes these sources.
     openapi: Bytes,
+    /// Its entity tag: a strong one, from its SHA-256, so a reload that changes the document
+    /// changes the tag and one that does not keeps it.
+    openapi_etag: HeaderValue,
 }
 
 impl Lookup {
@@ -40,11 +43,16 @@ impl Lookup {
             .filter(|s| !matches!(s, KeySource::Json(_)))
             .cloned()
             .collect();
+        let openapi = Bytes::from(
+            serde_json::to_vec(&crate::openapi::document_for(&sources)).unwrap_or_default(),
+        );
+        let digest = tollgate_core::KeyHash::of(&openapi).to_hex();
         Lookup {
             missing: missing_message(&sources).into(),
-            openapi: Bytes::from(
-                serde_json::to_vec(&crate::openapi::document_for(&sources)).unwrap_or_default(),
-            ),
+            // 32 hex digits: always a valid header value.
+            openapi_etag: HeaderValue::try_from(format!("\"{}\"", &digest[..32]))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"openapi\"")),
+            openapi,
             sources,
         }
     }
@@ -71,9 +79,10 @@ impl KeySources {
         self.current.store(Arc::new(Lookup::new(configured)));
     }
 
-    /// `/openapi.json` for the sources in force.
-    pub(crate) fn openapi(&self) -> Bytes {
-        self.current.load().openapi.clone()
+    /// `/openapi.json` for the sources in force, and its entity tag.
+    pub(crate) fn openapi(&self) -> (Bytes, HeaderValue) {
+        let l = self.current.load();
+        (l.openapi.clone(), l.openapi_etag.clone())
     }
 
     /// Whether any source in force can carry a key to the account API.

@@ -6,6 +6,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL, ETAG};
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -117,15 +118,35 @@ fn scheme_name(name: &str) -> String {
 }
 
 /// `GET /openapi.json`: `body` is [`document_for`] the sources in force, rendered once per
-/// configuration (see [`crate::KeySources`]).
-pub(crate) fn response(body: Bytes) -> Response<Bytes> {
-    let mut res = raw(StatusCode::OK, JSON, body);
-    // Public and the same for every caller: unlike the other bodies, fine to cache.
-    res.headers_mut().insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("public, max-age=300"),
-    );
+/// configuration (see [`crate::KeySources`]), `etag` its entity tag. The same for every caller,
+/// but re-rendered when a SIGHUP reload changes `[keys] sources`: `no-cache` lets a client keep
+/// it only if it revalidates each time, which an `If-None-Match` naming the tag answers with a
+/// bodiless 304.
+pub(crate) fn response(
+    body: Bytes,
+    etag: HeaderValue,
+    if_none_match: Option<&HeaderValue>,
+) -> Response<Bytes> {
+    let mut res = if if_none_match.is_some_and(|v| matches_etag(v.as_bytes(), etag.as_bytes())) {
+        let mut res = Response::new(Bytes::new());
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        res
+    } else {
+        raw(StatusCode::OK, JSON, body)
+    };
+    let h = res.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(ETAG, etag);
     res
+}
+
+/// Whether an `If-None-Match` value (`*`, or a list of tags, weak or strong) names `etag`; the
+/// comparison is the weak one RFC 9110 prescribes for it.
+fn matches_etag(header: &[u8], etag: &[u8]) -> bool {
+    header.split(|&b| b == b',').any(|t| {
+        let t = t.trim_ascii();
+        t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag
+    })
 }
 
 /// Everything but what [`document_for`] derives from the key sources: the description, `security`
@@ -594,10 +615,28 @@ mod tests {
 
     #[test]
     fn served_document_parses() {
-        let res = response(crate::KeySources::default().openapi());
+        let (body, etag) = crate::KeySources::default().openapi();
+        let res = response(body, etag, None);
         assert_eq!(res.status(), StatusCode::OK);
         let v: Value = serde_json::from_slice(res.body()).unwrap();
         assert_eq!(&v, document());
+    }
+
+    #[test]
+    fn if_none_match_is_compared_weakly_in_a_list() {
+        let tag = br#""abc""#;
+        for yes in [
+            &br#""abc""#[..],
+            br#"W/"abc""#,
+            br#""x", "abc""#,
+            b"*",
+            br#" "x" ,W/"abc" "#,
+        ] {
+            assert!(matches_etag(yes, tag), "{}", String::from_utf8_lossy(yes));
+        }
+        for no in [&br#""ab""#[..], br#""abcd""#, b"", br#"abc"#, br#""x""#] {
+            assert!(!matches_etag(no, tag), "{}", String::from_utf8_lossy(no));
+        }
     }
 
     /// One security scheme per header, bearer or query source in force, in their order, and the
@@ -636,7 +675,7 @@ mod tests {
             KeySource::Json("apiKey".into()),
             KeySource::Header("x-key".into()),
         ]);
-        let doc: Value = serde_json::from_slice(&s.openapi()).unwrap();
+        let doc: Value = serde_json::from_slice(&s.openapi().0).unwrap();
         assert_eq!(
             schemes(&doc),
             [
@@ -657,7 +696,7 @@ mod tests {
         );
         // A reload puts the new sources in the document too.
         s.set(&[KeySource::Bearer]);
-        let doc: Value = serde_json::from_slice(&s.openapi()).unwrap();
+        let doc: Value = serde_json::from_slice(&s.openapi().0).unwrap();
         assert_eq!(schemes(&doc).len(), 1);
         assert_eq!(doc["security"], json!([{"BearerKey": []}]));
     }

@@ -136,20 +136,25 @@ fn not_found(e: StoreError) -> ApiError {
     ApiError::from_store(e, ApiError::AccountNotFound)
 }
 
-/// An account as the operator sees it: everything but the key (which is never stored).
+/// An account as the operator sees it: everything but the key (which is never stored). `team`
+/// and `limits` are a tenant's settings, kept on its parent: a child's record has neither (its
+/// stored defaults would read as "team off, no overrides", whatever its parent has).
 fn account_json(a: &Account) -> Value {
     // `null` for a role or a field: the configured `[limits]` default applies.
     let limit = |l: Option<LimitOverride>| l.map(|l| json!({"rps": l.rps, "burst": l.burst}));
-    json!({
+    let mut v = json!({
         "id": a.id,
         "role": a.role.as_str(),
         "status": a.status.as_str(),
         "email": a.email,
         "parent_id": a.parent_id,
-        "team": a.team,
-        "limits": {"parent": limit(a.limits.parent), "child": limit(a.limits.child)},
         "created_at": a.created_at,
-    })
+    });
+    if a.role == Role::Parent {
+        v["team"] = json!(a.team);
+        v["limits"] = json!({"parent": limit(a.limits.parent), "child": limit(a.limits.child)});
+    }
+    v
 }
 
 fn subscription_json(s: &Subscription) -> Value {

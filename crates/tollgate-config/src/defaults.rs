@@ -14,6 +14,11 @@ use crate::model::{
 
 /// `[[routes]] timeout`: upstream response timeout, then 504.
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most credits one request may cost: `[[routes]] credits`, a cost rule's `set`, and the
+/// route's credits times a rule's `multiply` are at most this. A single request far beyond it
+/// would fill `[metering] max_unflushed_credits` and refuse every metered request until the next
+/// flush; no product costs anywhere near it.
+pub const MAX_REQUEST_CREDITS: u64 = 1_000_000;
 /// `[store] path` of the embedded backend.
 pub const STORE_PATH: &str = "data/tollgate.db";
 /// `[store] prefix` of every Redis key.

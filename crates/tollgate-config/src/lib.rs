@@ -24,7 +24,7 @@ mod tests;
 
 use std::path::Path;
 
-pub use defaults::{REDIS_PREFIX, ROUTE_TIMEOUT, STORE_PATH};
+pub use defaults::{MAX_REQUEST_CREDITS, REDIS_PREFIX, ROUTE_TIMEOUT, STORE_PATH};
 pub use duration::{parse_duration, DurationError};
 pub use errors::{ConfigError, ConfigErrors};
 pub use model::*;

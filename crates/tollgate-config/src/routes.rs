@@ -7,7 +7,7 @@ use std::str::FromStr;
 use tollgate_core::{CostAction, CostRule, Permission};
 use toml::Value;
 
-use crate::defaults::ROUTE_TIMEOUT;
+use crate::defaults::{MAX_REQUEST_CREDITS, ROUTE_TIMEOUT};
 use crate::model::{Route, Scheme, Upstream, UpstreamAuth, UpstreamAuthTarget};
 use crate::raw::{show, suggest, Obj, Report};
 use crate::sections::{is_query_name, is_token};
@@ -60,6 +60,8 @@ pub(crate) fn routes(r: &mut Report, root: &Obj<'_>) -> Vec<Route> {
     let mut routes = Vec::with_capacity(list.len());
     // (host, prefix) -> index of the first route that claimed it.
     let mut seen: HashMap<(Option<String>, String), usize> = HashMap::new();
+    // name -> (index, written as `name`) of the first route with it.
+    let mut names: HashMap<String, (usize, bool)> = HashMap::new();
     for (i, v) in list.iter().enumerate() {
         let Some(t) = Obj::element(r, "routes", i, v, "write each route as a [[routes]] table")
         else {
@@ -79,6 +81,29 @@ pub(crate) fn routes(r: &mut Report, root: &Obj<'_>) -> Vec<Route> {
             );
         } else {
             seen.insert(claim, i);
+        }
+        let named = t.has("name");
+        match names.get(&route.name) {
+            // Two routes of one product without names share its series, as intended; a name
+            // written out must be the only one, or two routes' metrics and log lines merge.
+            Some(&(first, first_named)) if named || first_named => {
+                let other = if first_named {
+                    format!("routes[{first}].name")
+                } else {
+                    format!("routes[{first}] (its default name, from product or prefix)")
+                };
+                let at = if named { t.at("name") } else { t.path.clone() };
+                r.push(
+                    at,
+                    format!("route name {:?} is also the name of {other}", route.name),
+                    "give each route its own name = \"...\": it is the route label of metrics and \
+                     access-log lines, which would merge",
+                );
+            }
+            Some(_) => {}
+            None => {
+                names.insert(route.name.clone(), (i, named));
+            }
         }
         routes.push(route);
     }
@@ -134,7 +159,7 @@ fn route(r: &mut Report, t: &Obj<'_>) -> Option<Route> {
             "a pool holds a product's credits: add product = \"...\", or remove pool",
         );
     }
-    let credits = t.uint(r, "credits", 0, u64::MAX);
+    let credits = t.uint(r, "credits", 0, MAX_REQUEST_CREDITS);
     if credits.is_some_and(|c| c > 0) && !t.has("product") {
         r.push(
             t.at("credits"),
@@ -142,7 +167,8 @@ fn route(r: &mut Report, t: &Obj<'_>) -> Option<Route> {
             "credits are charged to a product's pool: add product = \"...\", or remove credits",
         );
     }
-    let cost_rules = cost_rules(r, t);
+    let base = credits.unwrap_or(u64::from(t.has("product")));
+    let cost_rules = cost_rules(r, t, base);
     // Judged on what was written, not on the rules that survived their own checks.
     let wrote_rules = t
         .get("cost_rules")
@@ -182,7 +208,7 @@ fn route(r: &mut Report, t: &Obj<'_>) -> Option<Route> {
         prefix,
         host,
         upstream,
-        credits: credits.unwrap_or(if product.is_some() { 1 } else { 0 }),
+        credits: credits.unwrap_or(u64::from(product.is_some())),
         product,
         pool,
         cost_rules,
@@ -216,6 +242,17 @@ fn check_prefix(r: &mut Report, t: &Obj<'_>, p: &str) -> Option<String> {
             r,
             format!("{p:?} holds spaces or control characters"),
             "write the path as it appears in the URL, percent-encoded".to_owned(),
+        );
+    }
+    if !tollgate_core::path::can_start_safe_path(p.as_bytes()) {
+        return fail(
+            r,
+            format!(
+                "{p:?} can never match: every path starting with it is refused as invalid_request"
+            ),
+            "the data plane refuses `.` and `..` segments (also percent-encoded), `\\`, `%2f` and \
+             `%5c` before routing: write the path an upstream serves, without them"
+                .to_owned(),
         );
     }
     Some(p.to_owned())
@@ -290,7 +327,8 @@ fn check_permission(r: &mut Report, t: &Obj<'_>, p: &str) -> Option<Permission> 
 }
 
 /// `{ query = "name=value", multiply = N }` or `{ query = ..., set = N }`, in order.
-fn cost_rules(r: &mut Report, t: &Obj<'_>) -> Vec<CostRule> {
+/// `base` is the route's credits, which a `multiply` scales.
+fn cost_rules(r: &mut Report, t: &Obj<'_>, base: u64) -> Vec<CostRule> {
     let Some(list) = t.array(r, "cost_rules") else {
         return Vec::new();
     };
@@ -325,8 +363,24 @@ fn cost_rules(r: &mut Report, t: &Obj<'_>) -> Vec<CostRule> {
             }
             q => q,
         };
-        let multiply = rule.uint(r, "multiply", 0, u64::MAX);
-        let set = rule.uint(r, "set", 0, u64::MAX);
+        let multiply = rule
+            .uint(r, "multiply", 0, MAX_REQUEST_CREDITS)
+            .and_then(|m| {
+                let cost = base.saturating_mul(m);
+                if cost <= MAX_REQUEST_CREDITS {
+                    return Some(m);
+                }
+                r.push(
+                    rule.at("multiply"),
+                    format!(
+                        "{m} times the route's {base} credits is {cost}, more than one request \
+                         may cost ({MAX_REQUEST_CREDITS})"
+                    ),
+                    format!("use {} or less", MAX_REQUEST_CREDITS / base.max(1)),
+                );
+                None
+            });
+        let set = rule.uint(r, "set", 0, MAX_REQUEST_CREDITS);
         let action = match (rule.has("multiply"), rule.has("set")) {
             (true, true) => {
                 r.push(

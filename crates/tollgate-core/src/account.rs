@@ -166,30 +166,57 @@ impl Account {
 }
 
 /// Emails are compared case-insensitively (and without surrounding blanks), with Unicode's full
-/// lower-case mapping (`ÜNÏ@EXÄMPLE.com` is `ünï@exämple.com`). On ASCII this is exactly the
-/// ASCII lower case, so the indexes written before it kept their ASCII entries valid. No Unicode
-/// normalization (NFC): a precomposed and a decomposed `ü` stay different addresses.
+/// lower-case mapping (`ÜNÏ@EXÄMPLE.com` is `ünï@exämple.com`), then the word-final sigma `ς`
+/// folded to `σ`: `to_lowercase` maps a final `Σ` to `ς`, so `ΟΔΟΣ` and `οδοσ` would otherwise be
+/// two addresses. On ASCII this is exactly the ASCII lower case, so the indexes written before it
+/// kept their ASCII entries valid. No Unicode normalization (NFC): a precomposed and a decomposed
+/// `ü` stay different addresses.
 pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
+    let lower = email.trim().to_lowercase();
+    if lower.contains('ς') {
+        lower.replace('ς', "σ")
+    } else {
+        lower
+    }
 }
 
-/// A deliberately plain check: one `@`, a non-empty local part, a dotted domain, no blanks or
-/// control characters, at most 254 bytes. Deliverability is the invitation mail's problem.
+/// A practical addr-spec (RFC 5322 without quoted strings, comments or domain literals, with
+/// RFC 6531's non-ASCII characters), checked after trimming:
+/// - one `@`; at most 254 bytes in all, 64 in the local part;
+/// - a local part of dot-separated atoms (no leading, trailing or double dot) of ASCII letters,
+///   digits and ``!#$%&'*+-/=?^_`{|}~``, or any non-ASCII character that is not a space or a
+///   control character;
+/// - a domain of at least two dot-separated labels of 1 to 63 bytes, each letters, digits and `-`
+///   (not first or last), non-ASCII letters and digits allowed (internationalized names).
+///
+/// So no spaces, control characters or `<>()[]\,;:"` anywhere. Deliverability is the invitation
+/// mail's problem.
 pub fn is_valid_email(email: &str) -> bool {
     let e = email.trim();
-    if e.is_empty() || e.len() > 254 || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if e.len() > 254 {
         return false;
     }
     let Some((local, domain)) = e.split_once('@') else {
         return false;
     };
-    !local.is_empty()
+    let non_ascii_ok = |c: char| !c.is_ascii() && !c.is_whitespace() && !c.is_control();
+    let atext =
+        |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || non_ascii_ok(c);
+    let local_ok = !local.is_empty()
         && local.len() <= 64
-        && !domain.contains('@')
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains("..")
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.chars().all(atext));
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| {
+                c.is_ascii_alphanumeric() || c == '-' || (non_ascii_ok(c) && c.is_alphanumeric())
+            })
+    };
+    local_ok && domain.len() <= 255 && domain.contains('.') && domain.split('.').all(label_ok)
 }
 
 #[cfg(test)]
@@ -205,6 +232,60 @@ mod tests {
         ] {
             assert!(!is_valid_email(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn emails_are_a_practical_addr_spec() {
+        for good in [
+            "a@b.co",
+            "first.last@demo.example",
+            "a+tag@sub.demo.example",
+            "o'brien@demo.example",
+            "x!#$%&'*+-/=?^_`{|}~@demo.example",
+            "a@x-y.demo.example",
+            "a@1.2.example",
+            "ünï@exämple.com",
+            "ΟΔΟΣ@greek.example",
+            "用户@例子.广告",
+        ] {
+            assert!(is_valid_email(good), "{good} refused");
+        }
+        let long_label = format!("a@{}.example", "d".repeat(64));
+        let long_local = format!("{}@demo.example", "l".repeat(65));
+        let long_total = format!("a@{}.example", vec!["d".repeat(60); 5].join("."));
+        for bad in [
+            "<a>@demo.example",
+            "a,b@demo.example",
+            "a;b@demo.example",
+            ".a@demo.example",
+            "a.@demo.example",
+            "a..b@demo.example",
+            "a@-demo.example",
+            "a@demo-.example",
+            "a@demo.example-",
+            "<script>@c.example",
+            "a:b@demo.example",
+            "a(b)@demo.example",
+            "a[b]@demo.example",
+            "a\\b@demo.example",
+            "\"a\"@demo.example",
+            "a\tb@demo.example",
+            "a\u{7f}@demo.example",
+            "a\u{85}@demo.example",
+            "a\u{3000}b@demo.example",
+            "a@demo.example\u{0}",
+            "a@[127.0.0.1]",
+            "a@demo_x.example",
+            "a@demo.exa mple",
+            "a@localhost",
+            &long_label,
+            &long_local,
+            &long_total,
+        ] {
+            assert!(!is_valid_email(bad), "{bad:?} accepted");
+        }
+        assert!(is_valid_email(&format!("{}@demo.example", "l".repeat(64))));
+        assert!(is_valid_email(&format!("a@{}.example", "d".repeat(63))));
         assert_eq!(normalize_email(" Ann@Example.COM "), "ann@example.com");
     }
 
@@ -254,6 +335,13 @@ mod tests {
         );
         assert_eq!(normalize_email(" ÜNÏ@EXÄMPLE.COM "), "ünï@exämple.com");
         assert_eq!(normalize_email("ΣΟΦΙΑ@Example.gr"), "σοφια@example.gr");
+        // A word-final capital sigma lower-cases to ς: folded to σ, so both spellings are one.
+        assert_eq!(
+            normalize_email("ΟΔΟΣ@greek.example"),
+            normalize_email("οδοσ@greek.example")
+        );
+        assert_eq!(normalize_email("οδος@greek.example"), "οδοσ@greek.example");
+        assert_eq!(normalize_email("ΟΔΟΣ@GREEK.example"), "οδοσ@greek.example");
         assert_ne!(
             normalize_email("ü@example.com"),
             normalize_email("u@example.com")

@@ -1,5 +1,6 @@
 //! Tollgate's domain core: accounts and their statuses, the permission matrix, `admit()`, the key
-//! format (generation and hashing), credit cost rules, and usage arithmetic (days, totals, roll-up).
+//! format (generation and hashing), credit cost rules, usage arithmetic (days, totals, roll-up),
+//! and which request paths are safe to route and forward (shared by the data plane and `check`).
 //!
 //! This crate does no IO and must not depend on tokio, hyper, redis or any other IO crate: time and
 //! randomness come in as arguments, so every rule here is a plain function that tests can drive.
@@ -8,6 +9,7 @@ pub mod account;
 pub mod admit;
 pub mod cost;
 pub mod key;
+pub mod path;
 pub mod permission;
 pub mod usage;
 

@@ -98,7 +98,19 @@ pub fn dev(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             p
         };
         let (parent_key, child_key, parent_id, child_id) = demo_accounts(&*store, &pools).await?;
-        let gateway = Gateway::start(config.clone(), store, Ports::Own).await?;
+        // A reload would send the routes to their real upstreams instead of the echo, so dev
+        // re-reads nothing, and says so instead of claiming it had no file.
+        let why = match &config_path {
+            Some(p) => format!(
+                "tollgate dev does not reload {} (its routes go to the built-in echo upstream); \
+                 restart tollgate dev to apply changes, or use tollgate run to reload on SIGHUP",
+                p.display()
+            ),
+            None => "tollgate dev runs its built-in demo config; nothing to reload".to_owned(),
+        };
+        let gateway = Gateway::start(config.clone(), store, Ports::Own)
+            .await?
+            .without_reload(why);
         let route = config
             .routes
             .iter()
@@ -106,7 +118,8 @@ pub fn dev(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             .map(|r| r.prefix.clone())
             .unwrap_or_else(|| "/".into());
         let token = std::env::var("TOLLGATE_OPERATOR_TOKEN").unwrap_or_default();
-        println!(
+        // Not println!: a closed stdout (`tollgate dev | head`) must not end the gateway.
+        crate::stdout(format_args!(
             "\nTollgate dev is running (embedded store in {dir}, echo upstream on {echo}).\n\n\
              proxy        http://{p}\n\
              account API  http://{a}\n\
@@ -120,7 +133,7 @@ pub fn dev(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             p = gateway.proxy_addr,
             a = gateway.account_addr,
             o = gateway.ops_addr,
-        );
+        ));
         gateway.run_until_signal().await
     })
 }

@@ -63,14 +63,8 @@ fn main() -> ExitCode {
                     };
                     run::exit(run::run(cfg, config, ports))
                 }
-                Err(errors) => {
-                    eprintln!(
-                        "{}: {} problem(s):\n{errors}",
-                        config.display(),
-                        errors.0.len()
-                    );
-                    ExitCode::from(2)
-                }
+                // The same report and exit status as `check` and `dev` give for that file.
+                Err(errors) => bad_config(&config, &errors),
             }
         }
         Cmd::Dev { config } => {
@@ -84,18 +78,40 @@ fn check(path: &std::path::Path) -> ExitCode {
     match tollgate_config::load(path) {
         Ok(cfg) => {
             for w in tollgate_config::warnings(&cfg) {
-                eprintln!("warning: {w}");
+                stderr(format_args!("warning: {w}"));
             }
-            println!("{}: OK ({} routes)", path.display(), cfg.routes.len());
+            stdout(format_args!(
+                "{}: OK ({} routes)",
+                path.display(),
+                cfg.routes.len()
+            ));
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprintln!(
-                "{}: {} problem(s):\n{errors}",
-                path.display(),
-                errors.0.len()
-            );
-            ExitCode::from(1)
-        }
+        Err(errors) => bad_config(path, &errors),
     }
+}
+
+/// Every problem of a config that failed to load, and exit status 1 (`check`, `run` and `dev`).
+fn bad_config(path: &std::path::Path, errors: &tollgate_config::ConfigErrors) -> ExitCode {
+    stderr(format_args!(
+        "{}: {} problem(s):\n{errors}",
+        path.display(),
+        errors.0.len()
+    ));
+    ExitCode::FAILURE
+}
+
+/// One line on stdout. A reader that went away (`tollgate check | head -1`, a closed terminal)
+/// is not an error of ours: `println!` would panic on the EPIPE (exit 134 with `panic =
+/// "abort"`), so write errors are ignored and the exit status stays the command's own.
+pub(crate) fn stdout(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// One line on stderr, as [`stdout`] (`eprintln!` panics on a closed stderr too).
+pub(crate) fn stderr(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

@@ -17,8 +17,10 @@ use tollgate_store::KeyCache;
 
 /// Everything a reload needs to build a new [`Proxy`] next to the running one.
 pub(crate) struct Reloader {
-    /// `None` for `tollgate dev`, which has no file to re-read.
+    /// `None` for `tollgate dev`, which re-reads no file (see `no_file`).
     pub path: Option<PathBuf>,
+    /// Logged on SIGHUP when there is no `path`: why nothing is reloaded.
+    pub no_file: String,
     /// The configuration in force (restart-only keys as started).
     pub running: Config,
     pub slot: Arc<ProxySlot>,
@@ -36,9 +38,7 @@ impl Reloader {
     /// Re-reads the file and applies it. `false` when the running config stayed as it was.
     pub fn reload(&mut self) -> bool {
         let Some(path) = self.path.clone() else {
-            tracing::warn!(
-                "SIGHUP: this gateway was not started from a config file; nothing to reload"
-            );
+            tracing::warn!("SIGHUP: {}", self.no_file);
             return false;
         };
         let new = match tollgate_config::load(&path) {

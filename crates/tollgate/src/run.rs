@@ -64,7 +64,7 @@ pub fn exit(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tollgate: {e:#}");
+            crate::stderr(format_args!("tollgate: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -397,6 +397,7 @@ impl Gateway {
         );
         let reloader = Reloader {
             path: None,
+            no_file: "this gateway was not started from a config file; nothing to reload".into(),
             running: config,
             slot: proxy,
             cache,
@@ -429,6 +430,13 @@ impl Gateway {
     /// SIGHUP re-reads this file (see `reload.rs`).
     pub fn reload_from(mut self, path: PathBuf) -> Gateway {
         self.reloader.path = Some(path);
+        self
+    }
+
+    /// Started without a file to re-read: SIGHUP logs `why` and changes nothing.
+    pub fn without_reload(mut self, why: String) -> Gateway {
+        self.reloader.path = None;
+        self.reloader.no_file = why;
         self
     }
 

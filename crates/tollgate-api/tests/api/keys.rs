@@ -140,3 +140,59 @@ async fn the_default_sources_are_the_configs_defaults() {
          the x-authentication-token header, or the apiKey query parameter."
     );
 }
+
+/// `/openapi.json` changes on a reload of `[keys] sources`: clients revalidate it every time
+/// (`no-cache`) against its ETag, and a reload that changes it changes the tag.
+#[tokio::test]
+async fn openapi_is_revalidated_by_etag_across_reloads() {
+    let h = Harness::new();
+    let get = |inm: Option<&str>| {
+        let mut b = Request::builder().method(Method::GET).uri("/openapi.json");
+        if let Some(v) = inm {
+            b = b.header("if-none-match", v);
+        }
+        account_api(&h.state, b.body(Bytes::new()).unwrap())
+    };
+    let first = get(None).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["cache-control"], "no-cache");
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() == 34,
+        "{etag}"
+    );
+
+    for inm in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"other\", {etag}"),
+        "*".to_owned(),
+    ] {
+        let r = get(Some(&inm)).await;
+        assert_eq!(r.status(), 304, "{inm}");
+        assert!(r.body().is_empty());
+        assert_eq!(r.headers()["etag"], etag.as_str());
+        assert_eq!(r.headers()["cache-control"], "no-cache");
+    }
+    assert_eq!(get(Some("\"other\"")).await.status(), 200);
+
+    // The same sources again: the same document, the same tag.
+    h.state
+        .key_sources
+        .set(&tollgate_config::KeysConfig::default().sources);
+    assert_eq!(get(Some(&etag)).await.status(), 304);
+    // Other sources: another document, so the old tag no longer matches.
+    h.state.key_sources.set(&custom());
+    let after = get(Some(&etag)).await;
+    assert_eq!(after.status(), 200);
+    assert_ne!(after.headers()["etag"], etag.as_str());
+    let doc: Value = serde_json::from_slice(after.body()).unwrap();
+    assert!(
+        doc["components"]["securitySchemes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.contains("token")),
+        "{doc}"
+    );
+}

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::{json, Value};
 
-use super::harness::{Harness, OP_TOKEN};
+use super::harness::{Harness, Key, OP_TOKEN};
 
 #[tokio::test]
 async fn operator_calls_need_the_token() {
@@ -380,6 +380,10 @@ async fn accounts_lifecycle_by_operator() {
         .await;
     assert_eq!(c.expect(200)["parent_id"], pid.as_str());
     assert!(c.body.get("children").is_none());
+    // The tenant's settings live on the parent: a child's record does not show them.
+    assert!(c.body.get("team").is_none(), "{}", c.body);
+    assert!(c.body.get("limits").is_none(), "{}", c.body);
+    assert!(c.body.get("subscriptions").is_none(), "{}", c.body);
 
     let r = h
         .op(
@@ -616,4 +620,69 @@ async fn deleting_a_parent_deletes_its_team() {
     .await
     .expect(200);
     h.get("/v1/me", &dkey).await.expect(200);
+}
+
+#[tokio::test]
+async fn emails_must_be_addresses_on_both_apis() {
+    let h = Harness::new();
+    let (_, pkey) = h.parent("p@example.com", true).await;
+    for bad in [
+        "<a>@demo.example",
+        "a,b@demo.example",
+        "a;b@demo.example",
+        ".a@demo.example",
+        "a@-demo.example",
+        "<script>@c.example",
+        "a\"b@demo.example",
+        "a b@demo.example",
+        "a@demo",
+    ] {
+        h.op(Method::POST, "/admin/v1/parents", json!({"email": bad}))
+            .await
+            .expect_error(400, "invalid_request");
+        h.call(
+            Method::POST,
+            "/v1/team/members",
+            Key::Header(&pkey),
+            Bytes::from(json!({"email": bad}).to_string()),
+        )
+        .await
+        .expect_error(400, "invalid_request");
+    }
+    // Internationalized addresses stay welcome.
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "ünï@exämple.com"}),
+    )
+    .await
+    .expect(201);
+    h.post(
+        "/v1/team/members",
+        &pkey,
+        json!({"email": "o'brien+team@sub.demo.example"}),
+    )
+    .await
+    .expect(201);
+}
+
+#[tokio::test]
+async fn a_final_sigma_is_the_same_address() {
+    let h = Harness::new();
+    h.op(
+        Method::POST,
+        "/admin/v1/parents",
+        json!({"email": "ΟΔΟΣ@greek.example"}),
+    )
+    .await
+    .expect(201);
+    for same in [
+        "οδοσ@greek.example",
+        "οδος@greek.example",
+        "ΟΔΟΣ@GREEK.example",
+    ] {
+        h.op(Method::POST, "/admin/v1/parents", json!({"email": same}))
+            .await
+            .expect_error(409, "email_taken");
+    }
 }

@@ -415,3 +415,118 @@ fn duplicate_host_and_prefix() {
         ]
     );
 }
+
+#[test]
+fn prefixes_the_data_plane_refuses_are_errors() {
+    let fix =
+        "the data plane refuses `.` and `..` segments (also percent-encoded), `\\`, `%2f` and \
+               `%5c` before routing: write the path an upstream serves, without them";
+    for p in [
+        "/b/../c",
+        "/d%2f",
+        "/x/%2E%2e/y",
+        "/a%5Cb",
+        "/./x",
+        "/a/..;/b",
+    ] {
+        let toml_p = p.replace('\\', "\\\\");
+        assert_eq!(
+            route_errors(&format!(
+                "prefix = \"{toml_p}\"\nupstream = \"https://w.example.com\"\nproduct = \"w\""
+            )),
+            vec![format!(
+                "routes[0].prefix: {p:?} can never match: every path starting with it is refused \
+                 as invalid_request; {fix}"
+            )],
+            "for {p}"
+        );
+    }
+    let backslash =
+        route_errors("prefix = '/a\\b'\nupstream = \"https://w.example.com\"\nproduct = \"w\"");
+    assert_eq!(backslash.len(), 1, "{backslash:?}");
+    assert!(
+        backslash[0].starts_with("routes[0].prefix: "),
+        "{backslash:?}"
+    );
+    // A prefix ending in a dot segment still starts safe paths (`/a/.well-known`).
+    for p in ["/a/.", "/.well-known", "/a/...", "/a%2"] {
+        ok(&route(&format!(
+            "prefix = \"{p}\"\nupstream = \"https://w.example.com\"\nproduct = \"w\""
+        )));
+    }
+}
+
+#[test]
+fn product_and_permission_together_need_both() {
+    // Not an error: admission checks the permission, then product.use and the subscription.
+    let c = ok(&route(&format!(
+        "{BASE}product = \"bulk\"\npermission = \"billing.view\""
+    )));
+    assert_eq!(c.routes[0].product.as_deref(), Some("bulk"));
+    assert_eq!(c.routes[0].permission, Some(Permission::BillingView));
+}
+
+#[test]
+fn route_names_are_unique() {
+    let up = "upstream = \"https://w.example.com\"";
+    let text = format!(
+        "[[routes]]\nprefix = \"/a\"\n{up}\nproduct = \"a\"\nname = \"x\"\n\
+         [[routes]]\nprefix = \"/b\"\n{up}\nproduct = \"b\"\nname = \"x\"\n\
+         [[routes]]\nprefix = \"/c\"\n{up}\nproduct = \"c\"\n\
+         [[routes]]\nprefix = \"/d\"\n{up}\nproduct = \"d\"\nname = \"c\"\n\
+         [[routes]]\nprefix = \"/e\"\n{up}\nproduct = \"e\"\nname = \"e2\"\n\
+         [[routes]]\nprefix = \"/f\"\n{up}\nproduct = \"e2\"\n"
+    );
+    let fix = "give each route its own name = \"...\": it is the route label of metrics and \
+               access-log lines, which would merge";
+    assert_eq!(
+        errors(&text),
+        vec![
+            format!("routes[1].name: route name \"x\" is also the name of routes[0].name; {fix}"),
+            format!(
+                "routes[3].name: route name \"c\" is also the name of routes[2] (its default \
+                 name, from product or prefix); {fix}"
+            ),
+            format!("routes[5]: route name \"e2\" is also the name of routes[4].name; {fix}"),
+        ]
+    );
+    // Two unnamed routes of one product share its series: allowed, as before.
+    ok(&format!(
+        "[[routes]]\nprefix = \"/a\"\n{up}\nproduct = \"a\"\n\
+         [[routes]]\nprefix = \"/a\"\nhost = \"h.example.com\"\n{up}\nproduct = \"a\"\n"
+    ));
+}
+
+#[test]
+fn credits_per_request_are_capped() {
+    let max = MAX_REQUEST_CREDITS;
+    assert_eq!(max, 1_000_000);
+    ok(&route(&format!(
+        "{BASE}product = \"w\"\ncredits = {max}\ncost_rules = [{{ query = \"a=1\", set = {max} }}, \
+         {{ query = \"b=1\", multiply = 1 }}]"
+    )));
+    ok(&route(&format!(
+        "{BASE}product = \"w\"\ncost_rules = [{{ query = \"a=1\", multiply = {max} }}]"
+    )));
+    assert_eq!(
+        route_errors(&format!(
+            "{BASE}product = \"w\"\ncredits = 9223372036854775807\n\
+             cost_rules = [{{ query = \"a=1\", set = 9223372036854775807 }}]"
+        )),
+        vec![
+            "routes[0].credits: 9223372036854775807 is too large; use 1000000 or less",
+            "routes[0].cost_rules[0].set: 9223372036854775807 is too large; use 1000000 or less",
+        ]
+    );
+    assert_eq!(
+        route_errors(&format!(
+            "{BASE}product = \"w\"\ncredits = 3\n\
+             cost_rules = [{{ query = \"a=1\", multiply = 400000 }}, {{ query = \"b\", multiply = 1000001 }}]"
+        )),
+        vec![
+            "routes[0].cost_rules[0].multiply: 400000 times the route's 3 credits is 1200000, more \
+             than one request may cost (1000000); use 333333 or less",
+            "routes[0].cost_rules[1].multiply: 1000001 is too large; use 1000000 or less",
+        ]
+    );
+}
