@@ -987,7 +987,7 @@ mod tests {
         resolved(&cache, &old).await;
         // Rotated elsewhere; this node sees the new key before the feed's `KeyRemoved(old)`.
         let new = fresh_key();
-        store.rotate_key(&child.id, new).await.unwrap();
+        store.rotate_key(&child.id, &old, new).await.unwrap();
         resolved(&cache, &new).await;
         assert!(matches!(cache.lookup(&old), CacheLookup::Miss));
         assert!(cache.resolve(&old).await.unwrap().is_none());

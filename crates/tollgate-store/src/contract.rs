@@ -35,9 +35,9 @@ use tollgate_core::{
 use crate::{NewInvitation, NewParent, Store, StoreError};
 
 pub use accounts::{
-    children_in_creation_order, parent_create_and_read, parent_email_taken_case_insensitive,
-    ping_and_backend, rotate_key_replaces_key, status_lifecycle, subscriptions_put_replace_sorted,
-    update_parent_team_and_limits,
+    children_in_creation_order, concurrent_rotations_one_wins, parent_create_and_read,
+    parent_email_taken_case_insensitive, ping_and_backend, rotate_key_replaces_key,
+    status_lifecycle, subscriptions_put_replace_sorted, update_parent_team_and_limits,
 };
 pub use credits::credit_leases;
 pub use feed::{feed_events_for_every_write, feed_rejects_bogus_cursor, feed_wakes_waiting_reader};
@@ -70,6 +70,7 @@ pub async fn run_all(store: &dyn Store) {
     deleting_a_parent_deletes_its_children(store).await;
     status_lifecycle(store).await;
     rotate_key_replaces_key(store).await;
+    concurrent_rotations_one_wins(store).await;
     children_in_creation_order(store).await;
     subscriptions_put_replace_sorted(store).await;
     update_parent_team_and_limits(store).await;

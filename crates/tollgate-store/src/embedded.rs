@@ -374,10 +374,15 @@ impl Inner {
         })
     }
 
-    fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
+    fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()> {
         self.write_tree(|t| {
             let account = t.live(id)?;
             if account.status == Status::Invited {
+                return Err(StoreError::NotFound(id.to_owned()));
+            }
+            // The compare of the compare-and-swap: a concurrent rotation with the same key that
+            // committed first moved the account to another key, so this one's key is gone.
+            if t.key_of(id)? != Some(*old_key) {
                 return Err(StoreError::NotFound(id.to_owned()));
             }
             t.check_key_free(&new_key)?;
@@ -624,9 +629,11 @@ impl Store for EmbeddedStore {
         self.blocking(move |s| s.set_status(&id, status)).await
     }
 
-    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
+    async fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()> {
         let id = id.to_owned();
-        self.blocking(move |s| s.rotate_key(&id, new_key)).await
+        let old_key = *old_key;
+        self.blocking(move |s| s.rotate_key(&id, &old_key, new_key))
+            .await
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {

@@ -239,8 +239,8 @@ impl Store for RedisStore {
         bounded(Duration::ZERO, self.inner.set_status(id, status)).await
     }
 
-    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
-        bounded(Duration::ZERO, self.inner.rotate_key(id, new_key)).await
+    async fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()> {
+        bounded(Duration::ZERO, self.inner.rotate_key(id, old_key, new_key)).await
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {

@@ -214,8 +214,12 @@ pub trait Store: Send + Sync + 'static {
     /// enabling or disabling a deleted account is a `Conflict` ([`StoreError::deleted`]).
     async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account>;
 
-    /// Replaces the account's key; the old hash stops resolving at once.
-    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()>;
+    /// Replaces the account's key with `new_key` if its current key is still `old_key`
+    /// (compare-and-swap, in one atomic step): of concurrent rotations presenting the same key,
+    /// exactly one succeeds and the others get `NotFound`, as a rotated-away key is refused.
+    /// `old_key` stops resolving at once. `NotFound` also if the account is missing, deleted or
+    /// invited (no key yet).
+    async fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()>;
 
     // ---- usage ----
 

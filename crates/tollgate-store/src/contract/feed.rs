@@ -88,7 +88,7 @@ pub async fn feed_events_for_every_write(store: &dyn Store) {
     expected.push(Change::Account(c.clone()));
 
     let rotated = fresh_key();
-    store.rotate_key(&c, rotated).await.unwrap();
+    store.rotate_key(&c, &child_key, rotated).await.unwrap();
     expected.extend([
         Change::KeyRemoved(child_key),
         Change::KeyAdded(rotated),

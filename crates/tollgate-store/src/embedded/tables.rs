@@ -404,6 +404,15 @@ impl<'t> Tree<'t> {
         Ok(())
     }
 
+    /// The account's current key, if it has one.
+    pub(super) fn key_of(&self, id: &str) -> StoreResult<Option<KeyHash>> {
+        Ok(self
+            .account_keys
+            .get(id)
+            .ctx("read account key")?
+            .map(|g| KeyHash(*g.value())))
+    }
+
     /// Unmaps the account's current key, returning its hash.
     pub(super) fn remove_key(&mut self, id: &str) -> StoreResult<Option<KeyHash>> {
         let old = self

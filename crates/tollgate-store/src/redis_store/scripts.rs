@@ -86,12 +86,15 @@ return 'ok'
 ";
 
 /// Compare-and-set of an account record, with an optional change of its key.
-/// KEYS: account, keyof. ARGV: JSON as read, new JSON, id, key op (`keep`, `set`, `del`), new key hex.
-/// Returns {status, the key hex the account had before}.
+/// KEYS: account, keyof. ARGV: JSON as read, new JSON, id, key op (`keep`, `set`, `del`), new key
+/// hex, and for `set` the key hex the account must still have (a rotation's compare-and-swap: a
+/// concurrent rotation with the same key that ran first makes this one `moved`, changing nothing).
+/// Returns {status (`ok`, `stale`, `moved`), the key hex the account had before}.
 const UPDATE_ACCOUNT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', false} end
-if ARGV[2] ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
 local old = redis.call('HGET', KEYS[2], ARGV[3])
+if ARGV[4] == 'set' and old ~= ARGV[6] then return {'moved', old} end
+if ARGV[2] ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
 if ARGV[4] == 'set' then
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 elseif ARGV[4] == 'del' then
