@@ -1,6 +1,8 @@
 //! A key's life at its edges, through the binary, on the embedded store and on a real
 //! `redis-server` (two nodes): concurrent rotations with one key (exactly one wins, its key works,
-//! the others are refused as the rotated-away key is).
+//! the others are refused as the rotated-away key is), and the keys of a deleted parent's children
+//! (refused with 403 `parent_disabled`, as SPEC's table says for a deleted parent, while a child
+//! deleted on its own and the parent's own key are 401 `key_unknown`).
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::time::Duration;
@@ -137,4 +139,115 @@ async fn concurrent_rotations_one_wins_redis() {
     let a = TestGateway::start(BIN.as_ref(), &cfg).await;
     let b = TestGateway::start(BIN.as_ref(), &cfg).await;
     rotations_with_one_key(&[&a, &b]).await;
+}
+
+async fn operator_delete(g: &TestGateway, id: &str) {
+    let r = send(
+        Method::DELETE,
+        &format!("{}/admin/v1/accounts/{id}", g.ops),
+        &[("authorization", &TestGateway::operator_auth())],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+}
+
+/// A parent with three children: `warm` (used on every node before the deletion, so cached),
+/// `cold` (never used before it), `alone` (deleted on its own first). The parent is deleted
+/// through `nodes[0]`'s operator API.
+async fn deleting_a_parent(nodes: &[&TestGateway]) {
+    let subs = json!([{"pool": "whois", "credits": 100000, "overage": "allow"}]);
+    let g0 = nodes[0];
+    let (pid, pkey) = g0.create_parent("admin@del.example", subs).await;
+    let (_, warm) = g0.create_child(&pkey, "warm@del.example").await;
+    let (_, cold) = g0.create_child(&pkey, "cold@del.example").await;
+    let (alone_id, alone) = g0.create_child(&pkey, "alone@del.example").await;
+    for g in nodes {
+        assert_eq!(product(g, &warm).await.status, 200);
+        assert_eq!(product(g, &alone).await.status, 200);
+        assert_eq!(product(g, &pkey).await.status, 200);
+    }
+    let r = send(
+        Method::DELETE,
+        &format!("{}/v1/team/members/{alone_id}", g0.account),
+        &[("x-api-key", &pkey)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204);
+    let unknown = (401, "key_unknown".to_owned());
+    let parent_disabled = (403, "parent_disabled".to_owned());
+    for g in nodes {
+        wait_until("a child deleted on its own refused", BOUND, || async {
+            outcome(&product(g, &alone).await) == unknown
+        })
+        .await;
+    }
+
+    operator_delete(g0, &pid).await;
+    // The writing node at once; the others within the bound.
+    assert_eq!(outcome(&product(g0, &warm).await), parent_disabled);
+    for g in nodes {
+        wait_until("a cached child of a deleted parent", BOUND, || async {
+            outcome(&product(g, &warm).await) == parent_disabled
+        })
+        .await;
+        wait_until("the deleted parent's own key", BOUND, || async {
+            outcome(&product(g, &pkey).await) == unknown
+        })
+        .await;
+        assert_eq!(
+            outcome(&product(g, &cold).await),
+            parent_disabled,
+            "a child of a deleted parent, loaded after the deletion"
+        );
+        assert_eq!(
+            outcome(&product(g, &alone).await),
+            unknown,
+            "deleted on its own"
+        );
+        // The account API judges the keys as the data plane does.
+        assert_eq!(outcome(&me(g, &warm).await), parent_disabled, "/v1/me");
+        assert_eq!(outcome(&me(g, &cold).await), parent_disabled, "/v1/me");
+        assert_eq!(outcome(&rotate(g, &cold).await), parent_disabled, "rotate");
+        assert_eq!(outcome(&me(g, &alone).await), unknown, "/v1/me");
+        assert_eq!(outcome(&me(g, &pkey).await), unknown, "/v1/me");
+    }
+    // The rest of the cascade stands: the children show as deleted and their emails are free.
+    let r = get(
+        &format!("{}/admin/v1/accounts/{pid}", g0.ops),
+        &[("authorization", &TestGateway::operator_auth())],
+    )
+    .await
+    .unwrap();
+    let statuses: Vec<_> = r.json()["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["deleted", "deleted", "deleted"]);
+    let subs = json!([{"pool": "whois", "credits": 1, "overage": "allow"}]);
+    let (_, other) = g0.create_parent("admin2@del.example", subs).await;
+    g0.create_child(&other, "WARM@del.example").await;
+    g0.create_parent("cold@del.example", json!([])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_of_a_deleted_parent_are_parent_disabled_embedded() {
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &config(&up.url(), None)).await;
+    deleting_a_parent(&[&g]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_of_a_deleted_parent_are_parent_disabled_redis() {
+    let up = StubUpstream::start().await;
+    let redis = TestRedis::start();
+    let cfg = config(&up.url(), Some(&redis.url()));
+    let a = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let b = TestGateway::start(BIN.as_ref(), &cfg).await;
+    deleting_a_parent(&[&a, &b]).await;
 }

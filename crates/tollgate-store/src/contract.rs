@@ -7,8 +7,9 @@
 //!
 //! Beyond the trait docs, the suite pins down these choices, so every backend answers alike:
 //! - a deleted account keeps its record (status `Deleted`) and its place among its parent's
-//!   children, but no key resolves to it and its email is free for anyone; enabling or disabling
-//!   it is a `Conflict`, deleting it again a no-op;
+//!   children, but no key resolves to it (except a child deleted with its parent: its key still
+//!   resolves to it, so it is refused as `parent_disabled`) and its email is free for anyone;
+//!   enabling or disabling it is a `Conflict`, deleting it again a no-op;
 //! - enabling or disabling an `Invited` child is a `Conflict` (it has no key to enable);
 //! - `accept_invitation` at `now == expires_at` is already too late;
 //! - an invited child whose invitation expired holds its email no longer: its parent re-inviting

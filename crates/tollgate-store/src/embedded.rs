@@ -357,7 +357,8 @@ impl Inner {
                 return Ok((account, vec![Change::Account(id.to_owned())]));
             }
             let mut changes = t.delete(&mut account)?;
-            // A parent's children go with it, in the same transaction.
+            // A parent's children go with it, in the same transaction. Their keys stay mapped to
+            // them (deleted, under a deleted parent), so they are refused as `parent_disabled`.
             if account.role == Role::Parent {
                 for child_id in t.child_ids(id)? {
                     let mut child = get_account(&t.accounts, &child_id)?.ok_or_else(|| {
@@ -366,7 +367,7 @@ impl Inner {
                         ))
                     })?;
                     if child.status != Status::Deleted {
-                        changes.extend(t.delete(&mut child)?);
+                        changes.extend(t.delete_with_parent(&mut child)?);
                     }
                 }
             }

@@ -104,26 +104,25 @@ return {'ok', old}
 ";
 
 /// Deletes a parent and its children in one step, if the parent, its list of children and each
-/// live child are still as the caller read them: every record set to its deleted JSON and every
-/// key unmapped. KEYS: parent account, keyof, children, then each live child's account.
+/// live child are still as the caller read them: every record set to its deleted JSON and the
+/// parent's key unmapped. The children's keys stay mapped, so they resolve to a deleted child of
+/// a deleted parent and are refused as `parent_disabled`.
+/// KEYS: parent account, keyof, children, then each live child's account.
 /// ARGV: parent JSON as read, parent JSON deleted, parent id, length of the children list as
 /// read, then per live child (in KEYS order): id, JSON as read, JSON deleted.
-/// Returns {status, {the parent's key hex before, then each live child's}} (false: no key).
+/// Returns {status, the parent's key hex before (false: none)}.
 const DELETE_TENANT: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', {}} end
-if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {'stale', {}} end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', false} end
+if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {'stale', false} end
 local n = #KEYS - 3
 for i = 1, n do
-  if redis.call('GET', KEYS[3 + i]) ~= ARGV[3 * i + 3] then return {'stale', {}} end
+  if redis.call('GET', KEYS[3 + i]) ~= ARGV[3 * i + 3] then return {'stale', false} end
 end
 redis.call('SET', KEYS[1], ARGV[2])
-local old = {redis.call('HGET', KEYS[2], ARGV[3])}
+local old = redis.call('HGET', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[3])
 for i = 1, n do
-  local id = ARGV[3 * i + 2]
   redis.call('SET', KEYS[3 + i], ARGV[3 * i + 4])
-  old[i + 1] = redis.call('HGET', KEYS[2], id)
-  redis.call('HDEL', KEYS[2], id)
 end
 return {'ok', old}
 ";

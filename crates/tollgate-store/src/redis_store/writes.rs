@@ -113,26 +113,28 @@ impl Inner {
                 .arg(to_json(&d, "account")?);
             gone.push(d);
         }
-        let (status, old_keys): (String, Vec<Option<String>>) = script
+        let (status, old_key): (String, Option<String>) = script
             .invoke_async(&mut self.conn())
             .await
             .map_err(store_err)?;
         if status != "ok" {
             return Ok(false);
         }
-        // The tenant no longer maps any of the keys; pointers and emails are tidied up after.
-        let mut changes = Vec::with_capacity(gone.len() * 2);
-        let mut old_keys = old_keys.into_iter();
-        for account in &gone {
+        // The tenant no longer maps the parent's key; its pointer and the emails are tidied up
+        // after. The children's keys stay (see `DELETE_TENANT`).
+        let mut changes = Vec::with_capacity(gone.len() + 1);
+        for (i, account) in gone.iter().enumerate() {
             changes.push(Change::Account(account.id.clone()));
-            if let Some(hex) = old_keys.next().flatten() {
-                let old = key_from_hex(&hex)?;
-                let owner = KeyOwner {
-                    tenant: s.tenant.clone(),
-                    account: account.id.clone(),
-                };
-                self.drop_key_pointer(&old, &owner).await?;
-                changes.push(Change::KeyRemoved(old));
+            if i == 0 {
+                if let Some(hex) = &old_key {
+                    let old = key_from_hex(hex)?;
+                    let owner = KeyOwner {
+                        tenant: s.tenant.clone(),
+                        account: account.id.clone(),
+                    };
+                    self.drop_key_pointer(&old, &owner).await?;
+                    changes.push(Change::KeyRemoved(old));
+                }
             }
             self.free_email(&account.email, &account.id).await?;
         }
