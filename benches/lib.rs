@@ -60,7 +60,7 @@ impl Store for Unreached {
     async fn set_status(&self, _: &str, _: Status) -> StoreResult<Account> {
         no()
     }
-    async fn rotate_key(&self, _: &str, _: KeyHash) -> StoreResult<()> {
+    async fn rotate_key(&self, _: &str, _: &KeyHash, _: KeyHash) -> StoreResult<()> {
         no()
     }
     async fn record_usage(&self, _: &UsageBatch) -> StoreResult<()> {

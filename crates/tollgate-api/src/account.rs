@@ -415,8 +415,10 @@ async fn rotate(state: &ApiState, caller: &Caller) -> Result<Response<Bytes>, Ap
     let new_hash = key.hash();
     state
         .store
-        .rotate_key(&id, new_hash)
+        .rotate_key(&id, &caller.key_hash, new_hash)
         .await
+        // `NotFound`: the account was deleted meanwhile, or a concurrent rotation with the same
+        // key won, so this key was rotated away: 401 `key_unknown`, as for any such key.
         .map_err(store_err)?;
     state
         .apply_changes(&[

@@ -102,7 +102,9 @@ pub struct Access<'a> {
 ///
 /// `parent` is the caller's parent (ignored for a parent); `subscribed(pool)` answers for the
 /// tenant's subscriptions (the parent's, which its children share). Checks run in the order of
-/// SPEC.md's table: the key's own state, then its parent's, then what the route needs.
+/// SPEC.md's table: the key's own state, then its parent's, then what the route needs, with one
+/// exception: a deleted child under a deleted parent (deleted with it: the stores keep such a
+/// child's key) is `ParentDisabled`, as SPEC's table says for a deleted parent, not `KeyUnknown`.
 pub fn admit<A: Admittable + ?Sized>(
     account: &A,
     parent: Option<&A>,
@@ -113,6 +115,11 @@ pub fn admit<A: Admittable + ?Sized>(
     match account.status() {
         Status::Active => {}
         Status::Disabled => return Decision::Deny(DenyReason::KeyDisabled),
+        Status::Deleted
+            if role == Role::Child && parent.is_some_and(|p| p.status() == Status::Deleted) =>
+        {
+            return Decision::Deny(DenyReason::ParentDisabled)
+        }
         // An invited child has no key and a deleted account's key is gone: either way, unknown.
         Status::Invited | Status::Deleted => return Decision::Deny(DenyReason::KeyUnknown),
     }
@@ -214,6 +221,34 @@ mod tests {
         assert_eq!(
             admit(&child, None, |_| true, PRODUCT),
             Decision::Deny(DenyReason::ParentDisabled)
+        );
+        // A child deleted with its parent is stopped by its parent, as SPEC's table has it; one
+        // deleted on its own (its parent alive or disabled) is unknown, and so is an invited one.
+        let deleted_child = account(Role::Child, Status::Deleted);
+        for (parent, want) in [
+            (Status::Deleted, DenyReason::ParentDisabled),
+            (Status::Active, DenyReason::KeyUnknown),
+            (Status::Disabled, DenyReason::KeyUnknown),
+        ] {
+            let parent = account(Role::Parent, parent);
+            assert_eq!(
+                admit(&deleted_child, Some(&parent), |_| true, PRODUCT),
+                Decision::Deny(want)
+            );
+        }
+        let deleted_parent = account(Role::Parent, Status::Deleted);
+        assert_eq!(
+            admit(
+                &account(Role::Child, Status::Invited),
+                Some(&deleted_parent),
+                |_| true,
+                PRODUCT
+            ),
+            Decision::Deny(DenyReason::KeyUnknown)
+        );
+        assert_eq!(
+            admit(&deleted_parent, None, |_| true, PRODUCT),
+            Decision::Deny(DenyReason::KeyUnknown)
         );
         // The child's own disabled state is reported first: it is the more specific reason.
         let disabled_child = account(Role::Child, Status::Disabled);

@@ -66,8 +66,8 @@ impl Store for Faulty {
     async fn set_status(&self, id: &str, s: Status) -> StoreResult<Account> {
         self.inner.set_status(id, s).await
     }
-    async fn rotate_key(&self, id: &str, k: KeyHash) -> StoreResult<()> {
-        self.inner.rotate_key(id, k).await
+    async fn rotate_key(&self, id: &str, old: &KeyHash, k: KeyHash) -> StoreResult<()> {
+        self.inner.rotate_key(id, old, k).await
     }
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {
         self.tries.lock().push((batch.writer.clone(), batch.seq));

@@ -958,6 +958,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn children_deleted_with_their_parent_are_parent_disabled() {
+        let (cache, _dir) = cache();
+        let store = cache.store().clone();
+        let (parent, pkey) = make_parent(&*store, &fresh_email()).await;
+        store
+            .put_subscription(&parent.id, sub("whois", 100, Overage::Allow))
+            .await
+            .unwrap();
+        let (_, warm) = make_child(&*store, &parent.id).await;
+        let (_, cold) = make_child(&*store, &parent.id).await;
+        let (alone, alone_key) = make_child(&*store, &parent.id).await;
+        for k in [&warm, &alone_key, &pkey] {
+            assert_eq!(decide(&resolved(&cache, k).await), Decision::Admit);
+        }
+        // Applied as a follower applies them: what the feed says, nothing more.
+        let head = store.feed_head().await.unwrap();
+        store.set_status(&alone.id, Status::Deleted).await.unwrap();
+        store.set_status(&parent.id, Status::Deleted).await.unwrap();
+        for ev in store.read_feed(&head, Duration::ZERO).await.unwrap() {
+            cache.apply(&ev.change).await.unwrap();
+        }
+        // Cached before: still a hit, now refused by its parent.
+        let p = hit(&cache, &warm);
+        assert_eq!(decide(&p), Decision::Deny(DenyReason::ParentDisabled));
+        // Loaded after: the same.
+        let p = resolved(&cache, &cold).await;
+        assert_eq!(decide(&p), Decision::Deny(DenyReason::ParentDisabled));
+        // Deleted on its own before, and the parent itself: unknown.
+        for k in [&alone_key, &pkey] {
+            assert!(matches!(cache.lookup(k), CacheLookup::Miss));
+            assert!(cache.resolve(k).await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
     async fn a_refreshed_child_keeps_hitting_under_its_key() {
         let (cache, _dir) = cache();
         let store = cache.store().clone();
@@ -987,7 +1022,7 @@ mod tests {
         resolved(&cache, &old).await;
         // Rotated elsewhere; this node sees the new key before the feed's `KeyRemoved(old)`.
         let new = fresh_key();
-        store.rotate_key(&child.id, new).await.unwrap();
+        store.rotate_key(&child.id, &old, new).await.unwrap();
         resolved(&cache, &new).await;
         assert!(matches!(cache.lookup(&old), CacheLookup::Miss));
         assert!(cache.resolve(&old).await.unwrap().is_none());

@@ -7,8 +7,9 @@
 //!
 //! Beyond the trait docs, the suite pins down these choices, so every backend answers alike:
 //! - a deleted account keeps its record (status `Deleted`) and its place among its parent's
-//!   children, but no key resolves to it and its email is free for anyone; enabling or disabling
-//!   it is a `Conflict`, deleting it again a no-op;
+//!   children, but no key resolves to it (except a child deleted with its parent: its key still
+//!   resolves to it, so it is refused as `parent_disabled`) and its email is free for anyone;
+//!   enabling or disabling it is a `Conflict`, deleting it again a no-op;
 //! - enabling or disabling an `Invited` child is a `Conflict` (it has no key to enable);
 //! - `accept_invitation` at `now == expires_at` is already too late;
 //! - an invited child whose invitation expired holds its email no longer: its parent re-inviting
@@ -35,9 +36,9 @@ use tollgate_core::{
 use crate::{NewInvitation, NewParent, Store, StoreError};
 
 pub use accounts::{
-    children_in_creation_order, parent_create_and_read, parent_email_taken_case_insensitive,
-    ping_and_backend, rotate_key_replaces_key, status_lifecycle, subscriptions_put_replace_sorted,
-    update_parent_team_and_limits,
+    children_in_creation_order, concurrent_rotations_one_wins, parent_create_and_read,
+    parent_email_taken_case_insensitive, ping_and_backend, rotate_key_replaces_key,
+    status_lifecycle, subscriptions_put_replace_sorted, update_parent_team_and_limits,
 };
 pub use credits::credit_leases;
 pub use feed::{feed_events_for_every_write, feed_rejects_bogus_cursor, feed_wakes_waiting_reader};
@@ -70,6 +71,7 @@ pub async fn run_all(store: &dyn Store) {
     deleting_a_parent_deletes_its_children(store).await;
     status_lifecycle(store).await;
     rotate_key_replaces_key(store).await;
+    concurrent_rotations_one_wins(store).await;
     children_in_creation_order(store).await;
     subscriptions_put_replace_sorted(store).await;
     update_parent_team_and_limits(store).await;

@@ -357,7 +357,8 @@ impl Inner {
                 return Ok((account, vec![Change::Account(id.to_owned())]));
             }
             let mut changes = t.delete(&mut account)?;
-            // A parent's children go with it, in the same transaction.
+            // A parent's children go with it, in the same transaction. Their keys stay mapped to
+            // them (deleted, under a deleted parent), so they are refused as `parent_disabled`.
             if account.role == Role::Parent {
                 for child_id in t.child_ids(id)? {
                     let mut child = get_account(&t.accounts, &child_id)?.ok_or_else(|| {
@@ -366,7 +367,7 @@ impl Inner {
                         ))
                     })?;
                     if child.status != Status::Deleted {
-                        changes.extend(t.delete(&mut child)?);
+                        changes.extend(t.delete_with_parent(&mut child)?);
                     }
                 }
             }
@@ -374,10 +375,15 @@ impl Inner {
         })
     }
 
-    fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
+    fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()> {
         self.write_tree(|t| {
             let account = t.live(id)?;
             if account.status == Status::Invited {
+                return Err(StoreError::NotFound(id.to_owned()));
+            }
+            // The compare of the compare-and-swap: a concurrent rotation with the same key that
+            // committed first moved the account to another key, so this one's key is gone.
+            if t.key_of(id)? != Some(*old_key) {
                 return Err(StoreError::NotFound(id.to_owned()));
             }
             t.check_key_free(&new_key)?;
@@ -624,9 +630,11 @@ impl Store for EmbeddedStore {
         self.blocking(move |s| s.set_status(&id, status)).await
     }
 
-    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
+    async fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()> {
         let id = id.to_owned();
-        self.blocking(move |s| s.rotate_key(&id, new_key)).await
+        let old_key = *old_key;
+        self.blocking(move |s| s.rotate_key(&id, &old_key, new_key))
+            .await
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {

@@ -17,7 +17,7 @@
 //! | `P:uw:<writer>` | string | on a single server, `<seq> <group>`: the last group of a writer's (gateway process's) usage batches applied; expires 2 days after |
 //! | `P:feed` | stream | the change feed: entries `c` = a [`Change`](crate::Change) as JSON, `t` = writer time (ms); `MAXLEN ~ 100000` |
 //! | `T:a:<account id>` | string | the [`Account`] as JSON (parent and children; deleted ones stay, status `deleted`) |
-//! | `T:keyof` | hash | account id -> hash of its current key (no field for invited or deleted accounts) |
+//! | `T:keyof` | hash | account id -> hash of its current key (no field for invited or deleted accounts, except children deleted with their parent, whose keys are refused as `parent_disabled`) |
 //! | `T:children` | list | child ids in creation order |
 //! | `T:inv` | hash | invited child id -> `<token hash hex> <expires_at>`: its one current invitation (removed on accept and when it expires into deletion) |
 //! | `T:subs` | hash | pool -> [`Subscription`] as JSON |
@@ -48,8 +48,9 @@
 //!   deletes the invited child (one script that checks the expiry in `T:inv`), then takes the
 //!   claim over as from any deleted holder.
 //! - **Deleting a parent** deletes its children in the same script (they share its slot), so no
-//!   child outlives its parent whenever the writer dies; their key pointers and emails are tidied
-//!   up after, as for a single deletion.
+//!   child outlives its parent whenever the writer dies; the parent's key pointer and the emails
+//!   are tidied up after, as for a single deletion. The children keep their keys (`T:keyof` and
+//!   pointers), so a child's key resolves to a deleted child of a deleted parent: `parent_disabled`.
 //! - **The change feed** is appended after the write it describes (a separate slot). A writer that
 //!   dies in between leaves the change out of the feed; followers still converge within the
 //!   cache's `max_staleness`.
@@ -239,8 +240,8 @@ impl Store for RedisStore {
         bounded(Duration::ZERO, self.inner.set_status(id, status)).await
     }
 
-    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
-        bounded(Duration::ZERO, self.inner.rotate_key(id, new_key)).await
+    async fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()> {
+        bounded(Duration::ZERO, self.inner.rotate_key(id, old_key, new_key)).await
     }
 
     async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()> {

@@ -159,7 +159,8 @@ pub trait Store: Send + Sync + 'static {
     async fn account(&self, id: &str) -> StoreResult<Option<Account>>;
 
     /// The account a key hash belongs to (any status), or `None` for an unknown, rotated-away or
-    /// deleted key.
+    /// deleted key. A child deleted with its parent keeps its key: it resolves to the deleted
+    /// child, whose deleted parent makes `admit()` refuse it as `parent_disabled`.
     async fn account_by_key(&self, key: &KeyHash) -> StoreResult<Option<Account>>;
 
     /// All children of a parent, in creation order, deleted ones included.
@@ -209,13 +210,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// `Active` <-> `Disabled`, or `Deleted` (final: removes the key, frees the email; deleting a
     /// parent deletes all its children in the same atomic step, voiding their pending
-    /// invitations, and appends each one's changes to the feed). Setting the
+    /// invitations, freeing their emails but keeping their keys, so they are refused as
+    /// `parent_disabled` rather than unknown, and appends each one's changes to the feed). Setting the
     /// status an account already has is a no-op that succeeds (deleting a deleted account too);
     /// enabling or disabling a deleted account is a `Conflict` ([`StoreError::deleted`]).
     async fn set_status(&self, id: &str, status: Status) -> StoreResult<Account>;
 
-    /// Replaces the account's key; the old hash stops resolving at once.
-    async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()>;
+    /// Replaces the account's key with `new_key` if its current key is still `old_key`
+    /// (compare-and-swap, in one atomic step): of concurrent rotations presenting the same key,
+    /// exactly one succeeds and the others get `NotFound`, as a rotated-away key is refused.
+    /// `old_key` stops resolving at once. `NotFound` also if the account is missing, deleted or
+    /// invited (no key yet).
+    async fn rotate_key(&self, id: &str, old_key: &KeyHash, new_key: KeyHash) -> StoreResult<()>;
 
     // ---- usage ----
 

@@ -211,7 +211,10 @@ async fn no_plaintext_key_or_token_is_stored() {
             .unwrap();
         secrets.push(key.expose().to_owned());
         let rotated = generate_key(&mut rng);
-        store.rotate_key(&child.id, rotated.hash()).await.unwrap();
+        store
+            .rotate_key(&child.id, &key.hash(), rotated.hash())
+            .await
+            .unwrap();
         secrets.push(rotated.expose().to_owned());
         let delta = UsageDelta {
             account_id: child.id.as_str().into(),

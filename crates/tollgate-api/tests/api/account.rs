@@ -140,10 +140,11 @@ async fn account_states_are_enforced_like_the_edge() {
     )
     .await
     .expect(204);
-    // Deleting a parent deletes its children: their keys are gone too.
+    // Deleting a parent deletes its children: their keys are refused as their parent's, as on
+    // the data plane; the parent's own key is unknown.
     h.get("/v1/me", &ckey)
         .await
-        .expect_error(401, "key_unknown");
+        .expect_error(403, "parent_disabled");
     h.get("/v1/me", &pkey)
         .await
         .expect_error(401, "key_unknown");

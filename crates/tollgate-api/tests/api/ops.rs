@@ -545,9 +545,10 @@ async fn deleting_a_parent_deletes_its_team() {
     h.post(&format!("/v1/invitations/{token}/accept"), "", Value::Null)
         .await
         .expect_error(404, "invitation_unknown");
+    // The child went with its parent: refused as under a deleted parent (SPEC's table).
     h.get("/v1/me", &ckey)
         .await
-        .expect_error(401, "key_unknown");
+        .expect_error(403, "parent_disabled");
     let a = h
         .op(
             Method::GET,

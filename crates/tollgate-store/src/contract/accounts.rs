@@ -208,7 +208,7 @@ pub async fn status_lifecycle(store: &dyn Store) {
         "{CHECK}: a deleted account's key resolves after refused status changes"
     );
     assert_err!(
-        store.rotate_key(&child.id, fresh_key()).await,
+        store.rotate_key(&child.id, &key, fresh_key()).await,
         StoreError::NotFound(_),
         "{CHECK}: rotate_key on a deleted account"
     );
@@ -258,7 +258,7 @@ pub async fn rotate_key_replaces_key(store: &dyn Store) {
     ] {
         let new = fresh_key();
         store
-            .rotate_key(id, new)
+            .rotate_key(id, &old, new)
             .await
             .unwrap_or_else(|e| panic!("{CHECK}: rotating the {who}'s key failed: {e:?}"));
         assert_eq!(
@@ -271,8 +271,20 @@ pub async fn rotate_key_replaces_key(store: &dyn Store) {
             Some(id.as_str()),
             "{CHECK}: the {who}'s new key"
         );
+        // The old key is not the account's any more: rotating with it is refused, changing nothing.
+        let refused = fresh_key();
+        assert_err!(
+            store.rotate_key(id, &old, refused).await,
+            StoreError::NotFound(_),
+            "{CHECK}: rotating the {who}'s key with a rotated-away key"
+        );
+        assert_eq!(
+            id_by_key(store, &refused).await,
+            None,
+            "{CHECK}: a rotation with the {who}'s rotated-away key mapped its key"
+        );
         let newer = fresh_key();
-        store.rotate_key(id, newer).await.unwrap();
+        store.rotate_key(id, &new, newer).await.unwrap();
         assert_eq!(
             id_by_key(store, &new).await,
             None,
@@ -287,7 +299,7 @@ pub async fn rotate_key_replaces_key(store: &dyn Store) {
     let (invited, _) = make_invite(store, &parent.id, &fresh_email(), EXPIRES).await;
     let key = fresh_key();
     assert_err!(
-        store.rotate_key(&invited.id, key).await,
+        store.rotate_key(&invited.id, &fresh_key(), key).await,
         StoreError::NotFound(_),
         "{CHECK}: rotating an invited child's key"
     );
@@ -297,10 +309,61 @@ pub async fn rotate_key_replaces_key(store: &dyn Store) {
         "{CHECK}: a refused rotation mapped its key"
     );
     assert_err!(
-        store.rotate_key(&fresh_id(), fresh_key()).await,
+        store
+            .rotate_key(&fresh_id(), &fresh_key(), fresh_key())
+            .await,
         StoreError::NotFound(_),
         "{CHECK}: rotating a missing account's key"
     );
+}
+
+/// Rotation is a compare-and-swap on the current key: of many concurrent rotations presenting the
+/// same key, exactly one succeeds and its new key is the one that resolves; the others are
+/// `NotFound` (the key they presented was rotated away) and map nothing.
+pub async fn concurrent_rotations_one_wins(store: &dyn Store) {
+    const CHECK: &str = "concurrent_rotations_one_wins";
+    const N: usize = 8;
+    let (parent, parent_key) = make_parent(store, &fresh_email()).await;
+    let (child, child_key) = make_child(store, &parent.id).await;
+    for (who, id, old) in [
+        ("parent", &parent.id, parent_key),
+        ("child", &child.id, child_key),
+    ] {
+        let new: Vec<_> = (0..N).map(|_| fresh_key()).collect();
+        let results =
+            futures_util::future::join_all(new.iter().map(|k| store.rotate_key(id, &old, *k)))
+                .await;
+        let winners: Vec<_> = new
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "{CHECK}: {N} concurrent rotations of the {who}'s key: {results:?}"
+        );
+        for r in &results {
+            assert!(
+                matches!(r, Ok(()) | Err(StoreError::NotFound(_))),
+                "{CHECK}: a losing rotation of the {who}'s key answered {r:?}"
+            );
+        }
+        assert_eq!(
+            id_by_key(store, &old).await,
+            None,
+            "{CHECK}: the {who}'s old key still resolves"
+        );
+        for k in &new {
+            let want = (*k == winners[0]).then(|| id.clone());
+            assert_eq!(
+                id_by_key(store, k).await,
+                want,
+                "{CHECK}: the {who}'s keys after the race (winner resolves, losers do not)"
+            );
+        }
+    }
 }
 
 pub async fn children_in_creation_order(store: &dyn Store) {

@@ -265,8 +265,9 @@ pub async fn invitation_of_deleted_child(store: &dyn Store) {
     );
 }
 
-/// Deleting a parent deletes its children at once: keys stop, emails are freed, pending
-/// invitations are void. A disabled parent's invitation may still be accepted.
+/// Deleting a parent deletes its children at once: emails are freed, pending invitations are
+/// void, the parent's key stops; the children's keys still resolve, to the deleted children (so
+/// they are refused as `parent_disabled`). A disabled parent's invitation may still be accepted.
 pub async fn deleting_a_parent_deletes_its_children(store: &dyn Store) {
     const CHECK: &str = "deleting_a_parent_deletes_its_children";
     let (parent, parent_key) = make_parent(store, &fresh_email()).await;
@@ -298,15 +299,20 @@ pub async fn deleting_a_parent_deletes_its_children(store: &dyn Store) {
             .to_vec(),
         "{CHECK}: the children after their parent was deleted"
     );
-    for (who, key) in [
-        ("parent", parent_key),
-        ("active child", active_key),
-        ("disabled child", disabled_key),
+    assert_eq!(
+        id_by_key(store, &parent_key).await,
+        None,
+        "{CHECK}: the parent's key still resolves"
+    );
+    for (who, key, id) in [
+        ("active child", active_key, &active.id),
+        ("disabled child", disabled_key, &disabled.id),
     ] {
+        let resolved = store.account_by_key(&key).await.unwrap();
         assert_eq!(
-            id_by_key(store, &key).await,
-            None,
-            "{CHECK}: the {who}'s key still resolves"
+            resolved.map(|a| (a.id, a.status)),
+            Some((id.clone(), Status::Deleted)),
+            "{CHECK}: the {who}'s key resolves to it, deleted"
         );
     }
     let key = fresh_key();

@@ -404,6 +404,15 @@ impl<'t> Tree<'t> {
         Ok(())
     }
 
+    /// The account's current key, if it has one.
+    pub(super) fn key_of(&self, id: &str) -> StoreResult<Option<KeyHash>> {
+        Ok(self
+            .account_keys
+            .get(id)
+            .ctx("read account key")?
+            .map(|g| KeyHash(*g.value())))
+    }
+
     /// Unmaps the account's current key, returning its hash.
     pub(super) fn remove_key(&mut self, id: &str) -> StoreResult<Option<KeyHash>> {
         let old = self
@@ -437,6 +446,21 @@ impl<'t> Tree<'t> {
     /// Marks a live account deleted: its record, its key unmapped, its email freed (if the index
     /// still names it). Returns the changes.
     pub(super) fn delete(&mut self, account: &mut Account) -> StoreResult<Vec<Change>> {
+        self.delete_keeping_key(account, false)
+    }
+
+    /// As [`delete`](Self::delete), for a child deleted with its parent: its key stays mapped to
+    /// it, so the key is refused as `parent_disabled` (deleted under a deleted parent) rather
+    /// than as unknown.
+    pub(super) fn delete_with_parent(&mut self, account: &mut Account) -> StoreResult<Vec<Change>> {
+        self.delete_keeping_key(account, true)
+    }
+
+    fn delete_keeping_key(
+        &mut self,
+        account: &mut Account,
+        keep_key: bool,
+    ) -> StoreResult<Vec<Change>> {
         account.status = Status::Deleted;
         put_account(&mut self.accounts, account)?;
         let id = account.id.as_str();
@@ -452,8 +476,10 @@ impl<'t> Tree<'t> {
                 .remove(email.as_str())
                 .ctx("remove email index")?;
         }
-        if let Some(old) = self.remove_key(id)? {
-            changes.push(Change::KeyRemoved(old));
+        if !keep_key {
+            if let Some(old) = self.remove_key(id)? {
+                changes.push(Change::KeyRemoved(old));
+            }
         }
         self.drop_invitation(id)?;
         Ok(changes)

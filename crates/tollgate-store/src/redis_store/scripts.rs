@@ -86,12 +86,15 @@ return 'ok'
 ";
 
 /// Compare-and-set of an account record, with an optional change of its key.
-/// KEYS: account, keyof. ARGV: JSON as read, new JSON, id, key op (`keep`, `set`, `del`), new key hex.
-/// Returns {status, the key hex the account had before}.
+/// KEYS: account, keyof. ARGV: JSON as read, new JSON, id, key op (`keep`, `set`, `del`), new key
+/// hex, and for `set` the key hex the account must still have (a rotation's compare-and-swap: a
+/// concurrent rotation with the same key that ran first makes this one `moved`, changing nothing).
+/// Returns {status (`ok`, `stale`, `moved`), the key hex the account had before}.
 const UPDATE_ACCOUNT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', false} end
-if ARGV[2] ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
 local old = redis.call('HGET', KEYS[2], ARGV[3])
+if ARGV[4] == 'set' and old ~= ARGV[6] then return {'moved', old} end
+if ARGV[2] ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
 if ARGV[4] == 'set' then
   redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
 elseif ARGV[4] == 'del' then
@@ -101,26 +104,25 @@ return {'ok', old}
 ";
 
 /// Deletes a parent and its children in one step, if the parent, its list of children and each
-/// live child are still as the caller read them: every record set to its deleted JSON and every
-/// key unmapped. KEYS: parent account, keyof, children, then each live child's account.
+/// live child are still as the caller read them: every record set to its deleted JSON and the
+/// parent's key unmapped. The children's keys stay mapped, so they resolve to a deleted child of
+/// a deleted parent and are refused as `parent_disabled`.
+/// KEYS: parent account, keyof, children, then each live child's account.
 /// ARGV: parent JSON as read, parent JSON deleted, parent id, length of the children list as
 /// read, then per live child (in KEYS order): id, JSON as read, JSON deleted.
-/// Returns {status, {the parent's key hex before, then each live child's}} (false: no key).
+/// Returns {status, the parent's key hex before (false: none)}.
 const DELETE_TENANT: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', {}} end
-if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {'stale', {}} end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'stale', false} end
+if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[4]) then return {'stale', false} end
 local n = #KEYS - 3
 for i = 1, n do
-  if redis.call('GET', KEYS[3 + i]) ~= ARGV[3 * i + 3] then return {'stale', {}} end
+  if redis.call('GET', KEYS[3 + i]) ~= ARGV[3 * i + 3] then return {'stale', false} end
 end
 redis.call('SET', KEYS[1], ARGV[2])
-local old = {redis.call('HGET', KEYS[2], ARGV[3])}
+local old = redis.call('HGET', KEYS[2], ARGV[3])
 redis.call('HDEL', KEYS[2], ARGV[3])
 for i = 1, n do
-  local id = ARGV[3 * i + 2]
   redis.call('SET', KEYS[3 + i], ARGV[3 * i + 4])
-  old[i + 1] = redis.call('HGET', KEYS[2], id)
-  redis.call('HDEL', KEYS[2], id)
 end
 return {'ok', old}
 ";

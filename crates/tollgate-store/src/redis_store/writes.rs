@@ -14,10 +14,25 @@ use crate::{Change, NewParent, StoreError, StoreResult};
 pub(super) const CAS_ROUNDS: usize = 16;
 
 /// What the account update script does to the account's key.
+#[derive(Clone, Copy)]
 enum KeyOp<'a> {
     Keep,
-    Set(&'a KeyHash),
+    /// Replace the key `from` with `to`, only if the account still has `from`.
+    Swap {
+        from: &'a KeyHash,
+        to: &'a KeyHash,
+    },
     Remove,
+}
+
+/// What [`Inner::update_account`] did.
+enum Updated {
+    /// Written; the hash of the key the account had before.
+    Done(Option<KeyHash>),
+    /// The record changed since it was read: read it again and retry.
+    Stale,
+    /// A swap's account no longer has the key it was to replace.
+    KeyMoved,
 }
 
 pub(super) fn key_from_hex(hex: &str) -> StoreResult<KeyHash> {
@@ -32,23 +47,22 @@ pub(super) fn too_busy(id: &str) -> StoreError {
 }
 
 impl Inner {
-    /// Compare-and-set of an account record (and its key). `Ok(None)` if the record changed since
-    /// it was read; else the hash of the key it had before.
+    /// Compare-and-set of an account record (and its key).
     async fn update_account(
         &self,
         s: &Stored,
         new: &Account,
         key_op: KeyOp<'_>,
-    ) -> StoreResult<Option<Option<KeyHash>>> {
+    ) -> StoreResult<Updated> {
         let new_raw = if *new == s.account {
             s.raw.clone()
         } else {
             to_json(new, "account")?
         };
-        let (op, key) = match key_op {
-            KeyOp::Keep => ("keep", String::new()),
-            KeyOp::Set(k) => ("set", k.to_hex()),
-            KeyOp::Remove => ("del", String::new()),
+        let (op, key, expected) = match key_op {
+            KeyOp::Keep => ("keep", String::new(), String::new()),
+            KeyOp::Swap { from, to } => ("set", to.to_hex(), from.to_hex()),
+            KeyOp::Remove => ("del", String::new(), String::new()),
         };
         let (status, old): (String, Option<String>) = self
             .scripts
@@ -60,13 +74,15 @@ impl Inner {
             .arg(&s.account.id)
             .arg(op)
             .arg(key)
+            .arg(expected)
             .invoke_async(&mut self.conn())
             .await
             .map_err(store_err)?;
-        if status != "ok" {
-            return Ok(None);
-        }
-        Ok(Some(old.as_deref().map(key_from_hex).transpose()?))
+        Ok(match status.as_str() {
+            "ok" => Updated::Done(old.as_deref().map(key_from_hex).transpose()?),
+            "moved" => Updated::KeyMoved,
+            _ => Updated::Stale,
+        })
     }
 
     /// Deletes a parent and, in the same script, all its children (see `DELETE_TENANT`); then
@@ -97,26 +113,28 @@ impl Inner {
                 .arg(to_json(&d, "account")?);
             gone.push(d);
         }
-        let (status, old_keys): (String, Vec<Option<String>>) = script
+        let (status, old_key): (String, Option<String>) = script
             .invoke_async(&mut self.conn())
             .await
             .map_err(store_err)?;
         if status != "ok" {
             return Ok(false);
         }
-        // The tenant no longer maps any of the keys; pointers and emails are tidied up after.
-        let mut changes = Vec::with_capacity(gone.len() * 2);
-        let mut old_keys = old_keys.into_iter();
-        for account in &gone {
+        // The tenant no longer maps the parent's key; its pointer and the emails are tidied up
+        // after. The children's keys stay (see `DELETE_TENANT`).
+        let mut changes = Vec::with_capacity(gone.len() + 1);
+        for (i, account) in gone.iter().enumerate() {
             changes.push(Change::Account(account.id.clone()));
-            if let Some(hex) = old_keys.next().flatten() {
-                let old = key_from_hex(&hex)?;
-                let owner = KeyOwner {
-                    tenant: s.tenant.clone(),
-                    account: account.id.clone(),
-                };
-                self.drop_key_pointer(&old, &owner).await?;
-                changes.push(Change::KeyRemoved(old));
+            if i == 0 {
+                if let Some(hex) = &old_key {
+                    let old = key_from_hex(hex)?;
+                    let owner = KeyOwner {
+                        tenant: s.tenant.clone(),
+                        account: account.id.clone(),
+                    };
+                    self.drop_key_pointer(&old, &owner).await?;
+                    changes.push(Change::KeyRemoved(old));
+                }
             }
             self.free_email(&account.email, &account.id).await?;
         }
@@ -202,11 +220,7 @@ impl Inner {
             if let Some(limits) = limits {
                 account.limits = limits;
             }
-            if self
-                .update_account(&s, &account, KeyOp::Keep)
-                .await?
-                .is_some()
-            {
+            if let Updated::Done(_) = self.update_account(&s, &account, KeyOp::Keep).await? {
                 self.append_feed(&[Change::Account(id.to_owned())]).await?;
                 return Ok(account);
             }
@@ -276,7 +290,7 @@ impl Inner {
                 continue;
             }
             let key_op = if deleting { KeyOp::Remove } else { KeyOp::Keep };
-            let Some(old_key) = self.update_account(&s, &account, key_op).await? else {
+            let Updated::Done(old_key) = self.update_account(&s, &account, key_op).await? else {
                 continue;
             };
             let mut changes = vec![Change::Account(id.to_owned())];
@@ -299,7 +313,12 @@ impl Inner {
         Err(too_busy(id))
     }
 
-    pub(super) async fn rotate_key(&self, id: &str, new_key: KeyHash) -> StoreResult<()> {
+    pub(super) async fn rotate_key(
+        &self,
+        id: &str,
+        old_key: &KeyHash,
+        new_key: KeyHash,
+    ) -> StoreResult<()> {
         let mut s = self.live(id).await?;
         if s.account.status == Status::Invited {
             return Err(StoreError::NotFound(id.to_owned()));
@@ -309,22 +328,32 @@ impl Inner {
             account: id.to_owned(),
         };
         let claim = self.claim_key(&new_key, &owner).await?;
+        let swap = KeyOp::Swap {
+            from: old_key,
+            to: &new_key,
+        };
         for _ in 0..CAS_ROUNDS {
             let account = s.account.clone();
-            if let Some(old) = self
-                .update_account(&s, &account, KeyOp::Set(&new_key))
-                .await?
-            {
-                let mut changes = Vec::with_capacity(3);
-                if let Some(old) = old.filter(|old| *old != new_key) {
-                    // Removed before the rotation is reported done.
-                    self.drop_key_pointer(&old, &owner).await?;
-                    changes.push(Change::KeyRemoved(old));
+            match self.update_account(&s, &account, swap).await? {
+                Updated::Done(old) => {
+                    let mut changes = Vec::with_capacity(3);
+                    if let Some(old) = old.filter(|old| *old != new_key) {
+                        // Removed before the rotation is reported done.
+                        self.drop_key_pointer(&old, &owner).await?;
+                        changes.push(Change::KeyRemoved(old));
+                    }
+                    changes.push(Change::KeyAdded(new_key));
+                    changes.push(Change::Account(id.to_owned()));
+                    self.append_feed(&changes).await?;
+                    return Ok(());
                 }
-                changes.push(Change::KeyAdded(new_key));
-                changes.push(Change::Account(id.to_owned()));
-                self.append_feed(&changes).await?;
-                return Ok(());
+                Updated::KeyMoved => {
+                    // Another rotation with the same key won: this one's key is gone, as for
+                    // any rotated-away key. Nothing was written but our pointer.
+                    self.roll_back(&[&claim]).await;
+                    return Err(StoreError::NotFound(id.to_owned()));
+                }
+                Updated::Stale => {}
             }
             s = match self.live(id).await {
                 Ok(s) if s.account.status != Status::Invited => s,
