@@ -345,6 +345,13 @@ pub struct KeyCache {
     /// Millis since `epoch` when the feed follower last confirmed it had applied every change.
     feed_synced_ms: AtomicU64,
     store_up: AtomicBool,
+    /// The store-down breaker: set (millis since `epoch` until which no load is tried) when a load
+    /// found the store unavailable, cleared by the next load that reaches it. While it is set,
+    /// requests do not each wait for the store to time out: a stale cached key is judged as last
+    /// known (`serve_stale_when_down`) and a miss is refused at once, and one load at a time
+    /// (`probing`), no more than one a second, finds out whether the store is back.
+    down_until_ms: AtomicU64,
+    probing: AtomicBool,
     /// Told the seconds between a change's write and its application here (revocation lag).
     lag_observer: std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>,
     pub hits: AtomicU64,
@@ -359,6 +366,16 @@ impl std::fmt::Debug for KeyCache {
             .field("negative", &self.negative.len())
             .field("accounts", &self.accounts.len())
             .finish()
+    }
+}
+
+/// Clears the breaker's `probing` flag when the probe ends, however it ends (a dropped request
+/// included).
+struct ProbeGuard<'a>(&'a AtomicBool);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -378,6 +395,8 @@ impl KeyCache {
             epoch: Instant::now(),
             feed_synced_ms: AtomicU64::new(0),
             store_up: AtomicBool::new(true),
+            down_until_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
             lag_observer: std::sync::OnceLock::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -553,6 +572,49 @@ impl KeyCache {
     /// The slow path after a [`CacheLookup::Miss`]: loads the key from the store once, however many
     /// callers wait for it. `Ok(None)` for an unknown key (now cached negatively).
     pub async fn resolve(&self, key: &KeyHash) -> Result<Option<Principal>, StoreError> {
+        // The breaker is open: answer without waiting on the store, unless this call is the one
+        // probe that may try it (then `probe` clears `probing` when it is done).
+        let probe = match self.down_until_ms.load(Ordering::Relaxed) {
+            0 => None,
+            until if self.now_ms() < until || self.probing.swap(true, Ordering::AcqRel) => {
+                return self.while_down(key);
+            }
+            _ => Some(ProbeGuard(&self.probing)),
+        };
+        let result = self.resolve_from_store(key).await;
+        match &result {
+            Err(StoreError::Unavailable(_)) => {
+                self.down_until_ms.store(
+                    self.now_ms().saturating_add(1_000).max(1),
+                    Ordering::Relaxed,
+                );
+            }
+            _ => self.down_until_ms.store(0, Ordering::Relaxed),
+        }
+        drop(probe);
+        match result {
+            Err(StoreError::Unavailable(msg)) => {
+                self.set_store_up(false);
+                self.while_down(key)
+                    .map_err(|_| StoreError::Unavailable(msg))
+            }
+            other => other,
+        }
+    }
+
+    /// What a request gets while the store is down: the key's cached entry, fresh or not, where
+    /// `serve_stale_when_down` allows it; else `store_unavailable`.
+    fn while_down(&self, key: &KeyHash) -> Result<Option<Principal>, StoreError> {
+        if self.config.serve_stale_when_down {
+            if let Some(p) = self.stale_principal(key) {
+                return Ok(Some(p));
+            }
+        }
+        Err(StoreError::Unavailable("the store is unavailable".into()))
+    }
+
+    /// One load of `key` (single flight), as [`Self::resolve`] does while the store is up.
+    async fn resolve_from_store(&self, key: &KeyHash) -> Result<Option<Principal>, StoreError> {
         let flight = {
             let mut inflight = self.inflight.lock();
             inflight.entry(*key).or_default().clone()
@@ -564,18 +626,7 @@ impl KeyCache {
                 inflight.remove(key);
             }
         }
-        match result {
-            Err(StoreError::Unavailable(msg)) => {
-                self.set_store_up(false);
-                if self.config.serve_stale_when_down {
-                    if let Some(p) = self.stale_principal(key) {
-                        return Ok(Some(p));
-                    }
-                }
-                Err(StoreError::Unavailable(msg))
-            }
-            other => other,
-        }
+        result
     }
 
     async fn load(&self, key: &KeyHash) -> Result<Option<Principal>, StoreError> {
