@@ -355,3 +355,66 @@ async fn two_nodes_on_a_redis_cluster() {
     )
     .await;
 }
+
+/// Lowering a `deny` pool's credits takes back the slices the nodes leased under the old amount:
+/// the node that made the change refuses from its next request on, and the other as soon as the
+/// change reaches it, instead of each spending up to a whole slice (100 credits) past the new
+/// amount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_a_deny_pool_takes_back_the_leased_slices() {
+    let up = StubUpstream::start().await;
+    let redis = TestRedis::start();
+    let (a, b) = two_nodes(&up, &redis).await;
+    let subs = json!([{"pool": "whois", "credits": 100000, "overage": "deny"}]);
+    let (pid, pkey) = a.create_parent("admin@lower.example", subs).await;
+    let (_, c1, _) = child(&a, &pkey, "one@lower.example").await;
+    // One request on each node: each leases a slice of the pool.
+    assert_eq!(product(&a, &c1).await.status, 200);
+    assert_eq!(product(&b, &c1).await.status, 200);
+
+    // The pool is cut to what was used: nothing more may be admitted.
+    let r = send(
+        Method::PUT,
+        &format!("{}/admin/v1/parents/{pid}/subscriptions/whois", a.ops),
+        &[
+            ("authorization", &TestGateway::operator_auth()),
+            ("content-type", "application/json"),
+        ],
+        r#"{"credits": 2, "overage": "deny"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    // The writing node applied the change before answering.
+    for _ in 0..10 {
+        let r = product(&a, &c1).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (402, "credits_exhausted".into())
+        );
+    }
+    // The other node within the feed's delay (milliseconds): a request racing it may still get
+    // through, not a slice's worth.
+    let admitted = std::sync::atomic::AtomicU32::new(0);
+    wait_until(
+        "the other node to refuse",
+        Duration::from_secs(5),
+        || async {
+            match product(&b, &c1).await.status.as_u16() {
+                200 => {
+                    admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    false
+                }
+                402 => true,
+                s => panic!("unexpected {s}"),
+            }
+        },
+    )
+    .await;
+    let admitted = admitted.into_inner();
+    assert!(admitted <= 3, "{admitted} admitted past the new amount");
+    for _ in 0..10 {
+        assert_eq!(product(&b, &c1).await.status, 402);
+        assert_eq!(product(&a, &c1).await.status, 402);
+    }
+}

@@ -172,6 +172,34 @@ impl Credits {
         }
     }
 
+    /// A tenant's subscriptions changed: its slices stop at once (what they held can no longer be
+    /// spent here) and what they held goes back to the store in the background, so a pool whose
+    /// credits were lowered is judged against the new amount from the next request on, instead of
+    /// letting each node spend a slice leased under the old one. Returns at once.
+    pub fn subscriptions_changed(&self, tenant: &str) {
+        let held: Vec<(PoolKey, u64)> = self
+            .slices
+            .iter()
+            .filter(|e| &*e.key().0 == tenant)
+            .map(|e| (e.key().clone(), e.value().local.swap(0, Ordering::AcqRel)))
+            .filter(|(_, amount)| *amount > 0)
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for ((tenant, pool), amount) in held {
+                if let Err(e) = store.release_credits(&tenant, &pool, amount).await {
+                    // Unlike an idle slice, these are not kept: they were leased under a
+                    // subscription that has changed. The lease record keeps them reserved until
+                    // the pool's credits are set again.
+                    tracing::warn!(error = %e, amount, "could not return credits leased before a subscription change");
+                }
+            }
+        });
+    }
+
     /// Credits this node holds unspent (all slices).
     pub fn held(&self) -> u64 {
         self.slices

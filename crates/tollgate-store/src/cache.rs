@@ -354,6 +354,9 @@ pub struct KeyCache {
     probing: AtomicBool,
     /// Told the seconds between a change's write and its application here (revocation lag).
     lag_observer: std::sync::OnceLock<Box<dyn Fn(f64) + Send + Sync>>,
+    /// Told the parent id of every subscription change applied here (the meter's credit slices
+    /// follow it).
+    subscriptions_observer: std::sync::OnceLock<TenantObserver>,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub negative_hits: AtomicU64,
@@ -368,6 +371,9 @@ impl std::fmt::Debug for KeyCache {
             .finish()
     }
 }
+
+/// Told a parent's id (see `KeyCache::set_subscriptions_observer`).
+type TenantObserver = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Clears the breaker's `probing` flag when the probe ends, however it ends (a dropped request
 /// included).
@@ -398,6 +404,7 @@ impl KeyCache {
             down_until_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
             lag_observer: std::sync::OnceLock::new(),
+            subscriptions_observer: std::sync::OnceLock::new(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             negative_hits: AtomicU64::new(0),
@@ -407,6 +414,13 @@ impl KeyCache {
     /// Installs the revocation-lag observer (once; later calls are ignored).
     pub fn set_lag_observer(&self, observe: impl Fn(f64) + Send + Sync + 'static) {
         let _ = self.lag_observer.set(Box::new(observe));
+    }
+
+    /// Installs the subscription-change observer (once; later calls are ignored): called with the
+    /// parent's id for every `Change::Subscriptions` applied, from the feed or from this node's own
+    /// write, whether or not the parent is cached.
+    pub fn set_subscriptions_observer(&self, observe: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.subscriptions_observer.set(Box::new(observe));
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -715,6 +729,11 @@ impl KeyCache {
     /// Applies one change of the feed (or one this node just made, before its API call returns).
     /// Entries this node does not hold are left alone: they will be loaded when first used.
     pub async fn apply(&self, change: &Change) -> Result<(), StoreError> {
+        if let (Change::Subscriptions(id), Some(observe)) =
+            (change, self.subscriptions_observer.get())
+        {
+            observe(id);
+        }
         match change {
             Change::Account(id) | Change::Subscriptions(id) => {
                 if self.accounts.contains_key(id.as_str()) {

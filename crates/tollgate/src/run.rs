@@ -262,6 +262,12 @@ impl Gateway {
             credits: Credits::new(store.clone(), LEASE_SLICE),
         });
         {
+            let metering = metering.clone();
+            cache.set_subscriptions_observer(move |tenant| {
+                metering.credits.subscriptions_changed(tenant);
+            });
+        }
+        {
             let meter = meter.clone();
             let (per_key, max_series) = (config.metrics.per_key, config.metrics.max_key_series);
             metrics.on_scrape(move |m| {
