@@ -41,7 +41,7 @@ type PoolKey = (Arc<str>, Arc<str>);
 /// See the module docs.
 pub struct Credits {
     store: Arc<dyn Store>,
-    slices: DashMap<PoolKey, Arc<Slice>, RandomState>,
+    slices: Arc<DashMap<PoolKey, Arc<Slice>, RandomState>>,
     epoch: Instant,
     /// Upper bound of one lease (credits).
     max_slice: u64,
@@ -59,7 +59,7 @@ impl Credits {
     pub fn new(store: Arc<dyn Store>, max_slice: u64) -> Credits {
         Credits {
             store,
-            slices: DashMap::default(),
+            slices: Arc::default(),
             epoch: Instant::now(),
             max_slice: max_slice.max(1),
         }
@@ -172,10 +172,11 @@ impl Credits {
         }
     }
 
-    /// A tenant's subscriptions changed: its slices stop at once (what they held can no longer be
-    /// spent here) and what they held goes back to the store in the background, so a pool whose
-    /// credits were lowered is judged against the new amount from the next request on, instead of
-    /// letting each node spend a slice leased under the old one. Returns at once.
+    /// A tenant's subscriptions changed: its slices stop at once and what they held goes back to
+    /// the store in the background, so a pool whose credits were lowered is judged against the new
+    /// amount from the next request on, instead of letting each node spend a slice leased under
+    /// the old one. Credits the store cannot take back (it is down) return to the slice, as an
+    /// idle slice's do. Returns at once.
     pub fn subscriptions_changed(&self, tenant: &str) {
         let held: Vec<(PoolKey, u64)> = self
             .slices
@@ -188,12 +189,16 @@ impl Credits {
             return;
         }
         let store = self.store.clone();
+        let slices = self.slices.clone();
         tokio::spawn(async move {
             for ((tenant, pool), amount) in held {
                 if let Err(e) = store.release_credits(&tenant, &pool, amount).await {
-                    // Unlike an idle slice, these are not kept: they were leased under a
-                    // subscription that has changed. The lease record keeps them reserved until
-                    // the pool's credits are set again.
+                    // The store is away: back into the slice, as `release_idle` keeps what it
+                    // cannot return (better spent here later than lost); it goes back when the
+                    // slice is next idle.
+                    if let Some(s) = slices.get(&(tenant, pool)) {
+                        s.local.fetch_add(amount, Ordering::AcqRel);
+                    }
                     tracing::warn!(error = %e, amount, "could not return credits leased before a subscription change");
                 }
             }
