@@ -67,7 +67,8 @@ pub fn request_host<'a>(
             {
                 return Err(BadHost);
             }
-            Ok(Some(host_of_authority(authority)))
+            // `uri.host()` has no port; an IPv6 literal keeps its brackets, which `host_of` drops.
+            Ok(Some(host_of(authority)))
         }
         None if field.is_none() && version == http::Version::HTTP_11 => Err(BadHost),
         None => Ok(field),
@@ -77,13 +78,6 @@ pub fn request_host<'a>(
 /// A request whose host is missing, doubled or malformed: a 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadHost;
-
-/// `uri.host()` keeps an IPv6 literal's brackets; `Host` values are compared without them.
-fn host_of_authority(host: &str) -> &str {
-    host.strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-}
 
 /// The host of a `Host` field value: `[v6]:port`, `host:port`, `host`.
 pub fn host_of(raw: &str) -> &str {
