@@ -376,17 +376,22 @@ impl UpstreamBody {
     /// (the route's timeout, as nginx's `proxy_read_timeout` bounds each read), after which the
     /// body fails and its connection is closed; and `duration` observes the time since `started`
     /// when the body has ended, failed or been dropped, so the request-duration histogram holds the
-    /// whole request as the client saw it. A body already read whole needs neither.
-    pub fn arm(&mut self, idle: Duration, duration: &prometheus::Histogram, started: Instant) {
-        if let UpstreamBody::Streaming(s) = self {
-            s.idle = Some(idle);
-            s.end = Some((duration.clone(), started));
+    /// whole request as the client saw it. A body already read whole needs neither. `true`: the
+    /// body observes the duration (the caller must not).
+    pub fn arm(
+        &mut self,
+        idle: Duration,
+        duration: &prometheus::Histogram,
+        started: Instant,
+    ) -> bool {
+        match self {
+            UpstreamBody::Streaming(s) => {
+                s.idle = Some(idle);
+                s.end = Some((duration.clone(), started));
+                true
+            }
+            UpstreamBody::Whole(_) => false,
         }
-    }
-
-    /// Whether the request's duration is observed when the body ends (see [`Self::arm`]).
-    pub fn observes_its_end(&self) -> bool {
-        matches!(self, UpstreamBody::Streaming(s) if s.end.is_some())
     }
 }
 

@@ -298,8 +298,8 @@ impl Proxy {
             Ok(mut resp) => {
                 if let Either::Left(body) = resp.body_mut() {
                     let timeout = self.router.routes()[idx].timeout;
-                    body.arm(timeout, &self.runtime[idx].duration, started);
-                    trace.duration_at_body_end = body.observes_its_end();
+                    trace.duration_at_body_end =
+                        body.arm(timeout, &self.runtime[idx].duration, started);
                 }
                 self.record(
                     Some(idx),

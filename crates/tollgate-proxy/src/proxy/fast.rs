@@ -371,8 +371,8 @@ impl Proxy {
             Ok((status, mut body)) => {
                 if let Some(b) = body.as_mut() {
                     let timeout = self.router.routes()[idx].timeout;
-                    b.arm(timeout, &self.runtime[idx].duration, started);
-                    trace.duration_at_body_end = b.observes_its_end();
+                    trace.duration_at_body_end =
+                        b.arm(timeout, &self.runtime[idx].duration, started);
                 }
                 let ended = self.record(Some(idx), started, request_id, &trace, Ok(status));
                 (body, ended)
