@@ -418,3 +418,132 @@ async fn lowering_a_deny_pool_takes_back_the_leased_slices() {
         assert_eq!(product(&a, &c1).await.status, 402);
     }
 }
+
+/// On Redis Cluster, a write is done once the tenant's script has run; the steps after it (the
+/// old key's pointer, the change feed) are on other masters. With the feed's master down, a
+/// rotation and an invitation acceptance that went through answer 200 with the key they made
+/// (they used to answer 503 after the fact: the old key was gone, the used token refused, and
+/// the client never got the new key), and the key works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_done_on_its_tenant_answers_done_while_the_feed_master_is_down() {
+    let up = StubUpstream::start().await;
+    let mut cluster = tollgate_testkit::TestRedisCluster::start();
+    cluster.serve_partial_coverage();
+    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let cfg = config(&up.url(), "unused").replace(
+        "url = \"unused\"",
+        &format!("cluster = [{}]", seeds.join(", ")),
+    );
+    let a = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let down = cluster.node_of("tg:feed");
+    // A tenant, and the parent's entry in the account index, on other masters than the feed's
+    // (four in nine are).
+    let subs = json!([{"pool": "whois", "credits": 1000, "overage": "allow"}]);
+    let mut parent = None;
+    for n in 0..40 {
+        let (id, key) = a
+            .create_parent(&format!("admin{n}@partial.example"), subs.clone())
+            .await;
+        if cluster.node_of(&format!("{{tg:t:{id}}}:a:{id}")) != down
+            && cluster.node_of(&format!("tg:a:{id}")) != down
+        {
+            parent = Some(key);
+            break;
+        }
+    }
+    let pkey = parent.expect("a tenant off the feed's master in 40 tries");
+    // Invitations whose token record and child's entry in the account index are on the masters
+    // that stay up (four in nine are).
+    let mut tokens = Vec::new();
+    for n in 0..16 {
+        let r = tollgate_testkit::http::post_json(
+            &format!("{}/v1/team/members", a.account),
+            &[("x-api-key", &pkey)],
+            &json!({ "email": format!("kid{n}@partial.example") }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            r.status,
+            201,
+            "invite: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let (id, token) = (r.json()["id"].clone(), r.json()["invitation_token"].clone());
+        let (id, token) = (id.as_str().unwrap(), token.as_str().unwrap());
+        let record = format!("tg:i:{}", tollgate_core::KeyHash::of(token).to_hex());
+        if cluster.node_of(&record) != down && cluster.node_of(&format!("tg:a:{id}")) != down {
+            tokens.push(token.to_owned());
+        }
+    }
+    assert!(
+        !tokens.is_empty(),
+        "no invitation off the feed's master in 16 tries"
+    );
+    cluster.stop(down);
+
+    // A new key's own pointer may fall on the master that is down: then nothing is written and
+    // the call answers 503, so the client tries again (with the same key or token, still good).
+    let mut rotated = None;
+    for _ in 0..20 {
+        let r = send(
+            Method::POST,
+            &format!("{}/v1/keys/rotate", a.account),
+            &[("x-api-key", &pkey)],
+            "",
+        )
+        .await
+        .unwrap();
+        if r.status == 503 {
+            eprintln!("rotate: {}", String::from_utf8_lossy(&r.body));
+            continue;
+        }
+        assert_eq!(
+            r.status,
+            200,
+            "rotate: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        rotated = Some(r.json()["api_key"].as_str().unwrap().to_owned());
+        break;
+    }
+    let new_pkey = rotated.expect("a rotation in 20 tries");
+    assert_eq!(product(&a, &pkey).await.status, 401, "the old key");
+    wait_until(
+        "the rotated key to work",
+        Duration::from_secs(10),
+        || async { product(&a, &new_pkey).await.status == 200 },
+    )
+    .await;
+
+    let mut accepted = None;
+    for _ in 0..20 {
+        let r = send(
+            Method::POST,
+            &format!("{}/v1/invitations/{}/accept", a.account, tokens[0]),
+            &[],
+            "",
+        )
+        .await
+        .unwrap();
+        if r.status == 503 {
+            eprintln!("accept: {}", String::from_utf8_lossy(&r.body));
+            continue;
+        }
+        assert_eq!(
+            r.status,
+            200,
+            "accept: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        accepted = Some(r.json()["api_key"].as_str().unwrap().to_owned());
+        break;
+    }
+    let ckey = accepted.expect("an acceptance in 20 tries");
+    wait_until(
+        "the child's key to work",
+        Duration::from_secs(10),
+        || async { product(&a, &ckey).await.status == 200 },
+    )
+    .await;
+}

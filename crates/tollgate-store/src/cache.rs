@@ -749,9 +749,15 @@ impl KeyCache {
                 self.negative.remove(&prefix(hash));
             }
             Change::KeyRemoved(hash) => {
+                // A removed key never comes back (keys are random, never issued twice), so it is
+                // remembered as unknown: refused as `key_unknown` without asking the store, also
+                // while the store (or, on Cluster, the master with the key's pointer) is down.
                 let k = prefix(hash);
                 self.keys.remove(&k);
-                self.negative.remove(&k);
+                let until = self
+                    .now_ms()
+                    .saturating_add(millis(self.config.negative_ttl));
+                self.negative.insert(k, until);
             }
         }
         Ok(())
@@ -1055,10 +1061,11 @@ mod tests {
         // Loaded after: the same.
         let p = resolved(&cache, &cold).await;
         assert_eq!(decide(&p), Decision::Deny(DenyReason::ParentDisabled));
-        // Deleted on its own before, and the parent itself: unknown.
+        // Deleted on its own before, and the parent itself: known unknown from the feed, and
+        // unknown to the store.
         for k in [&alone_key, &pkey] {
-            assert!(matches!(cache.lookup(k), CacheLookup::Miss));
-            assert!(cache.resolve(k).await.unwrap().is_none());
+            assert!(matches!(cache.lookup(k), CacheLookup::Unknown));
+            assert!(store.account_by_key(k).await.unwrap().is_none());
         }
     }
 
@@ -1113,7 +1120,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_removed_key_misses_and_a_deleted_account_is_forgotten() {
+    async fn a_removed_key_is_unknown_and_a_deleted_account_is_forgotten() {
         let (cache, _dir) = cache();
         let store = cache.store().clone();
         let (parent, pkey) = make_parent(&*store, &fresh_email()).await;
@@ -1121,13 +1128,13 @@ mod tests {
         resolved(&cache, &k).await;
         resolved(&cache, &pkey).await;
         cache.apply(&Change::KeyRemoved(pkey)).await.unwrap();
-        assert!(matches!(cache.lookup(&pkey), CacheLookup::Miss));
+        assert!(matches!(cache.lookup(&pkey), CacheLookup::Unknown));
         // A refresh of its account (as after a rotation) does not bring the removed key back.
         cache
             .apply(&Change::Account(parent.id.clone()))
             .await
             .unwrap();
-        assert!(matches!(cache.lookup(&pkey), CacheLookup::Miss));
+        assert!(matches!(cache.lookup(&pkey), CacheLookup::Unknown));
         // The parent's entry stays: its children are judged against it.
         hit(&cache, &k);
         store.set_status(&child.id, Status::Deleted).await.unwrap();

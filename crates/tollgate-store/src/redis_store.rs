@@ -34,7 +34,7 @@
 //!   resolves only if `T:keyof` of that account holds the same hash. A new key's pointer is written
 //!   before the tenant maps it, and an old key's pointer is removed after the tenant unmapped it, so
 //!   a crash anywhere leaves at worst a dangling pointer that resolves to nothing, never a key that
-//!   resolves to the wrong account. Rotation still removes the old pointer before it reports done.
+//!   resolves to the wrong account.
 //! - **Emails are claimed first** (`SET NX`), then the account is written; a refused write rolls the
 //!   claim back. A claim whose writer died before writing the account is recognised (its account
 //!   does not exist and the claim is older than five minutes, or its account is deleted) and taken
@@ -54,6 +54,12 @@
 //! - **The change feed** is appended after the write it describes (a separate slot). A writer that
 //!   dies in between leaves the change out of the feed; followers still converge within the
 //!   cache's `max_staleness`.
+//! - **A write is done once the tenant's script has run.** The steps after it (removing an old
+//!   key's pointer, freeing an email, appending to the feed) touch other slots, which on Cluster may
+//!   be on a master that is down while the tenant's is up. One that fails leaves what a writer dying
+//!   there leaves, which the points above show is safe, so it is logged (`writes::settle`) and the
+//!   write still reports done: a client told "unavailable" would retry a rotation or an invitation
+//!   acceptance that happened, and never get the key it made.
 //!
 //! Usage batches are split by tenant, and a retried batch is never counted twice, even if only
 //! some of its parts had been applied. On Redis Cluster each tenant's part is applied by one

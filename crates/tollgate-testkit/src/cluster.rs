@@ -116,6 +116,58 @@ impl TestRedisCluster {
     pub fn cli_at(&self, node: usize, args: &[&str]) -> String {
         cli(self.ports[node], args)
     }
+
+    /// The master (index into `ports`) that serves `key`'s slot, from `CLUSTER KEYSLOT` and the
+    /// slot ranges of `CLUSTER NODES`.
+    pub fn node_of(&self, key: &str) -> usize {
+        let slot: u32 = self
+            .cli_at(0, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number");
+        let nodes = self.cli_at(0, &["cluster", "nodes"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(addr) = fields.get(1) else { continue };
+            let serves = fields.iter().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u32>(), hi.parse::<u32>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            if serves {
+                let port: u16 = addr
+                    .split(['@', ','])
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .expect("CLUSTER NODES names ip:port@bus");
+                return self
+                    .ports
+                    .iter()
+                    .position(|p| *p == port)
+                    .expect("the slot's master is one of ours");
+            }
+        }
+        panic!("no master serves slot {slot} of `{key}`:\n{nodes}");
+    }
+
+    /// Lets the other masters keep serving their slots while one is down (Redis's default is to
+    /// refuse every command once the cluster notices a master is gone).
+    pub fn serve_partial_coverage(&self) {
+        for node in 0..self.ports.len() {
+            let out = self.cli_at(
+                node,
+                &["config", "set", "cluster-require-full-coverage", "no"],
+            );
+            assert_eq!(out.trim(), "OK", "CONFIG SET on node {node}");
+        }
+    }
+
+    /// Kills one master (its slots become unreachable; connections to it are refused).
+    pub fn stop(&mut self, node: usize) {
+        let child = &mut self.children[node];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 impl Drop for TestRedisCluster {

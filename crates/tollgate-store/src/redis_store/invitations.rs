@@ -17,7 +17,7 @@ use tollgate_core::{Account, KeyHash, Status};
 use super::conn::store_err;
 use super::keys::{from_json, to_json, EmailClaim, InvitationRecord, KeyOwner};
 use super::tree::{Claim, Stored};
-use super::writes::{key_from_hex, too_busy, CAS_ROUNDS};
+use super::writes::{key_from_hex, settle, too_busy, CAS_ROUNDS};
 use super::{now_ms, Inner};
 use crate::{Change, NewInvitation, StoreError, StoreResult};
 
@@ -91,8 +91,10 @@ impl Inner {
                 .map_err(store_err)?;
             match status.as_str() {
                 "ok" => {
-                    self.append_feed(&[Change::Account(child.id.clone())])
-                        .await?;
+                    settle(
+                        "feed",
+                        self.append_feed(&[Change::Account(child.id.clone())]).await,
+                    );
                     return Ok(child);
                 }
                 "exists" => {
@@ -169,7 +171,7 @@ impl Inner {
             match status.as_str() {
                 "ok" => {
                     self.drop_invitation_record(old.as_deref()).await;
-                    self.append_feed(&[Change::Account(id)]).await?;
+                    settle("feed", self.append_feed(&[Change::Account(id)]).await);
                     return Ok(Some(holder.account));
                 }
                 "held" => {
@@ -222,7 +224,7 @@ impl Inner {
             match status.as_str() {
                 "ok" => {
                     self.drop_invitation_record(old.as_deref()).await;
-                    self.append_feed(&[Change::Account(id)]).await?;
+                    settle("feed", self.append_feed(&[Change::Account(id)]).await);
                     return Ok(true);
                 }
                 "held" => return Ok(false),
@@ -359,11 +361,14 @@ impl Inner {
                     if let Err(e) = self.conn().del::<_, ()>(&record_key).await {
                         tracing::warn!(error = %e, "redis store: could not remove a used invitation");
                     }
-                    self.append_feed(&[
-                        Change::Account(active.id.clone()),
-                        Change::KeyAdded(key_hash),
-                    ])
-                    .await?;
+                    settle(
+                        "feed",
+                        self.append_feed(&[
+                            Change::Account(active.id.clone()),
+                            Change::KeyAdded(key_hash),
+                        ])
+                        .await,
+                    );
                     return Ok(active);
                 }
                 // Another invitation of this child replaced this one.

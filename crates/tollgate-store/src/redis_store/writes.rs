@@ -40,6 +40,23 @@ pub(super) fn key_from_hex(hex: &str) -> StoreResult<KeyHash> {
         .ok_or_else(|| StoreError::Internal("redis store: a stored key hash is not hex".into()))
 }
 
+/// Ends a step that follows a write's commit point (the tenant's script): tidying a global index
+/// or telling the other nodes through the feed. The write is done whatever the step does. One
+/// that fails leaves what a writer dying at that point leaves, which the module docs show is safe
+/// (a dangling pointer, an email held by a deleted account, a change the followers pick up within
+/// `max_staleness`), so it is logged and the write still reports done. Reporting an error would
+/// have the client retry a write that happened: a rotation or an accepted invitation whose new key
+/// it never got, a new parent whose email is then taken by itself.
+pub(super) fn settle(step: &'static str, result: StoreResult<()>) {
+    if let Err(e) = result {
+        tracing::warn!(
+            step,
+            error = %e,
+            "redis store: a write is done, but a step after it failed; other nodes see it within max_staleness"
+        );
+    }
+}
+
 pub(super) fn too_busy(id: &str) -> StoreError {
     StoreError::Unavailable(format!(
         "redis store: account `{id}` kept changing; try again"
@@ -132,13 +149,13 @@ impl Inner {
                         tenant: s.tenant.clone(),
                         account: account.id.clone(),
                     };
-                    self.drop_key_pointer(&old, &owner).await?;
+                    settle("key pointer", self.drop_key_pointer(&old, &owner).await);
                     changes.push(Change::KeyRemoved(old));
                 }
             }
-            self.free_email(&account.email, &account.id).await?;
+            settle("email", self.free_email(&account.email, &account.id).await);
         }
-        self.append_feed(&changes).await?;
+        settle("feed", self.append_feed(&changes).await);
         Ok(true)
     }
 
@@ -200,8 +217,11 @@ impl Inner {
                 "account `{id}` exists already"
             )));
         }
-        self.append_feed(&[Change::Account(id), Change::KeyAdded(key_hash)])
-            .await?;
+        settle(
+            "feed",
+            self.append_feed(&[Change::Account(id), Change::KeyAdded(key_hash)])
+                .await,
+        );
         Ok(account)
     }
 
@@ -221,7 +241,10 @@ impl Inner {
                 account.limits = limits;
             }
             if let Updated::Done(_) = self.update_account(&s, &account, KeyOp::Keep).await? {
-                self.append_feed(&[Change::Account(id.to_owned())]).await?;
+                settle(
+                    "feed",
+                    self.append_feed(&[Change::Account(id.to_owned())]).await,
+                );
                 return Ok(account);
             }
         }
@@ -248,8 +271,11 @@ impl Inner {
                 .await
                 .map_err(store_err)?;
             if status == "ok" {
-                self.append_feed(&[Change::Subscriptions(parent_id.to_owned())])
-                    .await?;
+                settle(
+                    "feed",
+                    self.append_feed(&[Change::Subscriptions(parent_id.to_owned())])
+                        .await,
+                );
                 return Ok(());
             }
         }
@@ -302,12 +328,12 @@ impl Inner {
                         tenant: s.tenant.clone(),
                         account: id.to_owned(),
                     };
-                    self.drop_key_pointer(&old, &owner).await?;
+                    settle("key pointer", self.drop_key_pointer(&old, &owner).await);
                     changes.push(Change::KeyRemoved(old));
                 }
-                self.free_email(&account.email, id).await?;
+                settle("email", self.free_email(&account.email, id).await);
             }
-            self.append_feed(&changes).await?;
+            settle("feed", self.append_feed(&changes).await);
             return Ok(account);
         }
         Err(too_busy(id))
@@ -338,13 +364,12 @@ impl Inner {
                 Updated::Done(old) => {
                     let mut changes = Vec::with_capacity(3);
                     if let Some(old) = old.filter(|old| *old != new_key) {
-                        // Removed before the rotation is reported done.
-                        self.drop_key_pointer(&old, &owner).await?;
+                        settle("key pointer", self.drop_key_pointer(&old, &owner).await);
                         changes.push(Change::KeyRemoved(old));
                     }
                     changes.push(Change::KeyAdded(new_key));
                     changes.push(Change::Account(id.to_owned()));
-                    self.append_feed(&changes).await?;
+                    settle("feed", self.append_feed(&changes).await);
                     return Ok(());
                 }
                 Updated::KeyMoved => {
