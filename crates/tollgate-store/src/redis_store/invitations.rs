@@ -314,7 +314,9 @@ impl Inner {
             s.as_ref()
                 .is_some_and(|s| s.tenant == record.tenant && s.account.status == Status::Invited)
         };
-        let mut child = self.stored(&record.child).await?;
+        // Read in the tenant the record names, not through the account index: on Cluster that
+        // may be on a master that is down while the tenant's is up.
+        let mut child = self.stored_in(record.tenant.clone(), &record.child).await?;
         if !invited(&child) {
             return Err(StoreError::InvitationUnknown);
         }
@@ -322,9 +324,9 @@ impl Inner {
         // same script, so this only matters for parents deleted before that). A disabled parent's
         // invitation may still be accepted: the edge refuses the key until it is enabled.
         if !self
-            .account(&record.tenant)
+            .stored_in(record.tenant.clone(), &record.tenant)
             .await?
-            .is_some_and(|p| p.status != Status::Deleted)
+            .is_some_and(|p| p.account.status != Status::Deleted)
         {
             return Err(StoreError::InvitationUnknown);
         }
@@ -376,7 +378,7 @@ impl Inner {
                     self.roll_back(&[&key]).await;
                     return Err(StoreError::InvitationUnknown);
                 }
-                _ => child = self.stored(&record.child).await?,
+                _ => child = self.stored_in(record.tenant.clone(), &record.child).await?,
             }
         }
         Err(too_busy(&record.child))

@@ -52,6 +52,12 @@ impl Inner {
         let Some(tenant) = self.tenant_of(id).await? else {
             return Ok(None);
         };
+        self.stored_in(tenant, id).await
+    }
+
+    /// The account as stored in a tenant known already (without the account index, which on
+    /// Cluster may be on another master); `None` if the tenant has no such account.
+    pub(super) async fn stored_in(&self, tenant: String, id: &str) -> StoreResult<Option<Stored>> {
         let tk = self.keys.tenant(&tenant);
         let raw: Option<String> = self.conn().get(tk.account(id)).await.map_err(store_err)?;
         let Some(raw) = raw else {
