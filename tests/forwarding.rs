@@ -973,3 +973,71 @@ timeout = "1s"
     assert_eq!(field("tollgate_request_duration_seconds_count"), 3.0);
     assert!(field("tollgate_request_duration_seconds_sum") >= 3.0);
 }
+
+/// A request body streamed slower than the route's timeout is not cut off: the timeout bounds
+/// the upstream's waits (to take more of the body, then to answer after it), not the client's
+/// upload, as nginx's `proxy_send_timeout` and `proxy_read_timeout` do. A client that pauses
+/// its body for longer than `[proxy] client_body_timeout` gets 408 `request_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_slower_than_the_route_timeout_goes_through() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    let cfg = format!(
+        r#"
+[proxy]
+client_body_timeout = "1500ms"
+
+[[routes]]
+prefix = "/whoisserver/WhoisService"
+upstream = "{}"
+product = "whois"
+timeout = "1s"
+"#,
+        up.url()
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (_, key) = create_parent(&g, "owner@upload.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "POST /whoisserver/WhoisService?domainName=a.example HTTP/1.1\r\nHost: {addr}\r\n\
+         X-Api-Key: {key}\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+
+    // Six parts 400 ms apart: 2.4 s of upload on a route with a 1 s timeout.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        s.write_all(b"4\r\npart\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let (status, resp_head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!(
+        status,
+        200,
+        "{resp_head}\n{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(up.last().unwrap().body, "part".repeat(6).as_bytes());
+
+    // One part, then nothing for longer than client_body_timeout.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(b"4\r\npart\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let (status, resp_head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 408, "{resp_head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    let metrics = get(&format!("{}/metrics", g.ops), &[]).await.unwrap().body;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"tollgate_requests_total{outcome="request_timeout",route="whois"} 1"#),
+        "{metrics}"
+    );
+}

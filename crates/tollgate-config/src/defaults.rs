@@ -38,6 +38,7 @@ impl Default for ProxyConfig {
             upstream_idle_per_host: 64,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            client_body_timeout: Duration::from_secs(60),
         }
     }
 }

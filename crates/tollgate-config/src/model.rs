@@ -38,6 +38,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long shutdown waits for in-flight requests (default 30s).
     pub drain_timeout: Duration,
+    /// How long a client may pause in the middle of a streamed request body (default 60s, as
+    /// nginx's `client_body_timeout`); then 408 `request_timeout`.
+    pub client_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

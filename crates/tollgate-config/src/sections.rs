@@ -100,6 +100,7 @@ pub(crate) fn proxy(r: &mut Report, root: &Obj<'_>) -> ProxyConfig {
             "upstream_idle_per_host",
             "connect_timeout",
             "drain_timeout",
+            "client_body_timeout",
         ],
     );
     let d = ProxyConfig::default();
@@ -120,6 +121,9 @@ pub(crate) fn proxy(r: &mut Report, root: &Obj<'_>) -> ProxyConfig {
         drain_timeout: t
             .duration(r, "drain_timeout", Duration::ZERO)
             .unwrap_or(d.drain_timeout),
+        client_body_timeout: t
+            .duration(r, "client_body_timeout", POSITIVE)
+            .unwrap_or(d.client_body_timeout),
     }
 }
 

@@ -49,6 +49,7 @@ fn every_default() {
     assert_eq!(c.proxy.workers, 0);
     assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
     assert_eq!(c.proxy.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.proxy.client_body_timeout, Duration::from_secs(60));
     assert_eq!(c.account_api.listen, addr("127.0.0.1:8081"));
     assert_eq!(c.ops.listen, addr("127.0.0.1:9190"));
     assert_eq!(

@@ -33,16 +33,109 @@ use ratelimit::{push_num, rate_limit_headers, rate_limit_headers_into};
 pub type ProxyBody = Either<ClientBody, Full<Bytes>>;
 
 /// The client's request body as it streams in: its first bytes already read here (a JSON body
-/// held to look for a key field in it that grew past [`extract::JSON_BODY_LIMIT`]), then the rest.
+/// held to look for a key field in it that grew past [`extract::JSON_BODY_LIMIT`]), then the rest;
+/// with a [`BodyProgress`] once it goes upstream.
 #[derive(Debug)]
 pub struct ClientBody {
     held: Option<Bytes>,
     rest: Incoming,
+    progress: Option<Arc<BodyProgress>>,
 }
 
 impl From<Incoming> for ClientBody {
     fn from(rest: Incoming) -> ClientBody {
-        ClientBody { held: None, rest }
+        ClientBody {
+            held: None,
+            rest,
+            progress: None,
+        }
+    }
+}
+
+/// How far a streamed request body has gone upstream, so that the route's timeout bounds the
+/// upstream's waits only (for it to take the next part of the body, then for its answer after
+/// the last part), as nginx's `proxy_send_timeout` and `proxy_read_timeout` do, and not the
+/// client's upload time; a pause of the client's is bounded by `[proxy] client_body_timeout`.
+#[derive(Debug)]
+pub(crate) struct BodyProgress {
+    start: Instant,
+    /// Microseconds from `start` to the last part passed on (or the end).
+    last_us: std::sync::atomic::AtomicU64,
+    state: std::sync::atomic::AtomicU8,
+}
+
+/// [`BodyProgress`] states: a part was passed on and the upstream is to take it; the client is
+/// to send the next part; the body ended; the client broke it off.
+const PASSING: u8 = 0;
+const AWAITING_CLIENT: u8 = 1;
+const ENDED: u8 = 2;
+const BROKEN: u8 = 3;
+
+/// Whose wait ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    Upstream,
+    Client,
+}
+
+impl BodyProgress {
+    fn new() -> BodyProgress {
+        BodyProgress {
+            start: Instant::now(),
+            last_us: std::sync::atomic::AtomicU64::new(0),
+            state: std::sync::atomic::AtomicU8::new(PASSING),
+        }
+    }
+
+    fn observe<T, E>(&self, poll: &std::task::Poll<Option<Result<T, E>>>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = match poll {
+            std::task::Poll::Pending => AWAITING_CLIENT,
+            std::task::Poll::Ready(Some(Err(_))) => BROKEN,
+            std::task::Poll::Ready(Some(Ok(_))) => PASSING,
+            std::task::Poll::Ready(None) => ENDED,
+        };
+        if state != AWAITING_CLIENT {
+            let us = self.start.elapsed().as_micros() as u64;
+            self.last_us.store(us, Relaxed);
+        }
+        self.state.store(state, Relaxed);
+    }
+
+    fn broken(&self) -> bool {
+        self.state.load(std::sync::atomic::Ordering::Relaxed) == BROKEN
+    }
+
+    /// When the current wait runs out, and whose it is: `timeouts` are the upstream's and the
+    /// client's.
+    fn deadline(&self, timeouts: (std::time::Duration, std::time::Duration)) -> (Instant, Stall) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.start + std::time::Duration::from_micros(self.last_us.load(Relaxed));
+        match self.state.load(Relaxed) {
+            AWAITING_CLIENT => (last + timeouts.1, Stall::Client),
+            _ => (last + timeouts.0, Stall::Upstream),
+        }
+    }
+
+    /// `fut`'s output, or whose wait ran out first: the deadline moves on with every part of
+    /// the body passed on.
+    async fn bound<F: Future>(
+        &self,
+        timeouts: (std::time::Duration, std::time::Duration),
+        fut: F,
+    ) -> Result<F::Output, Stall> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            let (deadline, _) = self.deadline(timeouts);
+            let at = tokio::time::Instant::from_std(deadline);
+            if let Ok(out) = tokio::time::timeout_at(at, fut.as_mut()).await {
+                return Ok(out);
+            }
+            let (deadline, whose) = self.deadline(timeouts);
+            if deadline <= Instant::now() {
+                return Err(whose);
+            }
+        }
     }
 }
 
@@ -55,10 +148,14 @@ impl hyper::body::Body for ClientBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        if let Some(held) = this.held.take() {
-            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(held))));
+        let poll = match this.held.take() {
+            Some(held) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(held)))),
+            None => std::pin::Pin::new(&mut this.rest).poll_frame(cx),
+        };
+        if let Some(p) = &this.progress {
+            p.observe(&poll);
         }
-        std::pin::Pin::new(&mut this.rest).poll_frame(cx)
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -106,6 +203,30 @@ struct RouteRuntime {
     admitted: IntCounter,
     duration: Histogram,
     upstream_duration: Histogram,
+    /// When an upstream failure was last logged as a warning (ms on [`log_clock_ms`]).
+    warned_ms: std::sync::atomic::AtomicU64,
+}
+
+impl RouteRuntime {
+    /// Whether an upstream failure goes to the log as a warning: at most one a second per route
+    /// (an upstream that is down under load fails thousands of requests a second); the others
+    /// go at debug level, and every one is in the access log and the metrics.
+    fn warn_now(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = log_clock_ms();
+        let last = self.warned_ms.load(Relaxed);
+        (last == 0 || now >= last + 1000)
+            && self
+                .warned_ms
+                .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+                .is_ok()
+    }
+}
+
+/// Milliseconds since the first call: a clock for rate-limiting log lines.
+fn log_clock_ms() -> u64 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
 }
 
 /// Counters for requests that matched no route.
@@ -129,6 +250,8 @@ pub struct Proxy {
     strip_query: Vec<String>,
     json_field: Option<String>,
     forward_key: bool,
+    /// `[proxy] client_body_timeout`.
+    client_body_timeout: std::time::Duration,
     charge_on: ChargeOn,
     upstreams: Upstreams,
     metering: Option<Arc<Metering>>,
@@ -195,6 +318,7 @@ impl Proxy {
                 admitted: metrics.request_counter(&r.name, "admitted"),
                 duration: metrics.request_histogram(&r.name),
                 upstream_duration: metrics.upstream_histogram(&r.name),
+                warned_ms: std::sync::atomic::AtomicU64::new(0),
             });
         }
         let mut strip_headers = Vec::new();
@@ -240,6 +364,7 @@ impl Proxy {
             strip_bearer,
             strip_query,
             forward_key: config.keys.forward,
+            client_body_timeout: config.proxy.client_body_timeout,
             charge_on: config.metering.charge_on,
             upstreams,
             metering,
@@ -441,11 +566,15 @@ impl Proxy {
 
     /// Step 5's exchange, on both paths: under the route's timeout (then 504), any other failure
     /// 502; its time goes to the route's upstream histogram and the trace.
+    /// A request body streamed from the client (`body`) moves the deadline on as it goes: the
+    /// route's timeout then bounds each wait for the upstream to take the next part, and for its
+    /// answer after the last, not the client's upload (see [`BodyProgress`]).
     pub(crate) async fn call_upstream<T>(
         &self,
         idx: usize,
         trace: &mut Trace,
         deadlines: Option<&mut Deadlines>,
+        body: Option<&BodyProgress>,
         exchange: impl Future<Output = Result<T, forward::ForwardError>>,
     ) -> Result<T, Refusal> {
         let route = &self.router.routes()[idx];
@@ -453,11 +582,15 @@ impl Proxy {
         let deadline = tokio::time::Instant::from_std(sent + route.timeout);
         // A connection's own timer where it keeps one (the fast path); else a timer for this
         // request alone.
-        let result = match deadlines {
-            Some(d) => d.run(deadline, exchange).await.ok_or(()),
-            None => tokio::time::timeout_at(deadline, exchange)
+        let result = match (deadlines, body) {
+            (_, Some(p)) => {
+                p.bound((route.timeout, self.client_body_timeout), exchange)
+                    .await
+            }
+            (Some(d), None) => d.run(deadline, exchange).await.ok_or(Stall::Upstream),
+            (None, None) => tokio::time::timeout_at(deadline, exchange)
                 .await
-                .map_err(|_| ()),
+                .map_err(|_| Stall::Upstream),
         };
         let upstream_time = sent.elapsed();
         self.runtime[idx]
@@ -465,9 +598,24 @@ impl Proxy {
             .observe(upstream_time.as_secs_f64());
         trace.upstream = Some(upstream_time);
         match result {
-            Err(_) => Err(Refusal::UpstreamTimeout),
+            Err(Stall::Upstream) => {
+                let (route, timeout) = (&route.name, route.timeout);
+                if self.runtime[idx].warn_now() {
+                    tracing::warn!(%route, ?timeout, "upstream did not answer within the route's timeout (504)");
+                } else {
+                    tracing::debug!(%route, ?timeout, "upstream did not answer within the route's timeout (504)");
+                }
+                Err(Refusal::UpstreamTimeout)
+            }
+            Err(Stall::Client) => Err(Refusal::RequestTimeout),
+            // The client broke its body off: not the upstream's failure.
+            Ok(Err(_)) if body.is_some_and(BodyProgress::broken) => Err(Refusal::BadRequest),
             Ok(Err(e)) => {
-                tracing::debug!(route = %route.name, error = %e, "upstream request failed");
+                if self.runtime[idx].warn_now() {
+                    tracing::warn!(route = %route.name, error = %e, "upstream request failed (502)");
+                } else {
+                    tracing::debug!(route = %route.name, error = %e, "upstream request failed (502)");
+                }
                 Err(Refusal::UpstreamUnavailable)
             }
             Ok(Ok(answer)) => Ok(answer),
@@ -564,7 +712,7 @@ impl Proxy {
         {
             let head_req = parts.method == http::Method::HEAD;
             let up = self.upstream_head_h2(&parts, rt, principal, client, request_id);
-            self.call_upstream(idx, trace, None, async {
+            self.call_upstream(idx, trace, None, None, async {
                 let (head, body) = self
                     .upstreams
                     .send_raw(&rt.origin, &up, head_req, true, crate::wire::to_response)
@@ -579,11 +727,20 @@ impl Proxy {
             let http2 = parts.version == http::Version::HTTP_2;
             parts.version = http::Version::HTTP_11;
             self.prepare_headers(&mut parts.headers, http2, rt, principal, client, request_id);
+            let (body, progress) = match body {
+                Either::Left(mut b) if !bodiless => {
+                    let p = Arc::new(BodyProgress::new());
+                    b.progress = Some(p.clone());
+                    (Either::Left(b), Some(p))
+                }
+                body => (body, None),
+            };
             let upstream_req = Request::from_parts(parts, body);
             self.call_upstream(
                 idx,
                 trace,
                 None,
+                progress.as_deref(),
                 self.upstreams.send(&rt.origin, upstream_req),
             )
             .await

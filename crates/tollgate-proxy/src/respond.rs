@@ -18,10 +18,12 @@ pub enum Refusal {
     BadRequest,
     /// A path that is not safe to route and forward as it is (see [`crate::path::is_safe`]).
     InvalidRequest,
+    /// The client paused its request body for longer than `[proxy] client_body_timeout`.
+    RequestTimeout,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 15] = [
         Refusal::Deny(DenyReason::KeyMissing),
         Refusal::Deny(DenyReason::KeyUnknown),
         Refusal::Deny(DenyReason::KeyDisabled),
@@ -36,6 +38,7 @@ impl Refusal {
         Refusal::UpstreamTimeout,
         Refusal::BadRequest,
         Refusal::InvalidRequest,
+        Refusal::RequestTimeout,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -56,6 +59,7 @@ impl Refusal {
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::BadRequest => StatusCode::BAD_REQUEST,
             Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -66,6 +70,7 @@ impl Refusal {
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::BadRequest => "bad_request",
             Refusal::InvalidRequest => "invalid_request",
+            Refusal::RequestTimeout => "request_timeout",
         }
     }
 
@@ -75,6 +80,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "The upstream service refused or broke the connection.",
             Refusal::UpstreamTimeout => "The upstream service did not answer in time.",
             Refusal::BadRequest => "The request could not be understood.",
+            Refusal::RequestTimeout => "The request body stopped arriving before it was complete.",
             Refusal::InvalidRequest => {
                 "The request path must start with / and may not contain . or .. segments \
                  (plain or percent-encoded), backslashes, encoded slashes or backslashes, or a \
@@ -185,6 +191,7 @@ mod tests {
             ("store_unavailable", 503),
             ("bad_request", 400),
             ("invalid_request", 400),
+            ("request_timeout", 408),
         ];
         assert_eq!(spec.len(), Refusal::ALL.len());
         for (code, status) in spec {

@@ -47,8 +47,14 @@ impl TestGateway {
     pub async fn start_with_env(bin: &Path, extra_toml: &str, env: &[(&str, &str)]) -> TestGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let (p, a, o) = (free_port(), free_port(), free_port());
+        // The extra TOML may have a `[proxy]` section of its own: the listener goes into it.
+        let proxy = format!("[proxy]\nlisten = \"127.0.0.1:{p}\"\ndrain_timeout = \"10s\"\n");
+        let (own_proxy, extra_toml) = match extra_toml.contains("[proxy]\n") {
+            true => ("", extra_toml.replacen("[proxy]\n", &proxy, 1)),
+            false => (proxy.as_str(), extra_toml.to_owned()),
+        };
         let mut toml = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{p}\"\ndrain_timeout = \"10s\"\n\n[account_api]\nlisten = \"127.0.0.1:{a}\"\n\n[ops]\nlisten = \"127.0.0.1:{o}\"\n\n"
+            "{own_proxy}\n[account_api]\nlisten = \"127.0.0.1:{a}\"\n\n[ops]\nlisten = \"127.0.0.1:{o}\"\n\n"
         );
         if !extra_toml.contains("[store]") {
             toml.push_str(&format!(
@@ -56,7 +62,7 @@ impl TestGateway {
                 dir.path().join("tollgate.db").display()
             ));
         }
-        toml.push_str(extra_toml);
+        toml.push_str(&extra_toml);
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let mut g = TestGateway {

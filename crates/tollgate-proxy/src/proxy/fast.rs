@@ -477,6 +477,7 @@ impl Proxy {
                 idx,
                 trace,
                 Some(deadlines),
+                None,
                 self.upstreams.send_raw(
                     &rt.origin,
                     up,
