@@ -13,14 +13,31 @@ use tollgate_core::*;
 use tollgate_meter::{CellKey, Credits, Meter, RateLimits};
 use tollgate_store::*;
 
-/// The real embedded store, with two faults a test can switch on: the store is unreachable
-/// (nothing written), or the write happens and its reply is lost. `tries` lists the (writer,
-/// number) of every batch sent, in order.
+/// A real store (embedded, or Redis), with faults a test can switch on: the store is unreachable
+/// (nothing written), or the write happens and its reply is lost (usage batches; and, apart,
+/// credit leases and releases). `tries` lists the (writer, number) of every batch sent, in order.
 struct Faulty {
-    inner: EmbeddedStore,
+    inner: Arc<dyn Store>,
     down: AtomicBool,
     lose_replies: AtomicU32,
+    lose_lease_replies: AtomicU32,
+    /// How many lease and release replies were lost.
+    lease_replies_lost: AtomicU32,
     tries: parking_lot::Mutex<Vec<(String, u64)>>,
+}
+
+impl Faulty {
+    /// Whether to lose this reply (one of the `lose_lease_replies` still to lose).
+    fn lose_lease_reply(&self) -> bool {
+        let lose = self
+            .lose_lease_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            self.lease_replies_lost.fetch_add(1, Ordering::SeqCst);
+        }
+        lose
+    }
 }
 
 #[async_trait]
@@ -98,11 +115,30 @@ impl Store for Faulty {
         pool: &str,
         need: u64,
         want: u64,
+        op: LeaseOp<'_>,
     ) -> StoreResult<(u64, u64)> {
-        self.inner.lease_credits(p, pool, need, want).await
+        let r = self.inner.lease_credits(p, pool, need, want, op).await;
+        if r.is_ok() && self.lose_lease_reply() {
+            return Err(StoreError::Unavailable(
+                "injected: lease reply lost after the write".into(),
+            ));
+        }
+        r
     }
-    async fn release_credits(&self, p: &str, pool: &str, amount: u64) -> StoreResult<()> {
-        self.inner.release_credits(p, pool, amount).await
+    async fn release_credits(
+        &self,
+        p: &str,
+        pool: &str,
+        amount: u64,
+        op: LeaseOp<'_>,
+    ) -> StoreResult<()> {
+        let r = self.inner.release_credits(p, pool, amount, op).await;
+        if r.is_ok() && self.lose_lease_reply() {
+            return Err(StoreError::Unavailable(
+                "injected: release reply lost after the write".into(),
+            ));
+        }
+        r
     }
     async fn feed_head(&self) -> StoreResult<String> {
         self.inner.feed_head().await
@@ -115,15 +151,18 @@ impl Store for Faulty {
 fn faulty() -> (Arc<Faulty>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let inner = EmbeddedStore::open(&dir.path().join("t.db")).unwrap();
-    (
-        Arc::new(Faulty {
-            inner,
-            down: AtomicBool::new(false),
-            lose_replies: AtomicU32::new(0),
-            tries: parking_lot::Mutex::new(Vec::new()),
-        }),
-        dir,
-    )
+    (faulty_over(Arc::new(inner)), dir)
+}
+
+fn faulty_over(inner: Arc<dyn Store>) -> Arc<Faulty> {
+    Arc::new(Faulty {
+        inner,
+        down: AtomicBool::new(false),
+        lose_replies: AtomicU32::new(0),
+        lose_lease_replies: AtomicU32::new(0),
+        lease_replies_lost: AtomicU32::new(0),
+        tries: parking_lot::Mutex::new(Vec::new()),
+    })
 }
 
 fn key(account: &str, parent: &str, product: &str, day: i32) -> CellKey {
@@ -329,29 +368,8 @@ fn rate_limits_follow_gcra_on_a_fake_clock() {
 #[tokio::test]
 async fn pooled_credits_are_spent_to_the_last_one_across_nodes() {
     let (store, _dir) = faulty();
-    let mut rng = rand::rng();
-    let parent = store
-        .create_parent(NewParent {
-            account: Account {
-                id: generate_id(&mut rng, "acc_"),
-                role: Role::Parent,
-                status: Status::Active,
-                email: format!("{}@x.example", generate_id(&mut rng, "p")),
-                parent_id: None,
-                team: true,
-                limits: LimitOverrides::default(),
-                created_at: 0,
-            },
-            key_hash: generate_key(&mut rng).hash(),
-            subscriptions: vec![Subscription {
-                pool: "whois".into(),
-                credits: 1_000,
-                overage: Overage::Deny,
-            }],
-        })
-        .await
-        .unwrap();
-    let tenant: Arc<str> = Arc::from(parent.id.as_str());
+    let tenant = deny_parent(&*store, 1_000).await;
+    let tenant: Arc<str> = Arc::from(tenant.as_str());
     let pool: Arc<str> = Arc::from("whois");
     // Two "nodes" (two Credits on one store) spend in turns; node B stops half way, and its
     // slice goes back when released, so node A can spend the pool to its last credit.
@@ -384,4 +402,85 @@ async fn pooled_credits_are_spent_to_the_last_one_across_nodes() {
     // One credit is left, and a 1-credit request gets it; then nothing.
     assert!(a.refill(&tenant, &pool, 1).await.unwrap());
     assert!(!a.refill(&tenant, &pool, 2).await.unwrap());
+}
+
+/// A parent with a `deny` subscription of `credits` to pool `whois`; its id.
+async fn deny_parent(store: &dyn Store, credits: u64) -> String {
+    let mut rng = rand::rng();
+    let parent = store
+        .create_parent(NewParent {
+            account: Account {
+                id: generate_id(&mut rng, "acc_"),
+                role: Role::Parent,
+                status: Status::Active,
+                email: format!("{}@x.example", generate_id(&mut rng, "p")),
+                parent_id: None,
+                team: true,
+                limits: LimitOverrides::default(),
+                created_at: 0,
+            },
+            key_hash: generate_key(&mut rng).hash(),
+            subscriptions: vec![Subscription {
+                pool: "whois".into(),
+                credits,
+                overage: Overage::Deny,
+            }],
+        })
+        .await
+        .unwrap();
+    parent.id
+}
+
+/// A lease or release whose reply is lost after the store applied it (a reply that timed out) is
+/// neither counted twice nor lost: two nodes on a real Redis, with a lease or release reply lost
+/// every few steps, spend a 1,000-credit pool in 3-credit requests to exactly 999 credits. Before,
+/// a node kept credits whose release had been applied (and spent them: more than 999), and never
+/// got credits whose lease had been applied (fewer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_lease_and_release_replies_neither_overshoot_nor_strand() {
+    let redis = tollgate_testkit::TestRedis::start();
+    let inner = RedisStore::connect(Some(&redis.url()), &[], "tg")
+        .await
+        .unwrap();
+    let store = faulty_over(Arc::new(inner));
+    let tenant: Arc<str> = Arc::from(deny_parent(&*store, 1_000).await.as_str());
+    let pool: Arc<str> = Arc::from("whois");
+    let a = Credits::new(store.clone(), 100);
+    let b = Credits::new(store.clone(), 100);
+    let mut spent = 0u64;
+    for i in 0..400u64 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        if i % 7 == 0 {
+            store.lose_lease_replies.store(1, Ordering::SeqCst);
+        }
+        if i % 5 == 0 {
+            node.release_idle(true).await;
+        }
+        match node.take(&tenant, &pool, 3) {
+            tollgate_meter::credits::Take::Taken { .. } => spent += 3,
+            tollgate_meter::credits::Take::Refill => {
+                let _ = node.refill(&tenant, &pool, 3).await;
+            }
+        }
+    }
+    let lost = store.lease_replies_lost.load(Ordering::SeqCst);
+    assert!(lost > 10, "the faults were not hit: {lost}");
+    // Everything held goes back (sent again until the store has answered), then one node spends
+    // what is left.
+    store.lose_lease_replies.store(0, Ordering::SeqCst);
+    for node in [&a, &b] {
+        let mut rounds = 0;
+        while !node.release_idle(true).await {
+            rounds += 1;
+            assert!(rounds < 10, "releases never settled");
+        }
+    }
+    while a.refill(&tenant, &pool, 3).await.unwrap() {
+        assert!(matches!(
+            a.take(&tenant, &pool, 3),
+            tollgate_meter::credits::Take::Taken { .. }
+        ));
+        spent += 3;
+    }
+    assert_eq!(spent, 999, "credits spent of a 1,000-credit pool");
 }

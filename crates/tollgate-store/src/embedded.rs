@@ -48,8 +48,8 @@ use tollgate_core::{
 };
 
 use crate::{
-    Change, FeedEvent, NewInvitation, NewParent, Store, StoreError, StoreResult, UsageBatch,
-    UsageDelta,
+    Change, FeedEvent, LeaseOp, NewInvitation, NewParent, Store, StoreError, StoreResult,
+    UsageBatch, UsageDelta,
 };
 use feed::Feed;
 use tables::{
@@ -664,13 +664,20 @@ impl Store for EmbeddedStore {
         pool: &str,
         need: u64,
         want: u64,
+        _op: LeaseOp<'_>,
     ) -> StoreResult<(u64, u64)> {
         let (parent_id, pool) = (parent_id.to_owned(), pool.to_owned());
         self.blocking(move |s| s.lease_credits(&parent_id, &pool, need, want))
             .await
     }
 
-    async fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
+    async fn release_credits(
+        &self,
+        parent_id: &str,
+        pool: &str,
+        amount: u64,
+        _op: LeaseOp<'_>,
+    ) -> StoreResult<()> {
         let (parent_id, pool) = (parent_id.to_owned(), pool.to_owned());
         self.blocking(move |s| s.release_credits(&parent_id, &pool, amount))
             .await

@@ -14,6 +14,6 @@ pub use cache::{CacheConfig, CacheLookup, KeyCache, Principal};
 pub use embedded::EmbeddedStore;
 pub use redis_store::RedisStore;
 pub use store::{
-    Change, FeedEvent, NewInvitation, NewParent, Store, StoreError, StoreResult, UsageBatch,
-    UsageDelta,
+    Change, FeedEvent, LeaseOp, NewInvitation, NewParent, Store, StoreError, StoreResult,
+    UsageBatch, UsageDelta,
 };

@@ -24,6 +24,7 @@
 //! | `T:u:<account id>` | hash | `r␟<day>␟<product>␟<pool>` -> requests, `c␟…` -> credits (␟ = U+001F) |
 //! | `T:pool` | hash | pool -> all credits the tenant ever used from it (its members' roll-up) |
 //! | `T:lease` | hash | pool -> credits leased to nodes and not given back |
+//! | `T:leaseop` | hash | `<pool>␟<node>` -> `<seq> <granted> <left>`: the last lease or release of each node (gateway process) and pool, so one sent again after a time-out is applied once ([`LeaseOp`]); removed at the node's final release |
 //! | `T:w` | hash | on Redis Cluster, writer (gateway process) -> `<seq> <unix s>`: its last usage batch applied to this tenant; writers silent for 2 days are dropped |
 //!
 //! # Crash safety across slots
@@ -106,7 +107,9 @@ use async_trait::async_trait;
 use dashmap::DashSet;
 use tollgate_core::{Account, Day, KeyHash, LimitOverrides, Status, Subscription, UsageRow};
 
-use crate::{FeedEvent, NewInvitation, NewParent, Store, StoreError, StoreResult, UsageBatch};
+use crate::{
+    FeedEvent, LeaseOp, NewInvitation, NewParent, Store, StoreError, StoreResult, UsageBatch,
+};
 use conn::{bounded, Connections};
 use keys::Keys;
 use scripts::Scripts;
@@ -273,18 +276,25 @@ impl Store for RedisStore {
         pool: &str,
         need: u64,
         want: u64,
+        op: LeaseOp<'_>,
     ) -> StoreResult<(u64, u64)> {
         bounded(
             Duration::ZERO,
-            self.inner.lease_credits(parent_id, pool, need, want),
+            self.inner.lease_credits(parent_id, pool, need, want, op),
         )
         .await
     }
 
-    async fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
+    async fn release_credits(
+        &self,
+        parent_id: &str,
+        pool: &str,
+        amount: u64,
+        op: LeaseOp<'_>,
+    ) -> StoreResult<()> {
         bounded(
             Duration::ZERO,
-            self.inner.release_credits(parent_id, pool, amount),
+            self.inner.release_credits(parent_id, pool, amount, op),
         )
         .await
     }

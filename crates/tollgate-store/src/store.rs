@@ -146,6 +146,21 @@ impl UsageBatch {
 
 /// The key tree, usage and change feed. Every write to the key tree appends to the change feed
 /// before it returns. Implementations are shared across tasks (`Arc<dyn Store>`).
+/// Names one lease or release of credits by a node, so that one sent again after an error that
+/// left its outcome unknown (a reply that timed out: the store may have applied it after the node
+/// gave up) is applied at most once. A node's operations on one pool are numbered `seq` = 1, 2,
+/// ..., one at a time, and it repeats its last one until it has an answer before it sends the
+/// next; the store remembers the last one of each node and pool (Redis: `T:leaseop`; the embedded
+/// store has no unknown outcomes), so repeating it is harmless. `last` (a release of 0, once the
+/// node's operations on the pool are all answered, at shutdown): the store forgets the node's
+/// record; no credits move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseOp<'a> {
+    pub node: &'a str,
+    pub seq: u64,
+    pub last: bool,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short name for logs and metrics: `embedded` or `redis`.
@@ -242,24 +257,33 @@ pub trait Store: Send + Sync + 'static {
     /// subscription's credits less everything reserved so far: 0 if `avail < need`; else
     /// `clamp(min(want, avail / 16), need, avail)`, so slices shrink as the pool runs low, down to
     /// exactly `need` at the boundary. Returns `(granted, avail - granted)`. `NotFound` if the parent
-    /// has no subscription to the pool.
+    /// has no subscription to the pool. Sent again with the same `op` (after an error that left
+    /// its outcome unknown), it is applied at most once and answers as it first did.
     async fn lease_credits(
         &self,
         parent_id: &str,
         pool: &str,
         need: u64,
         want: u64,
+        op: LeaseOp<'_>,
     ) -> StoreResult<(u64, u64)> {
-        let _ = (parent_id, pool, need, want);
+        let _ = (parent_id, pool, need, want, op);
         Err(StoreError::Internal(format!(
             "{} does not support credit leases",
             self.backend()
         )))
     }
 
-    /// Gives back reserved credits this node did not spend.
-    async fn release_credits(&self, parent_id: &str, pool: &str, amount: u64) -> StoreResult<()> {
-        let _ = (parent_id, pool, amount);
+    /// Gives back reserved credits this node did not spend. Sent again with the same `op`, it is
+    /// applied at most once.
+    async fn release_credits(
+        &self,
+        parent_id: &str,
+        pool: &str,
+        amount: u64,
+        op: LeaseOp<'_>,
+    ) -> StoreResult<()> {
+        let _ = (parent_id, pool, amount, op);
         Err(StoreError::Internal(format!(
             "{} does not support credit leases",
             self.backend()

@@ -12,7 +12,9 @@ use tollgate_store::contract::{
     fresh_email, make_child, make_parent, parent_account, sub, EXPIRES, NOW,
 };
 use tollgate_store::redis_store::RedisStore;
-use tollgate_store::{NewInvitation, NewParent, Store, StoreError, UsageBatch, UsageDelta};
+use tollgate_store::{
+    LeaseOp, NewInvitation, NewParent, Store, StoreError, UsageBatch, UsageDelta,
+};
 use tollgate_testkit::{wait_until, TestRedis, TestRedisCluster};
 
 async fn single(redis: &TestRedis) -> RedisStore {
@@ -238,7 +240,7 @@ async fn no_plaintext_key_or_token_is_stored() {
         }
     }
     store
-        .lease_credits(&parent.id, "whois", 1, 10)
+        .lease_credits(&parent.id, "whois", 1, 10, next_op())
         .await
         .unwrap();
 
@@ -308,29 +310,47 @@ async fn lease_rule(store: &dyn Store) {
         .await
         .unwrap();
     // avail 1000: min(want 100, 1000 / 16 = 62) = 62.
-    assert_eq!(store.lease_credits(p, "whois", 1, 100).await, Ok((62, 938)));
-    // want below need: need wins.
-    assert_eq!(store.lease_credits(p, "whois", 5, 1).await, Ok((5, 933)));
     assert_eq!(
-        store.lease_credits(p, "whois", 934, 934).await,
+        store.lease_credits(p, "whois", 1, 100, next_op()).await,
+        Ok((62, 938))
+    );
+    // want below need: need wins.
+    assert_eq!(
+        store.lease_credits(p, "whois", 5, 1, next_op()).await,
+        Ok((5, 933))
+    );
+    assert_eq!(
+        store.lease_credits(p, "whois", 934, 934, next_op()).await,
         Ok((0, 933))
     );
-    store.release_credits(p, "whois", 67).await.unwrap();
+    store
+        .release_credits(p, "whois", 67, next_op())
+        .await
+        .unwrap();
     // avail 1000 again; slices shrink as it runs low, down to exactly `need`.
     assert_eq!(
-        store.lease_credits(p, "whois", 990, 990).await,
+        store.lease_credits(p, "whois", 990, 990, next_op()).await,
         Ok((990, 10))
     );
-    assert_eq!(store.lease_credits(p, "whois", 10, 100).await, Ok((10, 0)));
-    assert_eq!(store.lease_credits(p, "whois", 1, 1).await, Ok((0, 0)));
-    // Releasing more than reserved never makes credits appear.
-    store.release_credits(p, "whois", 5000).await.unwrap();
     assert_eq!(
-        store.lease_credits(p, "whois", 1, 16_000).await,
+        store.lease_credits(p, "whois", 10, 100, next_op()).await,
+        Ok((10, 0))
+    );
+    assert_eq!(
+        store.lease_credits(p, "whois", 1, 1, next_op()).await,
+        Ok((0, 0))
+    );
+    // Releasing more than reserved never makes credits appear.
+    store
+        .release_credits(p, "whois", 5000, next_op())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lease_credits(p, "whois", 1, 16_000, next_op()).await,
         Ok((62, 938))
     );
     assert!(matches!(
-        store.lease_credits(p, "drs", 1, 1).await,
+        store.lease_credits(p, "drs", 1, 1, next_op()).await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -636,5 +656,72 @@ fn openssl(parts: &[&[&str]]) {
         out.status.success(),
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A new lease operation of one test node (each call the next number).
+fn next_op() -> LeaseOp<'static> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    LeaseOp {
+        node: "node_test",
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        last: false,
+    }
+}
+
+/// A lease or release sent again with the same op (after a reply that timed out while Redis went
+/// on to apply it, say) is applied once, and a repeated lease answers as the first one did; each
+/// node's ops are its own; a node's final release removes its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_or_release_sent_twice_is_applied_once() {
+    let redis = TestRedis::start();
+    let store = single(&redis).await;
+    let (parent, _) = make_parent(&store, &fresh_email()).await;
+    let p = parent.id.as_str();
+    store
+        .put_subscription(p, sub("whois", 1000, Overage::Deny))
+        .await
+        .unwrap();
+    let a = |seq, last| LeaseOp {
+        node: "node_a",
+        seq,
+        last,
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            store.lease_credits(p, "whois", 1, 100, a(1, false)).await,
+            Ok((62, 938))
+        );
+    }
+    let b = LeaseOp {
+        node: "node_b",
+        seq: 1,
+        last: false,
+    };
+    assert_eq!(
+        store.lease_credits(p, "whois", 1, 10, b).await,
+        Ok((10, 928))
+    );
+    for _ in 0..2 {
+        store
+            .release_credits(p, "whois", 62, a(2, false))
+            .await
+            .unwrap();
+    }
+    // node_b's 10 are still out: 990 left, not 1,000 (a release applied twice) or 928.
+    assert_eq!(
+        store.lease_credits(p, "whois", 1, 1, a(3, false)).await,
+        Ok((1, 989))
+    );
+    let ops = format!("{{tg:t:{p}}}:leaseop");
+    assert!(redis.cli(&["hkeys", &ops]).contains("node_a"));
+    store
+        .release_credits(p, "whois", 0, a(4, true))
+        .await
+        .unwrap();
+    let left = redis.cli(&["hkeys", &ops]);
+    assert!(
+        !left.contains("node_a") && left.contains("node_b"),
+        "{left}"
     );
 }

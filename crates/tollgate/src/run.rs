@@ -480,7 +480,18 @@ impl Gateway {
         let _ = self.flusher.await;
         self.access.report_suppressed();
         let left = self.metering.meter.flush_all(FINAL_FLUSH).await;
-        self.metering.credits.release_idle(true).await;
+        // Credit slices go back too, sent again while the store does not answer (a brief outage
+        // would otherwise strand them), within the same bound as the usage.
+        let until = std::time::Instant::now() + FINAL_FLUSH;
+        while !self.metering.credits.release_idle(true).await {
+            if std::time::Instant::now() >= until {
+                tracing::error!(
+                    "the store did not take back this node's leased credits before the deadline"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
         for b in self.background {
             let _ = b.await;
         }

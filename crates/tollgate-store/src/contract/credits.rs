@@ -3,11 +3,11 @@
 use tollgate_core::Overage;
 
 use super::{assert_err, fresh_email, fresh_id, make_parent, sub};
-use crate::{Store, StoreError};
+use crate::{LeaseOp, Store, StoreError};
 
 async fn lease(store: &dyn Store, parent: &str, pool: &str, need: u64, want: u64) -> (u64, u64) {
     store
-        .lease_credits(parent, pool, need, want)
+        .lease_credits(parent, pool, need, want, next_op())
         .await
         .unwrap_or_else(|e| panic!("lease_credits({parent}, {pool}, {need}, {want}) failed: {e:?}"))
 }
@@ -32,13 +32,19 @@ pub async fn credit_leases(store: &dyn Store) {
         (10, 928),
         "{CHECK}: a slice smaller than a sixteenth"
     );
-    store.release_credits(p, "whois", 72).await.unwrap();
+    store
+        .release_credits(p, "whois", 72, next_op())
+        .await
+        .unwrap();
     assert_eq!(
         lease(store, p, "whois", 5, 5000).await,
         (62, 938),
         "{CHECK}: after releasing everything"
     );
-    store.release_credits(p, "whois", 62).await.unwrap();
+    store
+        .release_credits(p, "whois", 62, next_op())
+        .await
+        .unwrap();
 
     // Near the end, slices shrink to exactly what the request needs, then nothing.
     store
@@ -65,7 +71,10 @@ pub async fn credit_leases(store: &dyn Store) {
         (0, 0),
         "{CHECK}: an exhausted pool"
     );
-    store.release_credits(p, "whois", 20).await.unwrap();
+    store
+        .release_credits(p, "whois", 20, next_op())
+        .await
+        .unwrap();
     assert_eq!(
         lease(store, p, "whois", 1, 1).await,
         (1, 19),
@@ -94,13 +103,25 @@ pub async fn credit_leases(store: &dyn Store) {
     );
 
     assert_err!(
-        store.lease_credits(p, "drs", 1, 1).await,
+        store.lease_credits(p, "drs", 1, 1, next_op()).await,
         StoreError::NotFound(_),
         "{CHECK}: a pool without a subscription"
     );
     assert_err!(
-        store.lease_credits(&fresh_id(), "whois", 1, 1).await,
+        store
+            .lease_credits(&fresh_id(), "whois", 1, 1, next_op())
+            .await,
         StoreError::NotFound(_),
         "{CHECK}: a missing parent"
     );
+}
+
+/// A new lease operation of one test node (each call the next number).
+fn next_op() -> LeaseOp<'static> {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    LeaseOp {
+        node: "node_test",
+        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+        last: false,
+    }
 }

@@ -146,6 +146,11 @@ impl TenantKeys {
     pub(super) fn leases(&self) -> String {
         format!("{}:lease", self.tag)
     }
+
+    /// Hash: `<pool>␟<node>` -> the node's last lease operation on the pool (see `LeaseOp`).
+    pub(super) fn lease_ops(&self) -> String {
+        format!("{}:leaseop", self.tag)
+    }
 }
 
 /// Writes the usage hash field of a cell's requests (or credits) into `buf`, cleared first:

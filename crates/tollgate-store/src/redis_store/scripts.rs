@@ -236,9 +236,15 @@ redis.call('SET', KEYS[1], seq .. ' ' .. ARGV[2], 'EX', ARGV[3])
 return applied
 ";
 
-/// Leases credits of a pool (the rule is on `Store::lease_credits`). KEYS: subs, leases.
-/// ARGV: pool, need, want. Returns {status, granted, avail - granted}.
+/// Leases credits of a pool (the rule is on `Store::lease_credits`). KEYS: subs, leases, lease
+/// ops. ARGV: pool, need, want, the node's op field, the op's seq. Returns {status, granted,
+/// avail - granted}; the same op again returns its first answer and changes nothing.
 const LEASE: &str = r"
+local last = redis.call('HGET', KEYS[3], ARGV[4])
+if last then
+  local seq, g, left = string.match(last, '^(%d+) (%d+) (%d+)$')
+  if seq == ARGV[5] then return {'ok', tonumber(g), tonumber(left)} end
+end
 local sub = redis.call('HGET', KEYS[1], ARGV[1])
 if not sub then return {'missing', 0, 0} end
 local credits = tonumber(cjson.decode(sub).credits) or 0
@@ -251,15 +257,25 @@ local g = math.min(want, math.floor(avail / 16))
 if g < need then g = need end
 if g > avail then g = avail end
 if g > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1], string.format('%d', g)) end
+redis.call('HSET', KEYS[3], ARGV[4], string.format('%s %d %d', ARGV[5], g, avail - g))
 return {'ok', g, avail - g}
 ";
 
-/// Gives leased credits back, never below zero. KEYS: leases. ARGV: pool, amount.
+/// Gives leased credits back, never below zero. KEYS: leases, lease ops. ARGV: pool, amount, the
+/// node's op field, the op's seq, `last` to forget the node's record instead (nothing else
+/// changes). The same op again changes nothing.
 const RELEASE: &str = r"
+if ARGV[5] == 'last' then
+  redis.call('HDEL', KEYS[2], ARGV[3])
+  return 0
+end
+local last = redis.call('HGET', KEYS[2], ARGV[3])
+if last and string.match(last, '^(%d+)') == ARGV[4] then return 0 end
 local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0
 local left = cur - tonumber(ARGV[2])
 if left < 0 then left = 0 end
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', left))
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4] .. ' 0 0')
 return 1
 ";
 

@@ -11,7 +11,7 @@ use tollgate_core::{Day, Totals, UsageRow};
 use super::conn::{store_err, Conn};
 use super::keys::{parse_usage_field, write_usage_field, FIELD_SEP, POOL_USAGE, USAGE, WRITERS};
 use super::Inner;
-use crate::{StoreError, StoreResult, UsageBatch, UsageDelta};
+use crate::{LeaseOp, StoreError, StoreResult, UsageBatch, UsageDelta};
 
 /// How long a writer's last batch number is kept after its last batch on a tenant: far longer
 /// than any flusher retries a batch (as in the embedded store).
@@ -269,6 +269,7 @@ impl Inner {
         pool: &str,
         need: u64,
         want: u64,
+        op: LeaseOp<'_>,
     ) -> StoreResult<(u64, u64)> {
         let tk = self.keys.tenant(parent_id);
         let (status, granted, beyond): (String, u64, u64) = self
@@ -276,9 +277,12 @@ impl Inner {
             .lease
             .key(tk.subscriptions())
             .key(tk.leases())
+            .key(tk.lease_ops())
             .arg(pool)
             .arg(need)
             .arg(want)
+            .arg(lease_op_field(pool, op.node))
+            .arg(op.seq)
             .invoke_async(&mut self.conn())
             .await
             .map_err(store_err)?;
@@ -293,18 +297,26 @@ impl Inner {
         parent_id: &str,
         pool: &str,
         amount: u64,
+        op: LeaseOp<'_>,
     ) -> StoreResult<()> {
-        if amount == 0 {
-            return Ok(());
-        }
+        let tk = self.keys.tenant(parent_id);
         self.scripts
             .release
-            .key(self.keys.tenant(parent_id).leases())
+            .key(tk.leases())
+            .key(tk.lease_ops())
             .arg(pool)
             .arg(amount)
+            .arg(lease_op_field(pool, op.node))
+            .arg(op.seq)
+            .arg(if op.last { "last" } else { "" })
             .invoke_async::<i64>(&mut self.conn())
             .await
             .map_err(store_err)?;
         Ok(())
     }
+}
+
+/// The `T:leaseop` field of a node's operations on a pool.
+fn lease_op_field(pool: &str, node: &str) -> String {
+    format!("{pool}\u{1f}{node}")
 }
