@@ -139,7 +139,14 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 struct Inner {
-    db: Database,
+    /// `None` only while it is being opened again (see [`Inner::heal`]). Every call holds a read
+    /// guard for as long as it runs, so reopening (a write guard) waits for calls in flight.
+    db: parking_lot::RwLock<Option<Database>>,
+    /// Set when a call failed on an I/O error (a full disk, say): redb then refuses every write
+    /// until the database is opened again, which the next call tries first, at most once a
+    /// second; until then calls fail with `Unavailable` (503, `/readyz` 503).
+    broken: std::sync::atomic::AtomicBool,
+    reopened_at: parking_lot::Mutex<Option<Instant>>,
     feed: Feed,
     path: PathBuf,
     options: EmbeddedOptions,
@@ -160,7 +167,9 @@ impl EmbeddedStore {
         tables::create_all(&db)?;
         Ok(EmbeddedStore {
             inner: Arc::new(Inner {
-                db,
+                db: parking_lot::RwLock::new(Some(db)),
+                broken: std::sync::atomic::AtomicBool::new(false),
+                reopened_at: parking_lot::Mutex::new(None),
                 feed: Feed::new(options.feed_capacity),
                 path: path.to_path_buf(),
                 options,
@@ -175,7 +184,7 @@ impl EmbeddedStore {
     /// One durable commit, which makes every earlier [`EmbeddedOptions::bulk_load`] write durable.
     pub async fn make_durable(&self) -> StoreResult<()> {
         self.blocking(|inner| {
-            let mut txn = inner.db.begin_write().ctx("begin durable commit")?;
+            let mut txn = inner.begin_write("begin durable commit")?;
             txn.set_durability(redb::Durability::Immediate)
                 .ctx("set durability")?;
             txn.commit().ctx("durable commit")
@@ -189,9 +198,21 @@ impl EmbeddedStore {
         F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| StoreError::Internal(format!("embedded store: task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            inner.heal()?;
+            let result = {
+                let _open = inner.db.read();
+                f(&inner)
+            };
+            if let Err(StoreError::Unavailable(e)) = &result {
+                if !inner.broken.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "embedded store: an I/O error; it is opened again before the next call");
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("embedded store: task failed: {e}")))?
     }
 }
 
@@ -200,8 +221,78 @@ impl Inner {
         (self.options.clock)()
     }
 
+    /// After an I/O error: closes and opens the database again (at most once a second), and
+    /// proves it writable with a small write, so that a disk with room again is used again
+    /// without a restart.
+    fn heal(&self) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        {
+            let mut at = self.reopened_at.lock();
+            if at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err(StoreError::Unavailable(
+                    "embedded store: the last write failed on an I/O error (is the disk full?)"
+                        .into(),
+                ));
+            }
+            *at = Some(Instant::now());
+        }
+        let mut db = self.db.write();
+        // Closed first: the file is locked while it is open.
+        *db = None;
+        let reopened = Database::create(&self.path)
+            .ctx(format_args!("open {} again", self.path.display()))
+            .and_then(|new| {
+                tables::create_all(&new)?;
+                let txn = new.begin_write().ctx("begin probe write")?;
+                {
+                    let mut t = txn.open_table(tables::HEALTH).ctx("open health")?;
+                    t.insert("probe", self.now()).ctx("write probe")?;
+                }
+                txn.commit().ctx("commit probe write")?;
+                Ok(new)
+            });
+        match reopened {
+            Ok(new) => {
+                *db = Some(new);
+                self.broken.store(false, Ordering::Release);
+                tracing::info!("embedded store: opened again after an I/O error; writes work");
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever it was, it is the disk's (or the file's) to mend: 503 until then.
+                *db = Database::create(&self.path).ok();
+                Err(match e {
+                    StoreError::Unavailable(m) | StoreError::Internal(m) => {
+                        StoreError::Unavailable(m)
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
+    fn database(&self) -> StoreResult<parking_lot::RwLockReadGuard<'_, Option<Database>>> {
+        let db = self.db.read_recursive();
+        if db.is_none() {
+            return Err(StoreError::Unavailable(
+                "embedded store: the database is being opened again".into(),
+            ));
+        }
+        Ok(db)
+    }
+
     fn begin_write(&self, what: &str) -> StoreResult<redb::WriteTransaction> {
-        let mut txn = self.db.begin_write().ctx(what)?;
+        let db = self.database()?;
+        let mut txn = db
+            .as_ref()
+            .map(Database::begin_write)
+            .ok_or_else(|| {
+                StoreError::Unavailable("embedded store: the database is closed".into())
+            })?
+            .ctx(what)?;
         if self.options.bulk_load {
             txn.set_durability(redb::Durability::None)
                 .ctx("set durability")?;
@@ -210,7 +301,14 @@ impl Inner {
     }
 
     fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
-        let txn = self.db.begin_read().ctx("begin read")?;
+        let db = self.database()?;
+        let txn = db
+            .as_ref()
+            .map(Database::begin_read)
+            .ok_or_else(|| {
+                StoreError::Unavailable("embedded store: the database is closed".into())
+            })?
+            .ctx("begin read")?;
         f(&txn)
     }
 

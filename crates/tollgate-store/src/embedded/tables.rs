@@ -39,6 +39,8 @@ pub(super) const BATCHES: TableDefinition<Str, u64> = TableDefinition::new("batc
 pub(super) const BATCHES_BY_TIME: TableDefinition<(u64, Str), ()> =
     TableDefinition::new("batches_by_time");
 pub(super) const LEASES: TableDefinition<(Str, Str), u64> = TableDefinition::new("leases");
+/// One row written to prove the database writable again after an I/O error.
+pub(super) const HEALTH: TableDefinition<&str, u64> = TableDefinition::new("health");
 pub(super) const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
 
 const CHILD_SEQ: &str = "child_seq";
@@ -88,15 +90,52 @@ impl Key for Text {
         a.cmp(b)
     }
 }
-/// Turns any backend error into `Internal`, saying what was being done.
+/// Turns a backend error into `Unavailable` if the disk failed (an I/O error: a full disk, say;
+/// the store is opened again before the next call), else `Internal`, saying what was being done.
 pub(super) trait Ctx<T> {
     fn ctx(self, what: impl Display) -> StoreResult<T>;
 }
 
-impl<T, E: Display> Ctx<T> for Result<T, E> {
+impl<T, E: Display + 'static> Ctx<T> for Result<T, E> {
     fn ctx(self, what: impl Display) -> StoreResult<T> {
-        self.map_err(|e| StoreError::Internal(format!("embedded store: {what}: {e}")))
+        self.map_err(|e| {
+            let message = format!("embedded store: {what}: {e}");
+            if is_io_failure(&e) {
+                StoreError::Unavailable(message)
+            } else {
+                StoreError::Internal(message)
+            }
+        })
     }
+}
+
+/// Whether a backend error is the disk's: an I/O error now, or redb's refusal after an earlier
+/// one.
+fn is_io_failure(e: &dyn std::any::Any) -> bool {
+    use redb::{CommitError, DatabaseError, StorageError, TableError, TransactionError};
+    let storage = |s: &StorageError| matches!(s, StorageError::Io(_) | StorageError::PreviousIo);
+    if e.is::<std::io::Error>() {
+        return true;
+    }
+    if let Some(s) = e.downcast_ref::<StorageError>() {
+        return storage(s);
+    }
+    if let Some(TransactionError::Storage(s)) = e.downcast_ref::<TransactionError>() {
+        return storage(s);
+    }
+    if let Some(CommitError::Storage(s)) = e.downcast_ref::<CommitError>() {
+        return storage(s);
+    }
+    if let Some(TableError::Storage(s)) = e.downcast_ref::<TableError>() {
+        return storage(s);
+    }
+    if let Some(DatabaseError::Storage(s)) = e.downcast_ref::<DatabaseError>() {
+        return storage(s);
+    }
+    matches!(
+        e.downcast_ref::<redb::Error>(),
+        Some(redb::Error::Io(_) | redb::Error::PreviousIo)
+    )
 }
 
 /// Created up front so a read transaction never meets a missing table.
@@ -118,6 +157,7 @@ pub(super) fn create_all(db: &Database) -> StoreResult<()> {
         txn.open_table(BATCHES_BY_TIME)
             .ctx("create batches_by_time")?;
         txn.open_table(LEASES).ctx("create leases")?;
+        txn.open_table(HEALTH).ctx("create health")?;
         txn.open_table(META).ctx("create meta")?;
         migrate_usage(&txn)?;
     }
