@@ -91,6 +91,8 @@ pub struct Meter {
     /// Totals of cells pruned after their day passed, so scrape-time counters stay monotonic.
     retired: Mutex<HashMap<SeriesKey, (u64, u64)>>,
     max_unflushed: u64,
+    /// The last flush failed (the store is away): only then does the backlog bound apply.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Meter {
@@ -116,6 +118,7 @@ impl Meter {
             flushed_credits: AtomicU64::new(0),
             retired: Mutex::new(HashMap::new()),
             max_unflushed: max_unflushed_credits,
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -142,10 +145,12 @@ impl Meter {
             .saturating_sub(self.flushed_credits.load(Ordering::Relaxed))
     }
 
-    /// Whether the in-memory backlog reached `max_unflushed_credits` (the store has been away too
-    /// long): metered requests are then refused with `store_unavailable` rather than served unbilled.
+    /// Whether the in-memory backlog reached `max_unflushed_credits` while the store does not take
+    /// it (the last flush failed): metered requests are then refused with `store_unavailable`
+    /// rather than served unbilled. While flushes succeed, what waits for the next one is not a
+    /// backlog, however busy the node (a small bound used to refuse healthy traffic).
     pub fn backlog_full(&self) -> bool {
-        self.unflushed_credits() >= self.max_unflushed
+        self.failing.load(Ordering::Relaxed) && self.unflushed_credits() >= self.max_unflushed
     }
 
     /// Writes everything recorded so far (one batch). `Ok(true)` if something was written.
@@ -170,12 +175,14 @@ impl Meter {
                     credits += c;
                 }
                 self.flushed_credits.fetch_add(credits, Ordering::Relaxed);
+                self.failing.store(false, Ordering::Relaxed);
                 if pending.attempts > 0 {
                     tracing::info!(batch = %pending.batch.id(), attempts = pending.attempts + 1, "usage batch written after retries");
                 }
                 Ok(true)
             }
             Err(e) => {
+                self.failing.store(true, Ordering::Relaxed);
                 pending.attempts += 1;
                 tracing::warn!(batch = %pending.batch.id(), error = %e, unflushed_credits = self.unflushed_credits(), "usage flush failed; will retry the same batch");
                 *self.pending.lock() = Some(pending);
