@@ -24,7 +24,7 @@ use crate::{ApiError, ApiState};
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A readiness probe must answer even when the store hangs.
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one request on the ops listener.
 pub async fn ops_api(state: &ApiState, req: Request<Bytes>) -> Response<Bytes> {

@@ -385,6 +385,9 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
+/// How long the request that probes a down store waits for it (see `KeyCache::resolve`).
+const PROBE_WAIT: Duration = Duration::from_millis(500);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -595,7 +598,19 @@ impl KeyCache {
             }
             _ => Some(ProbeGuard(&self.probing)),
         };
-        let result = self.resolve_from_store(key).await;
+        let result = match probe {
+            // A probe of a store that hangs (rather than refusing connections) answers within
+            // `PROBE_WAIT` instead of its 2 s reply timeout: the request it rides on gets what
+            // any request gets while the store is down.
+            Some(_) => tokio::time::timeout(PROBE_WAIT, self.resolve_from_store(key))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the store did not answer the probe in time".into(),
+                    ))
+                }),
+            None => self.resolve_from_store(key).await,
+        };
         match &result {
             Err(StoreError::Unavailable(_)) => {
                 self.down_until_ms.store(
