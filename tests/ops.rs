@@ -206,6 +206,15 @@ async fn sighup_reloads_routes_prices_and_limits_under_load_and_refuses_a_broken
     )
     .await;
     load.advance(50, "load after the reload").await;
+    let m = reload_metrics(&g).await;
+    assert!(
+        m.contains("tollgate_config_reloads_total{result=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tollgate_config_last_reload_successful 1"),
+        "{m}"
+    );
 
     // The child's new default limit: a burst of 2, then refused.
     let statuses = [
@@ -236,6 +245,15 @@ async fn sighup_reloads_routes_prices_and_limits_under_load_and_refuses_a_broken
     assert!(log.contains("routes[2].upstream"), "{log}");
     load.advance(50, "load after the refused reload").await;
     assert_eq!(call(&g, history, &pkey).await.status, 200);
+    let m = reload_metrics(&g).await;
+    assert!(
+        m.contains("tollgate_config_reloads_total{result=\"failure\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tollgate_config_last_reload_successful 0"),
+        "{m}"
+    );
 
     let (ok, failures) = load.finish().await;
     assert!(failures.is_empty(), "failed requests: {failures:?}");
@@ -536,4 +554,17 @@ async fn access_log_has_ids_never_keys_and_caps_refusals() {
     for secret in [&pkey, &ckey, &unknown.to_owned()] {
         assert!(!log.contains(secret.as_str()), "a key in the log:\n{log}");
     }
+}
+
+/// The `tollgate_config_*` lines of `/metrics`.
+async fn reload_metrics(g: &TestGateway) -> String {
+    let body = tollgate_testkit::http::get(&format!("{}/metrics", g.ops), &[])
+        .await
+        .unwrap()
+        .body;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with("tollgate_config_"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

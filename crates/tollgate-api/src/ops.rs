@@ -35,7 +35,8 @@ pub async fn ops_api(state: &ApiState, req: Request<Bytes>) -> Response<Bytes> {
         Ok(m) => m,
         // Without the token, nothing under /admin/ says what exists there.
         Err(_) if req.uri().path().starts_with("/admin/") && !authorized(state, &req) => {
-            return error(&ApiError::Unauthorized)
+            refused_token(&req);
+            return error(&ApiError::Unauthorized);
         }
         Err(e) => return error(&e),
     };
@@ -63,6 +64,7 @@ async fn dispatch(
         _ => {}
     }
     if !authorized(state, req) {
+        refused_token(req);
         return Err(ApiError::Unauthorized);
     }
     let id = m.params.get("id").unwrap_or_default();
@@ -84,6 +86,33 @@ async fn dispatch(
         OpsHandler::DeleteAccount => set_status(state, id, Status::Deleted).await,
         // Answered above, before any credential is looked at.
         OpsHandler::Metrics | OpsHandler::Healthz | OpsHandler::Readyz => Err(ApiError::Internal),
+    }
+}
+
+/// Logs a request refused for a missing or wrong operator token: a warning at most every 10 s,
+/// with how many were refused since the last one, so guessing the token shows at the default
+/// log level without one line per guess.
+fn refused_token(req: &Request<Bytes>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    static LAST_WARN_S: AtomicU64 = AtomicU64::new(0);
+    let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARN_S.load(Ordering::Relaxed);
+    if now >= last + 10
+        && LAST_WARN_S
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        REFUSED.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            method = %req.method(),
+            path = req.uri().path(),
+            refused,
+            "operator API: missing or wrong operator token (refused since the last such line)"
+        );
     }
 }
 

@@ -184,7 +184,13 @@ impl Meter {
             Err(e) => {
                 self.failing.store(true, Ordering::Relaxed);
                 pending.attempts += 1;
-                tracing::warn!(batch = %pending.batch.id(), error = %e, unflushed_credits = self.unflushed_credits(), "usage flush failed; will retry the same batch");
+                // The first failure, then one line every 120 attempts (30 s at the default
+                // interval), not four a second for as long as the store is away.
+                if pending.attempts == 1 || pending.attempts.is_multiple_of(120) {
+                    tracing::warn!(batch = %pending.batch.id(), attempts = pending.attempts, error = %e, unflushed_credits = self.unflushed_credits(), "usage flush failed; will retry the same batch");
+                } else {
+                    tracing::debug!(batch = %pending.batch.id(), attempts = pending.attempts, error = %e, "usage flush failed again");
+                }
                 *self.pending.lock() = Some(pending);
                 Err(e)
             }

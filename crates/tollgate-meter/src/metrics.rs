@@ -22,6 +22,10 @@ pub mod names {
     pub const STORE_UP: &str = "tollgate_store_up";
     pub const USAGE_UNFLUSHED_CREDITS: &str = "tollgate_usage_unflushed_credits";
     pub const REVOCATION_LAG_SECONDS: &str = "tollgate_revocation_lag_seconds";
+    pub const CONFIG_RELOADS_TOTAL: &str = "tollgate_config_reloads_total";
+    pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "tollgate_config_last_reload_successful";
+    pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
+        "tollgate_config_last_reload_success_timestamp_seconds";
 }
 
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -40,6 +44,12 @@ pub struct Metrics {
     pub account_requests: IntCounterVec,
     pub account_credits: IntCounterVec,
     pub parent_credits: IntCounterVec,
+    /// SIGHUP reloads by result (`success`, `failure`).
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last reload (or the start) applied the file, 0 when the last one was refused.
+    pub config_last_reload_successful: IntGauge,
+    /// Unix time of the start or of the last reload that applied the file.
+    pub config_last_reload_success_time: IntGauge,
     /// Accounts that have their own series (at most `max_key_series`, first come first served).
     series: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
     hooks: RwLock<Vec<ScrapeHook>>,
@@ -136,7 +146,33 @@ impl Metrics {
             &["parent", "product"],
         )
         .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                names::CONFIG_RELOADS_TOTAL,
+                "Configuration reloads (SIGHUP) by result: success, or failure (the running config stayed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_last_reload_successful = IntGauge::new(
+            names::CONFIG_LAST_RELOAD_SUCCESSFUL,
+            "1 when the last reload (or the start) applied the file, 0 when the last reload was refused.",
+        )
+        .expect("valid metric");
+        let config_last_reload_success_time = IntGauge::new(
+            names::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+            "Unix time of the start, or of the last reload that applied the file.",
+        )
+        .expect("valid metric");
+        config_last_reload_successful.set(1);
+        config_last_reload_success_time.set(unix_now_s());
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
         for c in [
+            Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_last_reload_successful.clone()),
+            Box::new(config_last_reload_success_time.clone()),
             Box::new(account_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(account_credits.clone()),
             Box::new(parent_credits.clone()),
@@ -164,9 +200,22 @@ impl Metrics {
             account_requests,
             account_credits,
             parent_credits,
+            config_reloads,
+            config_last_reload_successful,
+            config_last_reload_success_time,
             series: parking_lot::Mutex::new(std::collections::HashSet::new()),
             hooks: RwLock::new(Vec::new()),
         })
+    }
+
+    /// Records a reload's result (see the `config_*` metrics).
+    pub fn reloaded(&self, applied: bool) {
+        let result = if applied { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        self.config_last_reload_successful.set(i64::from(applied));
+        if applied {
+            self.config_last_reload_success_time.set(unix_now_s());
+        }
     }
 
     /// The counter for one route and outcome, to resolve once and keep.
@@ -257,6 +306,12 @@ pub fn set_counter(c: &IntCounter, value: u64) {
     if value > cur {
         c.inc_by(value - cur);
     }
+}
+
+fn unix_now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -836,6 +836,7 @@ impl KeyCache {
         tokio::pin!(shutdown);
         let mut cursor: Option<String> = None;
         let mut backoff = Duration::from_millis(50);
+        let mut failures: u64 = 0;
         let wait = (self.config.max_staleness / 4)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut last_sweep = Instant::now();
@@ -878,6 +879,10 @@ impl KeyCache {
                     if ok {
                         self.mark_feed_synced();
                     }
+                    if failures > 0 {
+                        tracing::info!(failures, "change feed available again");
+                        failures = 0;
+                    }
                 }
                 Err(StoreError::FeedTrimmed) => {
                     tracing::warn!("change feed trimmed past our cursor: reloading the key cache");
@@ -885,7 +890,13 @@ impl KeyCache {
                 }
                 Err(e) => {
                     self.set_store_up(false);
-                    tracing::warn!(error = %e, "change feed unavailable");
+                    failures += 1;
+                    // The first failure, then one line a minute (the retries are 2 s apart).
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(error = %e, failures, "change feed unavailable");
+                    } else {
+                        tracing::debug!(error = %e, failures, "change feed unavailable");
+                    }
                     tokio::select! {
                         _ = &mut shutdown => return,
                         _ = tokio::time::sleep(backoff) => {}

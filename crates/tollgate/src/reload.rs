@@ -41,6 +41,13 @@ impl Reloader {
             tracing::warn!("SIGHUP: {}", self.no_file);
             return false;
         };
+        let applied = self.apply(&path);
+        self.metrics.reloaded(applied);
+        applied
+    }
+
+    fn apply(&mut self, path: &std::path::Path) -> bool {
+        let path = path.to_path_buf();
         let new = match tollgate_config::load(&path) {
             Ok(c) => c,
             Err(errors) => {
@@ -77,13 +84,19 @@ impl Reloader {
             }
         };
         if let (Some(tls), Some(files)) = (&self.tls, &next.proxy.tls) {
-            if let Err(e) = tls.reload(&files.cert, &files.key) {
-                tracing::warn!(
-                    error = %e,
-                    "TLS certificate not replaced; the running certificate stays in force"
-                );
-                let (cert, key) = tls.paths();
-                next.proxy.tls = Some(tollgate_config::TlsConfig { cert, key });
+            match tls.reload(&files.cert, &files.key) {
+                Ok(()) => tracing::info!(
+                    cert = %files.cert.display(),
+                    "TLS certificate re-read; new connections get it"
+                ),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "TLS certificate not replaced; the running certificate stays in force"
+                    );
+                    let (cert, key) = tls.paths();
+                    next.proxy.tls = Some(tollgate_config::TlsConfig { cert, key });
+                }
             }
         }
         self.metering
