@@ -511,3 +511,49 @@ impl OutputWithStdin for std::process::Command {
         child.wait_with_output().unwrap()
     }
 }
+
+/// Credits taken from a `deny` pool for a request whose client goes away before the answer go
+/// back to the pool: three requests abandoned mid-flight (hyper's path: a chunked body), then
+/// the pool of 5 still admits 5. Before, each abandoned request took its credit for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_of_a_request_its_client_abandons_go_back_to_the_pool() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    up.script(
+        "/whoisserver/WhoisService/slow",
+        200,
+        Duration::from_secs(3),
+    );
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let subs = json!([{"pool": "whois", "credits": 5, "overage": "deny"}]);
+    let (_, pkey) = create_parent(&g, subs).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    for n in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "POST /whoisserver/WhoisService/slow HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {pkey}\r\n\
+             Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // Gone once the request reached the upstream (admitted, its credit taken).
+        wait_until(
+            &format!("abandoned request {n} at the upstream"),
+            Duration::from_secs(5),
+            || async { up.count() > n },
+        )
+        .await;
+        drop(s);
+    }
+    let url = format!("{}/whoisserver/WhoisService", g.proxy);
+    let mut admitted = 0;
+    loop {
+        let status = get(&url, &[("x-api-key", &pkey)]).await.unwrap().status;
+        if status != 200 {
+            assert_eq!(status, 402);
+            break;
+        }
+        admitted += 1;
+        assert!(admitted <= 5, "more than the pool");
+    }
+    assert_eq!(admitted, 5, "requests admitted after three abandoned ones");
+}

@@ -693,6 +693,7 @@ impl Proxy {
             .principal
             .as_ref()
             .ok_or((Refusal::Deny(DenyReason::KeyUnknown), None))?;
+        let mut refund = self.refund_on_drop(idx, principal, standing.as_ref());
 
         // 5. Forward, in origin form; the client's path and query as they came unless a key or
         // the upstream's credential is taken out or put in. An HTTP/2 GET or HEAD (no body)
@@ -747,6 +748,9 @@ impl Proxy {
         };
 
         // 6. Charge what the upstream answered (or give back credits taken for nothing).
+        if let Some(r) = refund.as_mut() {
+            r.disarm();
+        }
         let status = resp.as_ref().ok().map(Response::status);
         self.settle(idx, trace, credits, standing.as_ref(), status);
         let resp = resp.map_err(|r| (r, None))?;
@@ -756,6 +760,27 @@ impl Proxy {
             rate_limit_headers(&mut rparts.headers, s);
         }
         Ok(Response::from_parts(rparts, Either::Left(rbody)))
+    }
+
+    /// A guard that gives back the credits taken from a `deny` pool's slice for this request if
+    /// its handling is dropped before step 6 settles it: the client went away mid-request (hyper
+    /// then drops the request's future). Before, those credits were neither charged nor given
+    /// back, so every abandoned request took them out of the pool.
+    fn refund_on_drop(
+        &self,
+        idx: usize,
+        principal: &Principal,
+        standing: Option<&Standing>,
+    ) -> Option<RefundOnDrop<'_>> {
+        let taken = standing.map_or(0, |s| s.taken);
+        let metering = self.metering.as_ref()?;
+        let charge = self.runtime[idx].charge.as_ref()?;
+        (taken > 0).then(|| RefundOnDrop {
+            metering,
+            tenant: principal.tenant.id.clone(),
+            pool: charge.pool.clone(),
+            taken,
+        })
     }
 
     /// The JSON field taken out of request bodies before they go upstream (`None`: the key is
@@ -949,4 +974,33 @@ fn finish(mut resp: Response<ResponseBody>, mut request_id: HeaderValue) -> Resp
     request_id.set_sensitive(true);
     resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
     resp
+}
+
+/// See [`Proxy::refund_on_drop`].
+pub(crate) struct RefundOnDrop<'a> {
+    metering: &'a Metering,
+    tenant: Arc<str>,
+    pool: Arc<str>,
+    taken: u64,
+}
+
+impl RefundOnDrop<'_> {
+    /// Step 6 settles the request: nothing to give back here.
+    pub(crate) fn disarm(&mut self) {
+        self.taken = 0;
+    }
+}
+
+impl Drop for RefundOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.taken > 0 {
+            self.metering
+                .credits
+                .refund(&self.tenant, &self.pool, self.taken);
+            tracing::debug!(
+                credits = self.taken,
+                "request dropped before its answer (the client went away): its credits go back"
+            );
+        }
+    }
 }
