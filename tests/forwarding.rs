@@ -1041,3 +1041,174 @@ timeout = "1s"
         "{metrics}"
     );
 }
+
+/// `x-forwarded-for` keeps every value the client sent, in order (two fields are one list), then
+/// the client's address; `x-forwarded-proto` and `x-forwarded-host` are Tollgate's (the scheme the
+/// client used, the host it addressed), never the client's own: on the fast path (GET, and a
+/// `Content-Length` POST), hyper's (a chunked POST, an absolute-form target) and HTTP/2 (GET as
+/// bytes, a POST through a header map).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_fields_keep_every_hop_and_say_how_the_client_came() {
+    use tokio::io::AsyncWriteExt;
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let (_, key) = create_parent(&g, "owner@xff.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let path = "/whoisserver/WhoisService?domainName=a.example";
+    let spoofed = "X-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\n\
+                   X-Forwarded-Host: evil.example\r\nX-Forwarded-For: 5.6.7.8\r\n";
+    let raw = [
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: client.example:8080\r\nX-Api-Key: {key}\r\n{spoofed}\r\n"
+        ),
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: client.example:8080\r\nX-Api-Key: {key}\r\n{spoofed}\
+             Content-Length: 2\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: client.example:8080\r\nX-Api-Key: {key}\r\n{spoofed}\
+             Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        ),
+        // Absolute form: the host addressed is the target's, not the Host field's.
+        format!(
+            "GET http://client.example:8080{path} HTTP/1.1\r\nHost: other.example\r\n\
+             X-Api-Key: {key}\r\n{spoofed}\r\n"
+        ),
+    ];
+    for req in &raw {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let (status, head, _) = read_response(&mut s, &mut buf).await;
+        assert_eq!(status, 200, "{req:?}: {head}");
+    }
+    let url = format!("{}{path}", g.proxy);
+    let h2_fields = [
+        ("x-api-key", key.as_str()),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-for", "5.6.7.8"),
+    ];
+    let r = send_h2c(Method::GET, &url, &h2_fields).await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = tollgate_testkit::http::send_h2c_body(Method::POST, &url, &h2_fields, "{}", false)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    let seen = up.requests();
+    assert_eq!(seen.len(), 6);
+    let hows = [
+        "fast GET",
+        "fast POST",
+        "chunked POST",
+        "absolute form",
+        "h2 GET",
+        "h2 POST",
+    ];
+    for (rec, how) in seen.iter().zip(hows) {
+        let all = |name: &str| -> Vec<&str> {
+            rec.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            all("x-forwarded-for"),
+            ["1.2.3.4, 5.6.7.8, 127.0.0.1"],
+            "{how}"
+        );
+        assert_eq!(all("x-forwarded-proto"), ["http"], "{how}");
+        let host = if how.starts_with("h2") {
+            addr.as_str()
+        } else {
+            "client.example:8080"
+        };
+        assert_eq!(all("x-forwarded-host"), [host], "{how}");
+        assert_eq!(all("host"), [up.addr.to_string().as_str()], "{how}");
+    }
+
+    // Nothing from the client: its address alone, and still the scheme and host.
+    let r = get(&url, &[("x-api-key", &key)]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let rec = up.last().unwrap();
+    assert_eq!(rec.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(rec.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(rec.header("x-forwarded-host"), Some(addr.as_str()));
+}
+
+/// An upstream response with 200 fields reaches the client whole on every path (the response
+/// head parser used to stop at 128 and answer 502); one with more than 1024 is a 502, and the
+/// log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_with_200_fields_passes_on_every_path() {
+    use tokio::io::AsyncWriteExt;
+    let fields = |n: usize| -> &'static str {
+        let mut head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n".to_owned();
+        for i in 0..n {
+            head.push_str(&format!("X-F{i}: {i}\r\n"));
+        }
+        head.leak()
+    };
+    let many = raw_upstream(fields(200)).await;
+    let too_many = raw_upstream(fields(1100)).await;
+    let cfg = format!(
+        "{}\n[[routes]]\nprefix = \"/toomany\"\nupstream = \"{too_many}\"\nproduct = \"whois\"\n",
+        routes(&many)
+    );
+    let g = TestGateway::start(BIN.as_ref(), &cfg).await;
+    let (_, key) = create_parent(&g, "owner@fields200.example", &["whois"]).await;
+    let addr = g.proxy.trim_start_matches("http://").to_owned();
+    let path = "/whoisserver/WhoisService";
+    let requests = [
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n"),
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             Content-Length: 2\r\n\r\n{{}}"
+        ),
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        ),
+    ];
+    for req in &requests {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let (status, head, body) = read_response(&mut s, &mut buf).await;
+        assert_eq!((status, &body[..]), (200, &b"{}"[..]), "{req:?}: {head}");
+        let lower = head.to_ascii_lowercase();
+        for i in [0, 127, 128, 199] {
+            assert!(
+                lower.contains(&format!("\r\nx-f{i}: {i}\r\n")),
+                "x-f{i}: {head}"
+            );
+        }
+    }
+    let url = format!("{}{path}", g.proxy);
+    let r = send_h2c(Method::GET, &url, &[("x-api-key", &key)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-f199"), Some("199"));
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!("GET /toomany HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!(status, 502, "{head}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unavailable");
+    tollgate_testkit::wait_until(
+        "the 502's reason in the log",
+        Duration::from_secs(5),
+        || async { g.log().contains("more than 1024 fields") },
+    )
+    .await;
+}

@@ -424,6 +424,14 @@ async fn tls_with_http2_by_alpn_and_a_certificate_replaced_on_sighup() {
         up.last().unwrap().header("x-tollgate-account"),
         Some(pid.as_str())
     );
+    // The upstream learns the client came over TLS, on HTTP/2 and HTTP/1.1 alike.
+    for r in &up.requests() {
+        assert_eq!(r.header("x-forwarded-proto"), Some("https"));
+        assert_eq!(
+            r.header("x-forwarded-host"),
+            Some(format!("localhost:{port}").as_str())
+        );
+    }
     // Plain HTTP on the TLS port is not served.
     assert!(get(&format!("{}{WHOIS}", g.proxy), &[("x-api-key", &pkey)])
         .await

@@ -181,6 +181,8 @@ static X_TOLLGATE_ACCOUNT: HeaderName = HeaderName::from_static("x-tollgate-acco
 static X_TOLLGATE_PARENT: HeaderName = HeaderName::from_static("x-tollgate-parent");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -722,12 +724,22 @@ impl Proxy {
             })
             .await
         } else {
+            // The host the client addressed, for `x-forwarded-host`, before the target loses it.
+            let authority = parts.uri.authority().cloned();
             if let Some(pq) = self.upstream_path_and_query(&parts.uri, rt)? {
                 parts.uri = Uri::from(pq);
             }
             let http2 = parts.version == http::Version::HTTP_2;
             parts.version = http::Version::HTTP_11;
-            self.prepare_headers(&mut parts.headers, http2, rt, principal, client, request_id);
+            self.prepare_headers(
+                &mut parts.headers,
+                http2,
+                authority.as_ref(),
+                rt,
+                principal,
+                client,
+                request_id,
+            );
             let (body, progress) = match body {
                 Either::Left(mut b) if !bodiless => {
                     let p = Arc::new(BodyProgress::new());
@@ -952,18 +964,30 @@ impl Deadlines {
     }
 }
 
-/// The client end of a connection, with its address pre-rendered once for `x-forwarded-for`.
+/// The client end of a connection, with its address pre-rendered once for `x-forwarded-for`, and
+/// whether it came over TLS (for `x-forwarded-proto`).
 #[derive(Debug, Clone)]
 pub struct Client {
     pub addr: SocketAddr,
     ip: HeaderValue,
+    tls: bool,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Client {
+    /// `tls`: the connection is TLS the proxy listener terminated.
+    pub fn new(addr: SocketAddr, tls: bool) -> Client {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Client { addr, ip }
+        Client { addr, ip, tls }
+    }
+
+    /// The scheme the client used: the value of `x-forwarded-proto`.
+    fn proto(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 

@@ -280,7 +280,7 @@ fn start(
 ) {
     let _ = stream.set_nodelay(true);
     // One allocation per connection; each request clones one `Arc`.
-    let conn = Arc::new((shared.clone(), Client::new(remote)));
+    let conn = Arc::new((shared.clone(), Client::new(remote, tls.is_some())));
     let fast = conn.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let conn = conn.clone();

@@ -26,7 +26,12 @@ use crate::proxy::ProxyBody;
 
 /// Largest upstream response head.
 pub const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+/// Most fields in an upstream response head; one with more is a 502.
+pub const MAX_FIELDS: usize = 1024;
+/// The fields a head is parsed into on the stack; a head with more is parsed again into room for
+/// [`MAX_FIELDS`] on the heap (rare: the common head pays for neither the heap nor a 32 KiB
+/// stack frame).
+const STACK_FIELDS: usize = 128;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// An upstream connection: the socket (plain or TLS) and what was read past the last response.
@@ -242,27 +247,84 @@ fn take_head<T>(
 ) -> Option<io::Result<(T, Framing)>> {
     loop {
         // Left uninitialized: the parser writes the fields it finds (4 KiB not cleared per head).
-        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-        match parse_head(buf, &mut fields) {
-            Ok(Some((head, len))) if head.status.is_informational() => {
-                // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
-                if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                    return Some(Err(bad("upstream switched protocols unasked")));
-                }
-                buf.advance(len);
-            }
-            Ok(Some((head, len))) => {
-                let done = framing(&head, head_req).and_then(|f| Ok((take(&head)?, f)));
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; STACK_FIELDS];
+        let step = match take_one(buf, head_req, take, &mut fields) {
+            Step::TooManyFields => take_one_large(buf, head_req, take),
+            step => step,
+        };
+        match step {
+            Step::Informational(len) => buf.advance(len),
+            Step::Final(done, len) => {
                 buf.advance(len);
                 return Some(done);
             }
-            Ok(None) if buf.len() >= MAX_HEAD => {
-                return Some(Err(bad("upstream response head too large")))
+            Step::Partial if buf.len() >= MAX_HEAD => {
+                return Some(Err(bad(&format!(
+                    "upstream response head larger than {} KiB",
+                    MAX_HEAD / 1024
+                ))))
             }
-            Ok(None) => return None,
-            Err(e) => return Some(Err(e)),
+            Step::Partial => return None,
+            Step::TooManyFields => {
+                return Some(Err(bad(&format!(
+                    "upstream response head has more than {MAX_FIELDS} fields"
+                ))))
+            }
+            Step::Failed(e) => return Some(Err(e)),
         }
     }
+}
+
+/// What [`take_one`] found at the start of the buffer.
+enum Step<T> {
+    /// A 1xx head of this length, to skip.
+    Informational(usize),
+    /// The final head, taken (or why not), and its length.
+    Final(io::Result<(T, Framing)>, usize),
+    /// Not a whole head yet.
+    Partial,
+    /// More fields than `fields` has room for.
+    TooManyFields,
+    Failed(io::Error),
+}
+
+/// One response head at the start of `buf`, parsed into `fields`; a final one is given to `take`.
+fn take_one<'b, T>(
+    buf: &'b [u8],
+    head_req: bool,
+    take: &mut impl FnMut(&RawHead<'_>) -> io::Result<T>,
+    fields: &mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> Step<T> {
+    match parse_head(buf, fields) {
+        Ok(Some((head, len))) if head.status.is_informational() => {
+            // 100 Continue, 103 Early Hints: not forwarded; the final response follows.
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Step::Failed(bad("upstream switched protocols unasked"));
+            }
+            Step::Informational(len)
+        }
+        Ok(Some((head, len))) => {
+            let done = framing(&head, head_req).and_then(|f| Ok((take(&head)?, f)));
+            Step::Final(done, len)
+        }
+        Ok(None) => Step::Partial,
+        Err(HeadError::TooManyFields) => Step::TooManyFields,
+        Err(HeadError::Bad(e)) => Step::Failed(e),
+    }
+}
+
+/// [`take_one`] with room for [`MAX_FIELDS`] fields, on the heap: for the rare head with more
+/// than [`STACK_FIELDS`].
+#[cold]
+#[inline(never)]
+fn take_one_large<T>(
+    buf: &[u8],
+    head_req: bool,
+    take: &mut impl FnMut(&RawHead<'_>) -> io::Result<T>,
+) -> Step<T> {
+    let mut fields = Vec::with_capacity(MAX_FIELDS);
+    fields.resize_with(MAX_FIELDS, std::mem::MaybeUninit::uninit);
+    take_one(buf, head_req, take, &mut fields)
 }
 
 /// Serializes the request line and fields; says how the body follows.
@@ -356,11 +418,27 @@ async fn write_body(conn: &mut Conn, body: &mut ProxyBody, chunked: bool) -> io:
     conn.flush().await
 }
 
+/// Why a response head could not be parsed.
+enum HeadError {
+    /// More fields than the parser was given room for.
+    TooManyFields,
+    Bad(io::Error),
+}
+
+impl From<io::Error> for HeadError {
+    fn from(e: io::Error) -> HeadError {
+        HeadError::Bad(e)
+    }
+}
+
 /// A complete response head at the start of `buf`, and its length.
-fn parse_head<'b>(
+fn parse_head<'b, 'f>(
     buf: &'b [u8],
-    fields: &'b mut [std::mem::MaybeUninit<httparse::Header<'b>>],
-) -> io::Result<Option<(RawHead<'b>, usize)>> {
+    fields: &'f mut [std::mem::MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(RawHead<'f>, usize)>, HeadError>
+where
+    'b: 'f,
+{
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut parsed,
@@ -369,7 +447,8 @@ fn parse_head<'b>(
     ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(bad(&format!("bad upstream response head: {e}"))),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyFields),
+        Err(e) => return Err(bad(&format!("bad upstream response head: {e}")).into()),
     };
     let code = parsed.code.ok_or_else(|| bad("no status"))?;
     let status = StatusCode::from_u16(code).map_err(|_| bad("bad status code"))?;
@@ -732,8 +811,10 @@ mod tests {
 
     /// The framing of a response head (`HTTP/1.x` and its fields), or the error's text.
     fn frame(head: &str, head_req: bool) -> Result<(Kind, bool), String> {
-        let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-        let (raw, _) = parse_head(head.as_bytes(), &mut fields).unwrap().unwrap();
+        let mut fields = [const { std::mem::MaybeUninit::uninit() }; STACK_FIELDS];
+        let Ok(Some((raw, _))) = parse_head(head.as_bytes(), &mut fields) else {
+            panic!("not a whole head: {head}");
+        };
         framing(&raw, head_req)
             .map(|f| (f.kind, f.keep_alive))
             .map_err(|e| e.to_string())

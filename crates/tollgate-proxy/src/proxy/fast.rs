@@ -240,6 +240,8 @@ struct Head<'h, 'b> {
     target: &'b str,
     query: Option<&'b str>,
     fields: &'h [httparse::Header<'b>],
+    /// The `Host` field's value as it came (for `x-forwarded-host`).
+    host_field: &'b str,
     /// The path failed [`crate::path::is_safe`]: refused before its key or route is looked at.
     bad_path: bool,
     /// The route, found from the `Host` field and the path (`None` for a bad path).
@@ -303,7 +305,8 @@ impl<'h, 'b> Head<'h, 'b> {
         if head_req && body_len > 0 {
             return None;
         }
-        let host = crate::router::host_of(host?);
+        let host_field = host?;
+        let host = crate::router::host_of(host_field);
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
@@ -315,6 +318,7 @@ impl<'h, 'b> Head<'h, 'b> {
             target,
             query,
             fields: &*req.headers,
+            host_field,
             bad_path,
             route: if bad_path {
                 None
@@ -450,14 +454,16 @@ impl Proxy {
         up.clear();
         self.write_request_start(head.method, head.target, head.query, rt, up);
         // A body re-written without its key gets its own length in place of the client's.
-        let fields = head
-            .fields
-            .iter()
-            .map(|f| (f.name, f.value))
-            .filter(|(name, _)| {
-                rewritten.is_none() || !name.eq_ignore_ascii_case("content-length")
-            });
-        self.write_upstream_fields(fields, rt, principal, client, request_id, up);
+        let fields = || {
+            head.fields
+                .iter()
+                .map(|f| (f.name, f.value))
+                .filter(|(name, _)| {
+                    rewritten.is_none() || !name.eq_ignore_ascii_case("content-length")
+                })
+        };
+        let host = Some(head.host_field.as_bytes());
+        self.write_upstream_fields(fields, host, rt, principal, client, request_id, up);
         if let Some(body) = &rewritten {
             push_length(up, body.len() as u64);
         }

@@ -11,8 +11,8 @@ use tollgate_store::Principal;
 
 use super::fast::push_field;
 use super::{
-    Client, Proxy, RouteRuntime, X_FORWARDED_FOR, X_REQUEST_ID, X_TOLLGATE_ACCOUNT,
-    X_TOLLGATE_PARENT,
+    Client, Proxy, RouteRuntime, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    X_REQUEST_ID, X_TOLLGATE_ACCOUNT, X_TOLLGATE_PARENT,
 };
 use crate::respond::Refusal;
 use crate::{extract, forward};
@@ -46,14 +46,23 @@ impl Proxy {
             &mut up,
         );
         let joined = joined_cookies(&parts.headers);
-        let fields = parts
-            .headers
-            .iter()
-            .filter(|(name, _)| joined.is_none() || *name != header::COOKIE)
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .chain(joined.as_deref().map(|v| ("cookie", v)));
+        let fields = || {
+            parts
+                .headers
+                .iter()
+                .filter(|(name, _)| joined.is_none() || *name != header::COOKIE)
+                .map(|(name, value)| (name.as_str(), value.as_bytes()))
+                .chain(joined.as_deref().map(|v| ("cookie", v)))
+        };
+        // The host the client addressed: `:authority` (a `host` field, if any, agrees with it:
+        // see `request_host`).
+        let client_host = match parts.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+        };
         self.write_upstream_fields(
             fields,
+            client_host,
             rt,
             principal,
             client,
@@ -88,24 +97,31 @@ impl Proxy {
 
     /// The upstream request's fields after its request line and `host`: the client's as they
     /// came, less hop-by-hop ones, Tollgate's own and the key's (unless the key is forwarded);
-    /// then the attribution, the request id, `x-forwarded-for` and the upstream's credential;
-    /// not the blank line that ends them. Shared by the fast path (httparse's fields) and HTTP/2
-    /// GET and HEAD (a header map's).
-    pub(super) fn write_upstream_fields<'f>(
+    /// then the attribution, the request id, the `x-forwarded-*` fields and the upstream's
+    /// credential; not the blank line that ends them. Shared by the fast path (httparse's fields)
+    /// and HTTP/2 GET and HEAD (a header map's). `fields` gives the client's fields, once more
+    /// only when it sent `x-forwarded-for` more than once (to join them). `client_host`: the
+    /// `Host` (or `:authority`) the client sent, for `x-forwarded-host`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write_upstream_fields<'f, I>(
         &self,
-        fields: impl Iterator<Item = (&'f str, &'f [u8])>,
+        fields: impl Fn() -> I,
+        client_host: Option<&[u8]>,
         rt: &RouteRuntime,
         principal: &Principal,
         client: &Client,
         request_id: &[u8],
         up: &mut Vec<u8>,
-    ) {
+    ) where
+        I: Iterator<Item = (&'f str, &'f [u8])>,
+    {
         let auth_header = match &rt.auth {
             Some((UpstreamAuthTarget::Header(name), value)) => Some((name.as_str(), value)),
             _ => None,
         };
-        let mut xff: Option<&[u8]> = None;
-        for (name, value) in fields {
+        // The client's first `x-forwarded-for`, and whether there were more.
+        let (mut xff, mut more_xff): (Option<&[u8]>, bool) = (None, false);
+        for (name, value) in fields() {
             if dropped_request_field(name)
                 || (!self.forward_key
                     && self
@@ -117,6 +133,7 @@ impl Proxy {
                 continue;
             }
             if name.eq_ignore_ascii_case("x-forwarded-for") {
+                more_xff |= xff.is_some();
                 xff.get_or_insert(value);
                 continue;
             }
@@ -141,14 +158,35 @@ impl Proxy {
             principal.tenant.id.as_bytes(),
         );
         push_field(up, X_REQUEST_ID.as_str().as_bytes(), request_id);
+        // Every value the client sent, in order, then its address (nginx's
+        // `$proxy_add_x_forwarded_for`).
         up.extend_from_slice(X_FORWARDED_FOR.as_str().as_bytes());
         up.extend_from_slice(b": ");
-        if let Some(prev) = xff {
-            up.extend_from_slice(prev);
-            up.extend_from_slice(b", ");
+        let mut push_hop = |value: &[u8]| {
+            let value = value.trim_ascii();
+            if !value.is_empty() {
+                up.extend_from_slice(value);
+                up.extend_from_slice(b", ");
+            }
+        };
+        match xff {
+            Some(_) if more_xff => fields()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
+                .for_each(|(_, value)| push_hop(value)),
+            Some(value) => push_hop(value),
+            None => {}
         }
         up.extend_from_slice(client.ip.as_bytes());
         up.extend_from_slice(b"\r\n");
+        // Set from the connection and the request, never the client's own.
+        push_field(
+            up,
+            X_FORWARDED_PROTO.as_str().as_bytes(),
+            client.proto().as_bytes(),
+        );
+        if let Some(host) = client_host {
+            push_field(up, X_FORWARDED_HOST.as_str().as_bytes(), host);
+        }
         if let Some((name, value)) = auth_header {
             push_field(up, name.as_bytes(), value.as_bytes());
         }
@@ -239,11 +277,15 @@ impl Proxy {
     }
 
     /// The client's fields made the upstream's, in place, by the rules of
-    /// [`Self::write_upstream_fields`]; an HTTP/2 client's split cookies joined.
+    /// [`Self::write_upstream_fields`]; an HTTP/2 client's split cookies joined. `authority`: the
+    /// client's target's (HTTP/2, or an HTTP/1.1 absolute-form target), which is the host it
+    /// addressed in place of its `Host` field.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn prepare_headers(
         &self,
         h: &mut http::HeaderMap,
         http2: bool,
+        authority: Option<&http::uri::Authority>,
         rt: &RouteRuntime,
         principal: &Principal,
         client: &Client,
@@ -292,21 +334,44 @@ impl Proxy {
             h.insert(X_TOLLGATE_PARENT.clone(), v);
         }
         h.insert(X_REQUEST_ID.clone(), request_id.clone());
-        h.insert(header::HOST, rt.host_header.clone());
-        let xff = match h.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-            Some(prev) => {
+        let host_field = h.insert(header::HOST, rt.host_header.clone());
+        let client_host = match authority {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => host_field,
+        };
+        // Every value the client sent (all its fields, in order), then its address.
+        let xff = {
+            let mut prev = h
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.as_bytes().trim_ascii())
+                .filter(|v| !v.is_empty())
+                .peekable();
+            if prev.peek().is_none() {
+                Some(client.ip.clone())
+            } else {
                 let ip = client.ip.as_bytes();
-                let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-                v.extend_from_slice(prev);
-                v.extend_from_slice(b", ");
+                let mut v = Vec::with_capacity(64);
+                for p in prev {
+                    v.extend_from_slice(p);
+                    v.extend_from_slice(b", ");
+                }
                 v.extend_from_slice(ip);
                 HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
             }
-            None => Some(client.ip.clone()),
         };
-        if let Some(v) = xff {
-            h.insert(X_FORWARDED_FOR.clone(), v);
-        }
+        match xff {
+            Some(v) => h.insert(X_FORWARDED_FOR.clone(), v),
+            None => h.remove(&X_FORWARDED_FOR),
+        };
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(client.proto()),
+        );
+        match client_host {
+            Some(v) => h.insert(X_FORWARDED_HOST.clone(), v),
+            None => h.remove(&X_FORWARDED_HOST),
+        };
         if let Some((UpstreamAuthTarget::Header(name), value)) = &rt.auth {
             if let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(name.as_bytes()),
@@ -334,9 +399,9 @@ fn joined_cookies(h: &http::HeaderMap) -> Option<Vec<u8>> {
 }
 
 /// Fields a client may send that never go upstream as they are: hop-by-hop ones, the ones
-/// Tollgate sets itself (`host`, attribution, request id).
+/// Tollgate sets itself (`host`, attribution, request id, `x-forwarded-proto` and `-host`).
 fn dropped_request_field(name: &str) -> bool {
-    const DROP: [&str; 10] = [
+    const DROP: [&str; 12] = [
         "host",
         "connection",
         "keep-alive",
@@ -347,6 +412,8 @@ fn dropped_request_field(name: &str) -> bool {
         "x-tollgate-account",
         "x-tollgate-parent",
         "x-request-id",
+        "x-forwarded-proto",
+        "x-forwarded-host",
     ];
     DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
 }
