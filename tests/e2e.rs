@@ -518,6 +518,107 @@ product = "whois"
     );
 }
 
+/// `check` loads the `[proxy.tls]` files as `run` does, so a pair `run` refuses fails `check` too,
+/// each problem under its TOML path; `run` refuses with the same report (before, `check` passed
+/// non-PEM files and a mismatched key with exit 0, and only warned about a missing file).
+#[test]
+fn check_refuses_the_tls_files_run_refuses_with_their_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    };
+    let (cert_a, key_a) = pair("a");
+    let (_, key_b) = pair("b");
+    let not_pem = dir.path().join("notes.txt");
+    std::fs::write(&not_pem, "[proxy]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let store = dir.path().join("tollgate.db");
+    let config = |i: usize, cert: &std::path::Path, key: &std::path::Path| {
+        let path = dir.path().join(format!("tls{i}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[proxy.tls]\ncert = \"{}\"\nkey = \"{}\"\n[store]\npath = \"{}\"\n{}",
+                cert.display(),
+                key.display(),
+                store.display(),
+                routes("http://127.0.0.1:1"),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let tollgate = |command: &str, config: &std::path::Path| {
+        std::process::Command::new(BIN)
+            .args([command.as_ref(), "--config".as_ref(), config.as_os_str()])
+            .output()
+            .unwrap()
+    };
+
+    let cases: [(&std::path::Path, &std::path::Path, &[&str]); 4] = [
+        (
+            &not_pem,
+            &not_pem,
+            &[
+                "proxy.tls.cert: the certificate file",
+                "holds no PEM certificate",
+                "proxy.tls.key: the key file",
+                "holds no PEM private key",
+            ],
+        ),
+        (
+            &cert_a,
+            &key_b,
+            &[
+                "proxy.tls.key: the key in",
+                "does not match the certificate",
+            ],
+        ),
+        (
+            &missing,
+            &key_a,
+            &[
+                "proxy.tls.cert: cannot read the certificate file",
+                "missing.pem: it does not exist",
+            ],
+        ),
+        (
+            &cert_a,
+            &missing,
+            &[
+                "proxy.tls.key: cannot read the key file",
+                "missing.pem: it does not exist",
+            ],
+        ),
+    ];
+    for (i, (cert, key, want)) in cases.into_iter().enumerate() {
+        let path = config(i, cert, key);
+        let check = tollgate("check", &path);
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(1), "case {i}:\n{err}");
+        for w in want {
+            assert!(err.contains(w), "case {i}: missing {w:?} in:\n{err}");
+        }
+        // `run` refuses the same files with the same report.
+        let run = tollgate("run", &path);
+        assert_eq!(run.status.code(), Some(1), "case {i}");
+        assert_eq!(String::from_utf8_lossy(&run.stderr), err, "case {i}");
+    }
+    let good = tollgate("check", &config(9, &cert_a, &key_a));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+}
+
 /// A stdout or stderr whose reader is already gone: every write to it fails with EPIPE, as
 /// `tollgate check | head -1` does once `head` has its line.
 fn closed_pipe() -> std::process::Stdio {

@@ -98,7 +98,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// A TOML syntax error, placed by line and column (both from 1) so an editor can jump to it.
 fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let message = match e.span() {
+    match duplicate_key_path(text, e) {
+        Some(path) => ConfigError::new(path, syntax_message(text, e), "keep one of the two"),
+        None => ConfigError::new("", syntax_message(text, e), ""),
+    }
+}
+
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
         Some(span) => {
             let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
@@ -109,6 +116,45 @@ fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
             )
         }
         None => format!("TOML syntax error: {}", e.message()),
+    }
+}
+
+/// The TOML path of a key given twice in one table (`keys.forward`, `routes[1].credits`), which
+/// the parser's "duplicate key" does not name. Only for a plain `key = ...` line under a table
+/// header (or none); `None` where that is less certain (inline tables, dotted keys).
+fn duplicate_key_path(text: &str, e: &toml::de::Error) -> Option<String> {
+    if e.message() != "duplicate key" {
+        return None;
+    }
+    let span = e.span()?;
+    let key = text.get(span.clone())?.trim();
+    let before = text.get(..span.start)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
-    ConfigError::new("", message, "")
+    if !before[line_start..].trim().is_empty() || !bare(key) {
+        return None;
+    }
+    // The nearest header above, without a trailing comment.
+    let headers: Vec<&str> = before[..line_start]
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| l.starts_with('['))
+        .collect();
+    let Some(header) = headers.last() else {
+        return Some(key.to_owned());
+    };
+    if let Some(name) = header.strip_prefix("[[").and_then(|h| h.strip_suffix("]]")) {
+        let name = name.trim();
+        if !bare(name) {
+            return None;
+        }
+        let index = headers.iter().filter(|h| *h == header).count() - 1;
+        return Some(format!("{name}[{index}].{key}"));
+    }
+    let name = header.strip_prefix('[')?.strip_suffix(']')?.trim();
+    name.split('.').all(bare).then(|| format!("{name}.{key}"))
 }

@@ -320,17 +320,7 @@ impl<'a> Obj<'a> {
                 table: Some(t),
             }),
             v => {
-                self.wrong_type(
-                    r,
-                    key,
-                    v,
-                    "a table",
-                    format!(
-                        "write [{}] on its own line, or {key} = {{ ... }}",
-                        self.at(key)
-                    )
-                    .as_str(),
-                );
+                self.wrong_type(r, key, v, "a table", table_fix(&self.at(key), key).as_str());
                 None
             }
         }
@@ -390,6 +380,32 @@ pub(crate) fn show_duration(d: Duration) -> String {
     } else {
         format!("{}s", d.as_secs())
     }
+}
+
+/// How to write the table at `path` (its last key `key`). Inside an array of tables `[a[1].b]` is
+/// not TOML: the header there is `[a.b]`, below that entry's `[[a]]` line.
+fn table_fix(path: &str, key: &str) -> String {
+    let Some(last) = path.rfind('[') else {
+        return format!("write [{path}] on its own line, or {key} = {{ ... }}");
+    };
+    let plain = |p: &str| {
+        let mut out = String::with_capacity(p.len());
+        let mut in_index = false;
+        for c in p.chars() {
+            match c {
+                '[' => in_index = true,
+                ']' => in_index = false,
+                c if !in_index => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    };
+    format!(
+        "write {key} = {{ ... }} in that entry, or [{}] on its own line below its [[{}]] line",
+        plain(path),
+        plain(&path[..last])
+    )
 }
 
 #[cfg(test)]

@@ -328,6 +328,28 @@ fn syntax_error_has_line_and_column() {
 }
 
 #[test]
+fn a_duplicate_key_is_reported_with_its_path() {
+    let dup = |text: &str| parse(text).unwrap_err().0[0].path.clone();
+    assert_eq!(
+        parse("[cache]\nmax_staleness = \"5s\"\nmax_staleness = \"6s\"\n")
+            .unwrap_err()
+            .to_string(),
+        "cache.max_staleness: TOML syntax error at line 3, column 1: duplicate key; keep one of the two"
+    );
+    assert_eq!(
+        dup("[keys] # comment\nforward = false\n  forward = true\n"),
+        "keys.forward"
+    );
+    assert_eq!(
+        dup(&format!("{ROUTE}{ROUTE}credits = 1\ncredits = 2\n")),
+        "routes[1].credits"
+    );
+    assert_eq!(dup("a = 1\na = 2\n"), "a");
+    // Inside an inline table the line's header says too little: no path rather than a wrong one.
+    assert_eq!(dup("[limits]\nparent = { rps = 1, rps = 2 }\n"), "");
+}
+
+#[test]
 fn load_reads_a_file_and_reports_an_unreadable_one() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");

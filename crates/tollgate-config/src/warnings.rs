@@ -1,33 +1,23 @@
 //! Notes on a valid config that depend on where it runs (secrets, files) or are merely unwise.
-//! Never errors: `tollgate check` may run on a build host that holds none of the secrets.
+//! Never errors: `tollgate check` may run on a build host that holds none of the secrets. (The
+//! `[proxy.tls]` files are not looked at here: `tollgate check` loads them with the proxy's code and
+//! reports what `run` would refuse as errors.)
 
 use std::ffi::OsString;
-use std::path::Path;
 
 use crate::model::{Config, KeySource, Scheme, UpstreamAuthTarget};
 
 /// Non-fatal notes on `config`, each a line starting with the TOML path it is about.
 pub fn warnings(config: &Config) -> Vec<String> {
-    warnings_with(config, &|name| std::env::var_os(name), &|p| p.exists())
+    warnings_with(config, &|name| std::env::var_os(name))
 }
 
-/// [`warnings`] with the environment and the file system passed in, so tests control both.
+/// [`warnings`] with the environment passed in, so tests control it.
 pub(crate) fn warnings_with(
     config: &Config,
     env: &dyn Fn(&str) -> Option<OsString>,
-    exists: &dyn Fn(&Path) -> bool,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(tls) = &config.proxy.tls {
-        for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
-            if !exists(path) {
-                out.push(format!(
-                    "proxy.tls.{key}: {} does not exist here; the gateway will not start without it",
-                    path.display()
-                ));
-            }
-        }
-    }
     if config
         .keys
         .sources
@@ -35,7 +25,8 @@ pub(crate) fn warnings_with(
         .all(|s| matches!(s, KeySource::Json(_)))
     {
         out.push(
-            "keys.sources: only json: sources: the account API, which never reads a key from a              body, accepts no key; add a header, bearer or query source"
+            "keys.sources: only json: sources: the account API, which never reads a key from a \
+             body, accepts no key; add a header, bearer or query source"
                 .to_owned(),
         );
     }
@@ -50,8 +41,8 @@ pub(crate) fn warnings_with(
         };
         match env(&auth.env) {
             None => out.push(format!(
-                "routes[{i}].upstream_auth.env: {} is not set in this environment; set it where \
-                 the gateway runs",
+                "routes[{i}].upstream_auth.env: {} is not set in this environment; `tollgate run` \
+                 refuses to start without it, so set it where the gateway runs",
                 auth.env
             )),
             Some(v) if v.is_empty() => out.push(format!(
@@ -111,11 +102,11 @@ upstream_auth = { header = "x-api-key", env = "EMPTY_KEY" }
     fn unset_env_plain_http_credentials_and_forwarded_keys() {
         let config = ok(&format!("[keys]\nforward = true\n{AUTH_ROUTES}"));
         assert_eq!(
-            warnings_with(&config, &env, &|_| true),
+            warnings_with(&config, &env),
             vec![
                 "keys.forward: true sends every caller's Tollgate key on to the upstreams",
-                "routes[1].upstream_auth.env: UNSET_KEY is not set in this environment; set it \
-                 where the gateway runs",
+                "routes[1].upstream_auth.env: UNSET_KEY is not set in this environment; \
+                 `tollgate run` refuses to start without it, so set it where the gateway runs",
                 "routes[1].upstream_auth: the credential (header x-api-key) goes to \
                  http://b.internal:8080 unencrypted",
                 "routes[2].upstream_auth.env: EMPTY_KEY is set but empty",
@@ -124,15 +115,13 @@ upstream_auth = { header = "x-api-key", env = "EMPTY_KEY" }
     }
 
     #[test]
-    fn missing_tls_files() {
+    fn missing_tls_files_are_not_warnings() {
+        // `tollgate check` reports them as errors (tollgate_proxy::tls::problems).
         let config = ok(&format!(
             "[proxy.tls]\ncert = \"/nowhere/c.pem\"\nkey = \"k.pem\"\n{}",
             crate::tests::ROUTE
         ));
-        assert_eq!(
-            warnings_with(&config, &env, &|p| p == Path::new("k.pem")),
-            vec!["proxy.tls.cert: /nowhere/c.pem does not exist here; the gateway will not start without it"]
-        );
+        assert!(warnings_with(&config, &env).is_empty());
     }
 
     #[test]
@@ -141,11 +130,12 @@ upstream_auth = { header = "x-api-key", env = "EMPTY_KEY" }
             "[keys]\nsources = [\"json:apiKey\"]\n{}",
             crate::tests::ROUTE
         ));
-        let w = warnings_with(&config, &env, &|_| true);
+        let w = warnings_with(&config, &env);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(
-            w[0].starts_with("keys.sources: only json: sources"),
-            "{w:?}"
+        assert_eq!(
+            w[0],
+            "keys.sources: only json: sources: the account API, which never reads a key from a \
+             body, accepts no key; add a header, bearer or query source"
         );
     }
 

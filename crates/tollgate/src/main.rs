@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tollgate_config::{ConfigError, ConfigErrors};
 
 #[derive(Parser)]
 #[command(
@@ -40,7 +41,9 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Validate a config: exit 0, or print every problem with its TOML path and exit 1.
+    /// Validate a config: exit 0, or print every problem with its TOML path and exit 1. The
+    /// `[proxy.tls]` files are loaded as `run` loads them; an unset `upstream_auth` variable is
+    /// only a warning (the secret may exist only where the gateway runs).
     Check {
         #[arg(long, short, default_value = "gateway.toml")]
         config: PathBuf,
@@ -52,7 +55,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config, takeover } => {
-            match tollgate_config::load(&config) {
+            match load_for_run(&config) {
                 Ok(cfg) => {
                     // After the config is read: it says how to log.
                     run::init_logging(cfg.logging.format);
@@ -74,8 +77,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config as `run` needs it: valid, and its `[proxy.tls]` files usable.
+fn load_for_run(path: &std::path::Path) -> Result<tollgate_config::Config, ConfigErrors> {
+    let cfg = tollgate_config::load(path)?;
+    let tls = tls_problems(&cfg);
+    if tls.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigErrors(tls))
+    }
+}
+
+/// Why `run` would refuse the `[proxy.tls]` files, each under its TOML path. The proxy's own
+/// loading code reads them (`tollgate_proxy::tls::problems`), so `check` and `run` agree.
+fn tls_problems(cfg: &tollgate_config::Config) -> Vec<ConfigError> {
+    let Some(tls) = &cfg.proxy.tls else {
+        return Vec::new();
+    };
+    tollgate_proxy::tls::problems(&tls.cert, &tls.key)
+        .into_iter()
+        .map(|e| ConfigError::new(e.toml_path(), e.to_string(), e.fix()))
+        .collect()
+}
+
 fn check(path: &std::path::Path) -> ExitCode {
-    match tollgate_config::load(path) {
+    match load_for_run(path) {
         Ok(cfg) => {
             for w in tollgate_config::warnings(&cfg) {
                 stderr(format_args!("warning: {w}"));
@@ -92,7 +118,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 /// Every problem of a config that failed to load, and exit status 1 (`check`, `run` and `dev`).
-fn bad_config(path: &std::path::Path, errors: &tollgate_config::ConfigErrors) -> ExitCode {
+fn bad_config(path: &std::path::Path, errors: &ConfigErrors) -> ExitCode {
     stderr(format_args!(
         "{}: {} problem(s):\n{errors}",
         path.display(),

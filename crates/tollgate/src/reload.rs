@@ -146,8 +146,8 @@ pub(crate) fn reloadable(running: &Config, new: Config) -> (Config, Vec<&'static
         restart.push("proxy.tls (turning TLS on or off)");
         next.proxy.tls = running.proxy.tls.clone();
     }
-    keep!(account_api, "account_api");
-    keep!(ops, "ops");
+    keep!(account_api.listen, "account_api.listen");
+    keep!(ops.listen, "ops.listen");
     keep!(store, "store");
     keep!(cache, "cache");
     keep!(metering.flush_interval, "metering.flush_interval");
@@ -214,6 +214,17 @@ credits = 1
         assert_eq!(next.routes[0].credits, 3);
         assert_eq!(next.limits.child.rps, 7);
         assert_eq!(next.logging.access_sample, 0.5);
+    }
+
+    #[test]
+    fn a_changed_listener_is_named_by_its_key() {
+        let running = tollgate_config::parse(BASE).unwrap();
+        let moved = format!(
+            "[ops]\nlisten = \"127.0.0.1:9999\"\n[account_api]\nlisten = \"127.0.0.1:9998\"\n{BASE}"
+        );
+        let (next, restart) = reloadable(&running, tollgate_config::parse(&moved).unwrap());
+        assert_eq!(restart, vec!["account_api.listen", "ops.listen"]);
+        assert_eq!(next.ops, running.ops);
     }
 
     #[test]

@@ -283,7 +283,10 @@ impl Gateway {
         let tls = match &config.proxy.tls {
             None => None,
             Some(t) => Some(Arc::new(
-                TlsTerminator::load(&t.cert, &t.key).context("[proxy.tls]")?,
+                // `main` has loaded them once already (as `check` does); this can only fail if
+                // the files changed since.
+                TlsTerminator::load(&t.cert, &t.key)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}; {}", e.toml_path(), e.fix()))?,
             )),
         };
         let proxy = Proxy::new(

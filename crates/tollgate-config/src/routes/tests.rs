@@ -389,7 +389,7 @@ fn upstream_auth_errors() {
         ),
         (
             "\"VENDOR_KEY\"",
-            vec![r#"routes[0].upstream_auth: expected a table, found string "VENDOR_KEY"; write [routes[0].upstream_auth] on its own line, or upstream_auth = { ... }"#.into()],
+            vec![r#"routes[0].upstream_auth: expected a table, found string "VENDOR_KEY"; write upstream_auth = { ... } in that entry, or [routes.upstream_auth] on its own line below its [[routes]] line"#.into()],
         ),
     ];
     for (auth, want) in cases {
