@@ -556,7 +556,7 @@ fn unknown_key(n: u32) -> String {
     format!("at_{n:0>29}")
 }
 
-/// A Redis that hangs (stopped, not dead, so connections are not refused) costs a request no
+/// A Redis that hangs (paused, not dead, so connections are not refused) costs a request no
 /// more than a short probe: once the first load has timed out, misses are refused at once, and
 /// the one request a second that probes the store waits at most half a second for it, instead
 /// of Redis's 2 s reply timeout (an audit saw a request a second wait the 2 s).
@@ -568,21 +568,8 @@ async fn a_hung_redis_costs_a_request_a_short_probe_at_most() {
     let subs = json!([{"pool": "whois", "credits": 1000, "overage": "allow"}]);
     let (_, pkey) = g.create_parent("admin@hung.example", subs).await;
     assert_eq!(product(&g, &pkey).await.status, 200);
-    let pid = redis
-        .cli(&["info", "server"])
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .map(|p| p.trim().to_owned())
-        .expect("process_id in INFO");
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
-    };
-    signal("-STOP");
+    // Every client's commands wait (Redis 6.2's CLIENT PAUSE): a Redis that hangs.
+    assert_eq!(redis.cli(&["client", "pause", "8000", "all"]).trim(), "OK");
     // The first miss waits for the store and opens the breaker.
     assert_eq!(product(&g, &unknown_key(0)).await.status, 503);
     let mut slowest = Duration::ZERO;
@@ -593,7 +580,7 @@ async fn a_hung_redis_costs_a_request_a_short_probe_at_most() {
         assert_eq!(status, 503, "miss {n} while Redis hangs");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    signal("-CONT");
+    assert_eq!(redis.cli(&["client", "unpause"]).trim(), "OK");
     assert!(
         slowest < Duration::from_millis(1500),
         "a request waited {slowest:?} for a hung Redis"
