@@ -58,7 +58,7 @@
 //! - **A write is done once the tenant's script has run.** The steps after it (removing an old
 //!   key's pointer, freeing an email, appending to the feed) touch other slots, which on Cluster may
 //!   be on a master that is down while the tenant's is up. One that fails leaves what a writer dying
-//!   there leaves, which the points above show is safe, so it is logged (`writes::settle`) and the
+//!   there leaves, which the points above show is safe, so it is logged (`writes::after_commit`) and the
 //!   write still reports done: a client told "unavailable" would retry a rotation or an invitation
 //!   acceptance that happened, and never get the key it made.
 //!

@@ -17,7 +17,7 @@ use tollgate_core::{Account, KeyHash, Status};
 use super::conn::store_err;
 use super::keys::{from_json, to_json, EmailClaim, InvitationRecord, KeyOwner};
 use super::tree::{Claim, Stored};
-use super::writes::{key_from_hex, settle, too_busy, CAS_ROUNDS};
+use super::writes::{after_commit, key_from_hex, too_busy, CAS_ROUNDS};
 use super::{now_ms, Inner};
 use crate::{Change, NewInvitation, StoreError, StoreResult};
 
@@ -91,7 +91,7 @@ impl Inner {
                 .map_err(store_err)?;
             match status.as_str() {
                 "ok" => {
-                    settle(
+                    after_commit(
                         "feed",
                         self.append_feed(&[Change::Account(child.id.clone())]).await,
                     );
@@ -171,7 +171,7 @@ impl Inner {
             match status.as_str() {
                 "ok" => {
                     self.drop_invitation_record(old.as_deref()).await;
-                    settle("feed", self.append_feed(&[Change::Account(id)]).await);
+                    after_commit("feed", self.append_feed(&[Change::Account(id)]).await);
                     return Ok(Some(holder.account));
                 }
                 "held" => {
@@ -224,7 +224,7 @@ impl Inner {
             match status.as_str() {
                 "ok" => {
                     self.drop_invitation_record(old.as_deref()).await;
-                    settle("feed", self.append_feed(&[Change::Account(id)]).await);
+                    after_commit("feed", self.append_feed(&[Change::Account(id)]).await);
                     return Ok(true);
                 }
                 "held" => return Ok(false),
@@ -363,7 +363,7 @@ impl Inner {
                     if let Err(e) = self.conn().del::<_, ()>(&record_key).await {
                         tracing::warn!(error = %e, "redis store: could not remove a used invitation");
                     }
-                    settle(
+                    after_commit(
                         "feed",
                         self.append_feed(&[
                             Change::Account(active.id.clone()),

@@ -47,7 +47,7 @@ pub(super) fn key_from_hex(hex: &str) -> StoreResult<KeyHash> {
 /// `max_staleness`), so it is logged and the write still reports done. Reporting an error would
 /// have the client retry a write that happened: a rotation or an accepted invitation whose new key
 /// it never got, a new parent whose email is then taken by itself.
-pub(super) fn settle(step: &'static str, result: StoreResult<()>) {
+pub(super) fn after_commit(step: &'static str, result: StoreResult<()>) {
     if let Err(e) = result {
         tracing::warn!(
             step,
@@ -149,13 +149,13 @@ impl Inner {
                         tenant: s.tenant.clone(),
                         account: account.id.clone(),
                     };
-                    settle("key pointer", self.drop_key_pointer(&old, &owner).await);
+                    after_commit("key pointer", self.drop_key_pointer(&old, &owner).await);
                     changes.push(Change::KeyRemoved(old));
                 }
             }
-            settle("email", self.free_email(&account.email, &account.id).await);
+            after_commit("email", self.free_email(&account.email, &account.id).await);
         }
-        settle("feed", self.append_feed(&changes).await);
+        after_commit("feed", self.append_feed(&changes).await);
         Ok(true)
     }
 
@@ -217,7 +217,7 @@ impl Inner {
                 "account `{id}` exists already"
             )));
         }
-        settle(
+        after_commit(
             "feed",
             self.append_feed(&[Change::Account(id), Change::KeyAdded(key_hash)])
                 .await,
@@ -241,7 +241,7 @@ impl Inner {
                 account.limits = limits;
             }
             if let Updated::Done(_) = self.update_account(&s, &account, KeyOp::Keep).await? {
-                settle(
+                after_commit(
                     "feed",
                     self.append_feed(&[Change::Account(id.to_owned())]).await,
                 );
@@ -271,7 +271,7 @@ impl Inner {
                 .await
                 .map_err(store_err)?;
             if status == "ok" {
-                settle(
+                after_commit(
                     "feed",
                     self.append_feed(&[Change::Subscriptions(parent_id.to_owned())])
                         .await,
@@ -328,12 +328,12 @@ impl Inner {
                         tenant: s.tenant.clone(),
                         account: id.to_owned(),
                     };
-                    settle("key pointer", self.drop_key_pointer(&old, &owner).await);
+                    after_commit("key pointer", self.drop_key_pointer(&old, &owner).await);
                     changes.push(Change::KeyRemoved(old));
                 }
-                settle("email", self.free_email(&account.email, id).await);
+                after_commit("email", self.free_email(&account.email, id).await);
             }
-            settle("feed", self.append_feed(&changes).await);
+            after_commit("feed", self.append_feed(&changes).await);
             return Ok(account);
         }
         Err(too_busy(id))
@@ -364,12 +364,12 @@ impl Inner {
                 Updated::Done(old) => {
                     let mut changes = Vec::with_capacity(3);
                     if let Some(old) = old.filter(|old| *old != new_key) {
-                        settle("key pointer", self.drop_key_pointer(&old, &owner).await);
+                        after_commit("key pointer", self.drop_key_pointer(&old, &owner).await);
                         changes.push(Change::KeyRemoved(old));
                     }
                     changes.push(Change::KeyAdded(new_key));
                     changes.push(Change::Account(id.to_owned()));
-                    settle("feed", self.append_feed(&changes).await);
+                    after_commit("feed", self.append_feed(&changes).await);
                     return Ok(());
                 }
                 Updated::KeyMoved => {
