@@ -491,9 +491,11 @@ async fn access_log_has_ids_never_keys_and_caps_refusals() {
     .await
     .unwrap();
     assert_eq!(r.status, 200);
+    // The key in the query this time: the line has the path, never the query.
+    let sep = if url.contains('?') { '&' } else { '?' };
     let r = get(
-        &url,
-        &[("x-api-key", unknown), ("x-request-id", "ops-refused")],
+        &format!("{url}{sep}apiKey={unknown}"),
+        &[("x-request-id", "ops-refused")],
     )
     .await
     .unwrap();
@@ -519,11 +521,16 @@ async fn access_log_has_ids_never_keys_and_caps_refusals() {
     assert_eq!(admitted["credits"], 1);
     assert!(admitted["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(admitted["upstream_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(admitted["method"], "GET");
+    assert_eq!(admitted["path"], WHOIS.split('?').next().unwrap());
+    assert_eq!(admitted["client"], "127.0.0.1");
     let refused = find("ops-refused").await.unwrap();
     assert_eq!(refused["status"], 401);
     assert_eq!(refused["outcome"], "key_unknown");
     assert_eq!(refused["credits"], 0);
     assert!(refused.get("account").is_none() && refused.get("upstream_ms").is_none());
+    assert_eq!(refused["path"], WHOIS.split('?').next().unwrap());
+    assert!(!g.log().contains(unknown), "a key in the log");
 
     // A burst of refusals: at most 3 lines a second, the rest counted in "suppressed" lines.
     let burst = 20;

@@ -1,5 +1,6 @@
 //! The access log: one `tracing` event per request on target [`TARGET`], with the request id, the
-//! account and parent ids (never a key), route, status, outcome, credits charged and durations.
+//! client's address, method and path (never the query, where a key may be), the account and
+//! parent ids (never a key), route, status, outcome, credits charged and durations.
 //!
 //! Admitted requests are sampled (`[logging] access_sample`): a per-thread xorshift draw against a
 //! threshold, so a request that is not logged costs a few arithmetic instructions, no allocation,
@@ -34,11 +35,23 @@ pub struct Trace {
     pub duration_at_body_end: bool,
 }
 
+/// What a request's line says of the request itself, borrowed from it: read only when a line is
+/// written.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    pub method: &'a str,
+    /// The request target as it came; the line keeps its path and drops the query.
+    pub target: &'a str,
+    /// The client's address, as `x-forwarded-for` gets it.
+    pub client: &'a [u8],
+}
+
 /// One line's fields.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
     /// The request id's bytes (a valid field value).
     pub request_id: &'a [u8],
+    pub line: Line<'a>,
     pub account: Option<&'a str>,
     pub parent: Option<&'a str>,
     pub route: &'a str,
@@ -160,6 +173,9 @@ fn emit(e: &Entry<'_>) {
     tracing::info!(
         target: TARGET,
         request_id = visible_ascii(e.request_id).unwrap_or("-"),
+        client = visible_ascii(e.line.client).unwrap_or("-"),
+        method = e.line.method,
+        path = e.line.target.split('?').next().unwrap_or(""),
         account = e.account,
         parent = e.parent,
         route = e.route,
@@ -253,6 +269,11 @@ mod tests {
         // refusal_slot itself does not count; refused() does.
         let e = Entry {
             request_id: b"r1",
+            line: Line {
+                method: "GET",
+                target: "/whois?apiKey=x",
+                client: b"127.0.0.1",
+            },
             account: None,
             parent: None,
             route: "whois",

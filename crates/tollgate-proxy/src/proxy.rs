@@ -16,7 +16,7 @@ use tollgate_core::{admit, cost, is_well_formed_key, Access, Decision, DenyReaso
 use tollgate_meter::{Charge, Check, Metering, Metrics, Standing};
 use tollgate_store::{CacheLookup, KeyCache, Principal, StoreError};
 
-use crate::access_log::{AccessLog, Entry, Trace};
+use crate::access_log::{AccessLog, Entry, Line, Trace};
 use crate::extract;
 use crate::forward::{self, Origin, UpstreamBody, Upstreams};
 use crate::respond::{refusal, Refusal};
@@ -398,10 +398,18 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = request_id(req.headers());
+        // For the access line, kept past `req` (moved upstream): no allocation for the standard
+        // methods, and a reference count for the URI.
+        let (method, uri) = (req.method().clone(), req.uri().clone());
+        let line = Line {
+            method: method.as_str(),
+            target: uri.path(),
+            client: client.ip.as_bytes(),
+        };
         let mut trace = Trace::default();
         let Ok(host) = request_host(req.version(), req.uri(), req.headers()) else {
             let r = Refusal::InvalidRequest;
-            self.record(None, started, request_id.as_bytes(), &trace, Err(r));
+            self.record(None, started, request_id.as_bytes(), line, &trace, Err(r));
             return finish(self.refusal(r), request_id);
         };
         // Before the route or the key: a path the upstream could resolve elsewhere is never
@@ -410,12 +418,12 @@ impl Proxy {
         let path = req.uri().path();
         if !crate::path::is_safe(path.as_bytes()) {
             let r = Refusal::InvalidRequest;
-            self.record(None, started, request_id.as_bytes(), &trace, Err(r));
+            self.record(None, started, request_id.as_bytes(), line, &trace, Err(r));
             return finish(self.refusal(r), request_id);
         }
         let Some(idx) = self.router.find(host, path) else {
             let r = Refusal::Deny(DenyReason::RouteNotFound);
-            self.record(None, started, request_id.as_bytes(), &trace, Err(r));
+            self.record(None, started, request_id.as_bytes(), line, &trace, Err(r));
             return finish(self.refusal(r), request_id);
         };
         let resp = match self
@@ -432,13 +440,21 @@ impl Proxy {
                     Some(idx),
                     started,
                     request_id.as_bytes(),
+                    line,
                     &trace,
                     Ok(resp.status()),
                 );
                 resp
             }
             Err((r, retry_after)) => {
-                self.record(Some(idx), started, request_id.as_bytes(), &trace, Err(r));
+                self.record(
+                    Some(idx),
+                    started,
+                    request_id.as_bytes(),
+                    line,
+                    &trace,
+                    Err(r),
+                );
                 let mut resp = self.refusal(r);
                 if let Some(secs) = retry_after {
                     resp.headers_mut()
@@ -452,11 +468,13 @@ impl Proxy {
 
     /// Counts, times and logs one finished request: `Ok(status)` forwarded, `Err` refused. Returns
     /// the time it read as the request's end.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         idx: Option<usize>,
         started: Instant,
         request_id: &[u8],
+        line: Line<'_>,
         trace: &Trace,
         outcome: Result<http::StatusCode, Refusal>,
     ) -> Instant {
@@ -492,6 +510,7 @@ impl Proxy {
         };
         let entry = Entry {
             request_id,
+            line,
             account: trace.principal.as_ref().map(|p| &*p.account.id),
             parent: trace.principal.as_ref().map(|p| &*p.tenant.id),
             route: name,

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tollgate_core::DenyReason;
 
 use super::{rate_limit_headers_into, Client, Deadlines, Proxy, RequestId, X_REQUEST_ID};
-use crate::access_log::Trace;
+use crate::access_log::{Line, Trace};
 use crate::extract;
 use crate::forward::{connection_names, is_hop_by_hop, UpstreamBody};
 use crate::respond::Refusal;
@@ -331,6 +331,18 @@ impl<'h, 'b> Head<'h, 'b> {
         })
     }
 
+    /// The request's side of its access line.
+    fn line<'c>(&self, client: &'c Client) -> Line<'c>
+    where
+        'b: 'c,
+    {
+        Line {
+            method: self.method,
+            target: self.target,
+            client: client.ip.as_bytes(),
+        }
+    }
+
     fn field(&self, name: &str) -> Option<&'b [u8]> {
         self.fields
             .iter()
@@ -361,7 +373,7 @@ impl Proxy {
             } else {
                 Refusal::Deny(DenyReason::RouteNotFound)
             };
-            let ended = self.record(None, started, request_id, &trace, Err(r));
+            let ended = self.record(None, started, request_id, head.line(client), &trace, Err(r));
             let body = self.refusal_body(r);
             write_refusal(out, r, body, None, request_id, (head.head_req, close));
             return (None, ended);
@@ -378,11 +390,25 @@ impl Proxy {
                     trace.duration_at_body_end =
                         b.arm(timeout, &self.runtime[idx].duration, started);
                 }
-                let ended = self.record(Some(idx), started, request_id, &trace, Ok(status));
+                let ended = self.record(
+                    Some(idx),
+                    started,
+                    request_id,
+                    head.line(client),
+                    &trace,
+                    Ok(status),
+                );
                 (body, ended)
             }
             Err((r, retry_after)) => {
-                let ended = self.record(Some(idx), started, request_id, &trace, Err(r));
+                let ended = self.record(
+                    Some(idx),
+                    started,
+                    request_id,
+                    head.line(client),
+                    &trace,
+                    Err(r),
+                );
                 let out = &mut scratch.out;
                 out.clear();
                 let body = self.refusal_body(r);
