@@ -219,3 +219,32 @@ async fn the_ops_listener_stays_up_through_the_drain_and_readyz_turns_503() {
     let status = g.terminate().await;
     assert_eq!(status.code(), Some(0), "{}", g.log());
 }
+
+/// `run` without the environment variable a route's `upstream_auth` names exits 1 and says which
+/// TOML path needs it (`check`, which may run where the secret is not, only warns).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_an_upstream_secret_names_its_toml_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, a, o) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{p}\"\n[account_api]\nlisten = \"127.0.0.1:{a}\"\n\
+             [ops]\nlisten = \"127.0.0.1:{o}\"\n[store]\nbackend = \"embedded\"\npath = \"{}\"\n\n\
+             [[routes]]\nprefix = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nproduct = \"a\"\n\n\
+             [[routes]]\nprefix = \"/b\"\nupstream = \"http://127.0.0.1:9\"\nproduct = \"b\"\n\
+             upstream_auth = {{ query = \"apiKey\", env = \"TG_TEST_SECRET_NEVER_SET\" }}\n",
+            dir.path().join("t.db").display()
+        ),
+    )
+    .unwrap();
+    let args: [&OsStr; 3] = ["run".as_ref(), "--config".as_ref(), config.as_os_str()];
+    let (status, stderr) = exit_of(Path::new(BIN), &args, Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("routes[1].upstream_auth.env")
+            && stderr.contains("TG_TEST_SECRET_NEVER_SET is not set"),
+        "{stderr}"
+    );
+}

@@ -189,8 +189,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 pub enum ProxyError {
     #[error(transparent)]
     Tls(#[from] forward::TlsSetupError),
-    #[error("route {route}: upstream_auth needs the environment variable {env}, which is not set")]
-    MissingSecret { route: String, env: String },
+    #[error("routes[{index}].upstream_auth.env (route {route}): the environment variable {env} is not set; set it where the gateway runs")]
+    MissingSecret {
+        index: usize,
+        route: String,
+        env: String,
+    },
     #[error("route {route}: bad upstream {what}")]
     BadUpstream { route: String, what: String },
 }
@@ -284,7 +288,7 @@ impl Proxy {
         upstreams: Upstreams,
     ) -> Result<Proxy, ProxyError> {
         let mut runtime = Vec::with_capacity(config.routes.len());
-        for r in &config.routes {
+        for (index, r) in config.routes.iter().enumerate() {
             let bad = |what: &str| ProxyError::BadUpstream {
                 route: r.name.clone(),
                 what: what.into(),
@@ -299,6 +303,7 @@ impl Proxy {
                 None => None,
                 Some(a) => {
                     let value = std::env::var(&a.env).map_err(|_| ProxyError::MissingSecret {
+                        index,
                         route: r.name.clone(),
                         env: a.env.clone(),
                     })?;
