@@ -10,6 +10,7 @@ pub mod gate;
 pub mod limits;
 pub mod meter;
 pub mod metrics;
+mod process;
 
 pub use credits::Credits;
 pub use gate::{Charge, Check, Metering, Standing};

@@ -53,6 +53,7 @@ pub struct Metrics {
     /// Accounts that have their own series (at most `max_key_series`, first come first served).
     series: parking_lot::Mutex<std::collections::HashSet<Arc<str>>>,
     hooks: RwLock<Vec<ScrapeHook>>,
+    process: crate::process::ProcessMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -187,6 +188,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let process = crate::process::ProcessMetrics::register(&registry);
         Arc::new(Metrics {
             registry,
             requests_total,
@@ -205,6 +207,7 @@ impl Metrics {
             config_last_reload_success_time,
             series: parking_lot::Mutex::new(std::collections::HashSet::new()),
             hooks: RwLock::new(Vec::new()),
+            process,
         })
     }
 
@@ -242,6 +245,7 @@ impl Metrics {
         for hook in self.hooks.read().iter() {
             hook(self);
         }
+        self.process.update();
         let mut buf = Vec::with_capacity(16 * 1024);
         let families = self.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
