@@ -167,11 +167,7 @@ impl Credits {
         let want = self.max_slice.max(missing);
         ops.seq += 1;
         let seq = ops.seq;
-        let op = LeaseOp {
-            node: &self.node,
-            seq,
-            last: false,
-        };
+        let op = LeaseOp::new(&self.node, seq);
         let (granted, beyond) = match self
             .store
             .lease_credits(tenant, pool, missing, want, op)
@@ -318,11 +314,7 @@ async fn settle(
     };
     let result = match u {
         Unsettled::Lease { seq, need, want } => {
-            let op = LeaseOp {
-                node,
-                seq,
-                last: false,
-            };
+            let op = LeaseOp::new(node, seq);
             store
                 .lease_credits(tenant, pool, need, want, op)
                 .await
@@ -332,11 +324,7 @@ async fn settle(
                 })
         }
         Unsettled::Release { seq, amount } => {
-            let op = LeaseOp {
-                node,
-                seq,
-                last: false,
-            };
+            let op = LeaseOp::new(node, seq);
             let r = store.release_credits(tenant, pool, amount, op).await;
             if matches!(&r, Err(e) if !outcome_unknown(e)) {
                 s.local.fetch_add(amount, Ordering::AcqRel);
@@ -364,11 +352,7 @@ async fn release(
 ) -> Result<(), StoreError> {
     ops.seq += 1;
     let seq = ops.seq;
-    let op = LeaseOp {
-        node,
-        seq,
-        last: false,
-    };
+    let op = LeaseOp::new(node, seq);
     let r = store.release_credits(tenant, pool, amount, op).await;
     if let Err(e) = &r {
         if outcome_unknown(e) {

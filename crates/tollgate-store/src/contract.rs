@@ -40,7 +40,7 @@ pub use accounts::{
     parent_email_taken_case_insensitive, ping_and_backend, rotate_key_replaces_key,
     status_lifecycle, subscriptions_put_replace_sorted, update_parent_team_and_limits,
 };
-pub use credits::credit_leases;
+pub use credits::{credit_leases, next_op};
 pub use feed::{feed_events_for_every_write, feed_rejects_bogus_cursor, feed_wakes_waiting_reader};
 pub use invitations::{
     deleting_a_parent_deletes_its_children, email_freed_after_delete,

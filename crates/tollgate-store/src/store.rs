@@ -161,6 +161,17 @@ pub struct LeaseOp<'a> {
     pub last: bool,
 }
 
+impl<'a> LeaseOp<'a> {
+    /// Operation `seq` of `node` (a lease or a return, not the last).
+    pub fn new(node: &'a str, seq: u64) -> LeaseOp<'a> {
+        LeaseOp {
+            node,
+            seq,
+            last: false,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Short name for logs and metrics: `embedded` or `redis`.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_core::{generate_key, generate_token, Day, Overage, Status};
 use tollgate_store::contract::{
-    fresh_email, make_child, make_parent, parent_account, sub, EXPIRES, NOW,
+    fresh_email, make_child, make_parent, next_op, parent_account, sub, EXPIRES, NOW,
 };
 use tollgate_store::redis_store::RedisStore;
 use tollgate_store::{
@@ -657,16 +657,6 @@ fn openssl(parts: &[&[&str]]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A new lease operation of one test node (each call the next number).
-fn next_op() -> LeaseOp<'static> {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    LeaseOp {
-        node: "node_test",
-        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
-        last: false,
-    }
 }
 
 /// A lease or release sent again with the same op (after a reply that timed out while Redis went

@@ -367,13 +367,14 @@ impl Proxy {
         let id = RequestId::from_field(head.field("x-request-id"));
         let request_id = id.as_bytes();
         let mut trace = Trace::default();
+        let line = head.line(client);
         let Some(idx) = head.route else {
             let r = if head.bad_path {
                 Refusal::InvalidRequest
             } else {
                 Refusal::Deny(DenyReason::RouteNotFound)
             };
-            let ended = self.record(None, started, request_id, head.line(client), &trace, Err(r));
+            let ended = self.record(None, started, request_id, line, &trace, Err(r));
             let body = self.refusal_body(r);
             write_refusal(out, r, body, None, request_id, (head.head_req, close));
             return (None, ended);
@@ -390,25 +391,11 @@ impl Proxy {
                     trace.duration_at_body_end =
                         b.arm(timeout, &self.runtime[idx].duration, started);
                 }
-                let ended = self.record(
-                    Some(idx),
-                    started,
-                    request_id,
-                    head.line(client),
-                    &trace,
-                    Ok(status),
-                );
+                let ended = self.record(Some(idx), started, request_id, line, &trace, Ok(status));
                 (body, ended)
             }
             Err((r, retry_after)) => {
-                let ended = self.record(
-                    Some(idx),
-                    started,
-                    request_id,
-                    head.line(client),
-                    &trace,
-                    Err(r),
-                );
+                let ended = self.record(Some(idx), started, request_id, line, &trace, Err(r));
                 let out = &mut scratch.out;
                 out.clear();
                 let body = self.refusal_body(r);

@@ -117,11 +117,10 @@ pub async fn credit_leases(store: &dyn Store) {
 }
 
 /// A new lease operation of one test node (each call the next number).
-fn next_op() -> LeaseOp<'static> {
+pub fn next_op() -> LeaseOp<'static> {
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    LeaseOp {
-        node: "node_test",
-        seq: SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
-        last: false,
-    }
+    LeaseOp::new(
+        "node_test",
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
+    )
 }
