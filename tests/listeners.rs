@@ -248,3 +248,94 @@ async fn run_without_an_upstream_secret_names_its_toml_path() {
         "{stderr}"
     );
 }
+
+/// Sends `raw` on a new connection and reads until the gateway closes it: (status, head, body).
+async fn raw_exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the gateway closes the connection after a request it cannot parse")
+        .unwrap();
+    let text = String::from_utf8(got).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// A request hyper cannot parse (a bad field, no HTTP at all, a head over the size limit) is
+/// answered on every listener with the status hyper chose and the contract's JSON error body,
+/// where hyper alone sends an empty one; on the data plane before and after hyper has taken the
+/// connection from the fast path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_be_parsed_get_a_json_error_on_every_listener() {
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(Path::new(BIN), &route("/whois", &up.url())).await;
+    let (_, key) = create_parent(&g, "owner@parse.example").await;
+    let bad_field = b"GET /whois HTTP/1.1\r\nHost: x\r\nX-Bad\x01Name: 1\r\n\r\n".to_vec();
+    let no_http = b"GARBAGE\r\n\r\n".to_vec();
+    let mut huge = b"GET /whois HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..2000 {
+        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "v".repeat(100)).as_bytes());
+    }
+    huge.extend_from_slice(b"\r\n");
+    let listeners = [
+        (host_port(&g.proxy), "bad_request"),
+        (host_port(&g.account), "invalid_request"),
+        (host_port(&g.ops), "invalid_request"),
+    ];
+    for (addr, code_400) in &listeners {
+        for (raw, status, code) in [
+            (&bad_field, 400, *code_400),
+            (&no_http, 400, *code_400),
+            (&huge, 431, "headers_too_large"),
+        ] {
+            let (got, head, body) = raw_exchange(addr, raw).await;
+            assert_eq!(got, status, "{addr}: {head}");
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("content-type: application/json"),
+                "{addr}: {head}"
+            );
+            let json: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{addr}: not JSON ({e}): {body:?}"));
+            assert_eq!(json["error"]["code"], code, "{addr}: {body}");
+            assert!(json["error"]["message"].is_string(), "{body}");
+        }
+    }
+
+    // On the data plane after hyper took the connection (a POST is hyper's): a good request, then
+    // a bad one on the same connection.
+    let addr = host_port(&g.proxy);
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /whois HTTP/1.1\r\nHost: x\r\nX-Api-Key: {key}\r\nContent-Length: 2\r\n\r\n{{}}\
+             GET /whois HTTP/1.1\r\nHost: x\r\nX-Bad\x01Name: 1\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(got).unwrap();
+    let second = text
+        .match_indices("HTTP/1.1 ")
+        .nth(1)
+        .map(|(i, _)| &text[i..])
+        .unwrap_or_else(|| panic!("two responses: {text}"));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(second.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        second.ends_with(
+            r#""code":"bad_request","message":"The request could not be parsed as HTTP."}}"#
+        ),
+        "{text}"
+    );
+    assert_eq!(up.requests().len(), 1);
+}

@@ -15,7 +15,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::respond::{error, MAX_BODY_BYTES};
 use crate::{account_api, ops_api, ApiError, ApiState};
@@ -36,13 +37,18 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `kind` on `listener` until `shutdown` resolves, then stops accepting and drains the open
-/// connections (at most [`DRAIN_TIMEOUT`]).
-pub async fn serve(
+/// connections (at most [`DRAIN_TIMEOUT`]). Each accepted connection goes through `wrap` first
+/// (the binary puts the data plane's JSON bodies on hyper's own parse-error answers with it; this
+/// crate may not depend on that one).
+pub async fn serve<W>(
     listener: TcpListener,
     kind: ApiKind,
     state: Arc<ApiState>,
+    wrap: impl Fn(TcpStream) -> W,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) where
+    W: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -70,7 +76,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(handle(kind, &state, req).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
+            .serve_connection(TokioIo::new(wrap(stream)), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod extract;
 pub mod forward;
+pub mod parse_errors;
 pub mod path;
 pub mod proxy;
 pub mod respond;

@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use crate::parse_errors::{Dialect, JsonParseErrors};
 use crate::proxy::Client;
 use crate::tls::TlsTerminator;
 use crate::Proxy;
@@ -322,7 +323,10 @@ fn start(
                 };
                 let conn = builder
                     .serve_connection_with_upgrades(
-                        TokioIo::new(Rewind::new(read, stream)),
+                        TokioIo::new(JsonParseErrors::new(
+                            Rewind::new(read, stream),
+                            Dialect::Proxy,
+                        )),
                         service,
                     )
                     .into_owned();
@@ -349,6 +353,7 @@ fn start(
                             return;
                         }
                     };
+                let stream = JsonParseErrors::new(stream, Dialect::Proxy);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::trace!(error = %e, "client connection ended with an error");

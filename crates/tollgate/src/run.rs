@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate_api::{ApiKind, ApiState, KeySources};
 use tollgate_config::{Config, LogFormat, OnStoreDown, StoreConfig};
 use tollgate_meter::{Credits, Meter, Metering, Metrics, RateLimits};
+use tollgate_proxy::parse_errors::{Dialect, JsonParseErrors};
 use tollgate_proxy::{AccessLog, Proxy, ProxySlot, ServeOptions, TlsTerminator};
 use tollgate_store::{CacheConfig, EmbeddedStore, KeyCache, Store};
 
@@ -187,6 +188,12 @@ impl Signals {
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
+}
+
+/// The account and ops listeners' connections: hyper's own parse-error answers get the APIs'
+/// JSON body, as the data plane's do.
+fn api_conn(stream: TcpStream) -> JsonParseErrors<TcpStream> {
+    JsonParseErrors::new(stream, Dialect::Api)
 }
 
 async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
@@ -361,6 +368,7 @@ impl Gateway {
                 account_l,
                 ApiKind::Account,
                 api.clone(),
+                api_conn,
                 shutdown_signal(rx.clone()),
             )),
         ];
@@ -368,6 +376,7 @@ impl Gateway {
             ops_l,
             ApiKind::Ops,
             api.clone(),
+            api_conn,
             shutdown_signal(ops_rx),
         ));
         let background = vec![tokio::spawn(

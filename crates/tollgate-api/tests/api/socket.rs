@@ -26,9 +26,16 @@ async fn start(h: &Harness, kind: ApiKind) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, kind, Arc::clone(&h.state), async move {
-        let _ = rx.await;
-    }));
+    let plain = |s: TcpStream| s;
+    let task = tokio::spawn(serve(
+        listener,
+        kind,
+        Arc::clone(&h.state),
+        plain,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Server {
         addr,
         stop: Some(tx),

@@ -1,0 +1,283 @@
+//! JSON bodies on the answers hyper gives before any service runs. A request hyper cannot parse
+//! (a bad request line or field, a head over the size limit, a target too long) gets hyper's own
+//! `400`, `431` or `414` with no body, and the connection closes. [`JsonParseErrors`] wraps a
+//! connection and puts the contract's `{"error":{...}}` body on exactly those answers: it
+//! recognises hyper's head whole, byte for byte (status line, `connection: close`,
+//! `content-length: 0`, `date`, nothing else: every response a service makes has other fields,
+//! `x-request-id` or `content-type`), and writes the same status with the body instead.
+//!
+//! Used on every listener: the data plane (behind the fast path, which hands such a request to
+//! hyper) and, through the binary, the account and ops listeners.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Whose error codes the bodies carry: the data plane's (`bad_request`) or the account and ops
+/// APIs' (`invalid_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Proxy,
+    Api,
+}
+
+/// hyper's answers, up to the date (which follows, 29 bytes, then the blank line).
+const CANNED: [(&[u8], u16); 3] = [
+    (
+        b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: ",
+        400,
+    ),
+    (
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: ",
+        431,
+    ),
+    (
+        b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: ",
+        414,
+    ),
+];
+
+/// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`) is always this long.
+const DATE_LEN: usize = 29;
+
+fn error_body(status: u16, dialect: Dialect) -> String {
+    let (code, message) = match (status, dialect) {
+        (400, Dialect::Proxy) => ("bad_request", "The request could not be parsed as HTTP."),
+        (400, Dialect::Api) => (
+            "invalid_request",
+            "The request could not be parsed as HTTP.",
+        ),
+        (431, _) => (
+            "headers_too_large",
+            "The request's head (its line and fields) is larger than this listener accepts.",
+        ),
+        _ => (
+            "uri_too_long",
+            "The request target is longer than this listener accepts.",
+        ),
+    };
+    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
+}
+
+/// The response to write instead of `head`, when `head` is one of hyper's bodiless answers to a
+/// request it could not parse.
+fn replacement(head: &[u8], dialect: Dialect) -> Option<Vec<u8>> {
+    let (prefix, status) = CANNED.iter().find(|(p, _)| head.starts_with(p))?;
+    let date = head[prefix.len()..].strip_suffix(b"\r\n\r\n")?;
+    if date.len() != DATE_LEN || !date.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        return None;
+    }
+    let status_line = &prefix[..prefix.iter().position(|b| *b == b'\n')? + 1];
+    let body = error_body(*status, dialect);
+    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    out.extend_from_slice(status_line);
+    out.extend_from_slice(b"content-type: application/json\r\nconnection: close\r\n");
+    out.extend_from_slice(format!("content-length: {}\r\ndate: ", body.len()).as_bytes());
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    Some(out)
+}
+
+/// A connection whose parse-error answers carry JSON bodies (see the module docs).
+#[derive(Debug)]
+pub struct JsonParseErrors<T> {
+    io: T,
+    dialect: Dialect,
+    /// A replacement being written: its bytes, how many are out, and the length of hyper's head it
+    /// stands for (reported written once all of it is).
+    pending: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl<T> JsonParseErrors<T> {
+    pub fn new(io: T, dialect: Dialect) -> JsonParseErrors<T> {
+        JsonParseErrors {
+            io,
+            dialect,
+            pending: None,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
+    /// Writes the pending replacement out (it stays pending until a write is told it went).
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((bytes, done, _)) = &mut self.pending {
+            while *done < bytes.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &bytes[*done..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *done += n;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// `Ready(n)`: all of the replacement is out, and it stands for the `n` bytes of hyper's head.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        ready!(self.drain(cx))?;
+        Poll::Ready(Ok(self.pending.take().map_or(0, |(_, _, n)| n)))
+    }
+
+    /// Whether this write is (or continues) a replacement.
+    fn intercepts(&mut self, buf: &[u8]) -> bool {
+        if self.pending.is_some() {
+            return true;
+        }
+        // Cheap first: a response head that starts with a 4xx status line.
+        if buf.len() < 64 || !buf.starts_with(b"HTTP/1.1 4") {
+            return false;
+        }
+        match replacement(buf, self.dialect) {
+            Some(out) => {
+                self.pending = Some((out, 0, buf.len()));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for JsonParseErrors<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.intercepts(buf) {
+            return self.poll_pending(cx);
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // hyper's answer is its head alone, in one buffer (it has no body).
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (nonempty.next(), nonempty.next()) {
+            if self.intercepts(only) {
+                return self.poll_pending(cx);
+            }
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.drain(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: &str = "Sat, 05 Dec 2026 23:12:40 GMT";
+
+    fn canned(status_line: &str) -> Vec<u8> {
+        format!("{status_line}\r\nconnection: close\r\ncontent-length: 0\r\ndate: {DATE}\r\n\r\n")
+            .into_bytes()
+    }
+
+    #[test]
+    fn hypers_answers_get_a_json_body_with_the_same_status() {
+        for (line, status, proxy_code, api_code) in [
+            (
+                "HTTP/1.1 400 Bad Request",
+                400,
+                "bad_request",
+                "invalid_request",
+            ),
+            (
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                431,
+                "headers_too_large",
+                "headers_too_large",
+            ),
+            (
+                "HTTP/1.1 414 URI Too Long",
+                414,
+                "uri_too_long",
+                "uri_too_long",
+            ),
+        ] {
+            for (dialect, code) in [(Dialect::Proxy, proxy_code), (Dialect::Api, api_code)] {
+                let out = replacement(&canned(line), dialect).expect(line);
+                let text = String::from_utf8(out).unwrap();
+                let (head, body) = text.split_once("\r\n\r\n").unwrap();
+                assert!(head.starts_with(&format!("{line}\r\n")), "{head}");
+                assert!(head.contains("content-type: application/json\r\n"));
+                assert!(head.contains("connection: close\r\n"));
+                assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+                assert!(head.ends_with(&format!("date: {DATE}")));
+                let json: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(json["error"]["code"], code, "{status}");
+                assert!(json["error"]["message"].as_str().unwrap().ends_with('.'));
+            }
+        }
+    }
+
+    #[test]
+    fn responses_a_service_made_pass_untouched() {
+        // A service's 400 always has more fields (content-type, x-request-id).
+        let service = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sat, 05 Dec 2026 23:12:40 GMT\r\n\r\n";
+        assert!(replacement(service, Dialect::Proxy).is_none());
+        // Another status, a head followed by body bytes, a head cut short.
+        assert!(replacement(&canned("HTTP/1.1 404 Not Found"), Dialect::Proxy).is_none());
+        let mut with_body = canned("HTTP/1.1 400 Bad Request");
+        with_body.extend_from_slice(b"x");
+        assert!(replacement(&with_body, Dialect::Proxy).is_none());
+        let whole = canned("HTTP/1.1 400 Bad Request");
+        assert!(replacement(&whole[..whole.len() - 2], Dialect::Proxy).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_replacement_goes_out_whole_through_a_slow_writer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A pipe that takes at most 7 bytes a write: the replacement needs many.
+        let (client, server) = tokio::io::duplex(7);
+        let mut wrapped = JsonParseErrors::new(server, Dialect::Api);
+        let head = canned("HTTP/1.1 400 Bad Request");
+        let reader = tokio::spawn(async move {
+            let mut client = client;
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        wrapped.write_all(&head).await.unwrap();
+        wrapped
+            .write_all(b"later bytes pass as they are")
+            .await
+            .unwrap();
+        wrapped.shutdown().await.unwrap();
+        drop(wrapped);
+        let got = String::from_utf8(reader.await.unwrap()).unwrap();
+        let expected = String::from_utf8(replacement(&head, Dialect::Api).unwrap()).unwrap();
+        assert_eq!(got, format!("{expected}later bytes pass as they are"));
+    }
+}
