@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric name Tollgate exports, in one place.
@@ -26,6 +26,7 @@ pub mod names {
     pub const CONFIG_LAST_RELOAD_SUCCESSFUL: &str = "tollgate_config_last_reload_successful";
     pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
         "tollgate_config_last_reload_success_timestamp_seconds";
+    pub const BUILD_INFO: &str = "tollgate_build_info";
 }
 
 type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
@@ -165,6 +166,18 @@ impl Metrics {
             "Unix time of the start, or of the last reload that applied the file.",
         )
         .expect("valid metric");
+        // Always 1; the label says which release answers (as `prometheus_build_info` does).
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                names::BUILD_INFO,
+                "The running build: always 1, with its version.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         config_last_reload_successful.set(1);
         config_last_reload_success_time.set(unix_now_s());
         for result in ["success", "failure"] {
@@ -174,6 +187,7 @@ impl Metrics {
             Box::new(config_reloads.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_last_reload_successful.clone()),
             Box::new(config_last_reload_success_time.clone()),
+            Box::new(build_info),
             Box::new(account_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(account_credits.clone()),
             Box::new(parent_credits.clone()),
@@ -373,6 +387,10 @@ mod tests {
             r#"tollgate_account_credits_total{account="_other",parent="_other",product="whois"} 34"#
         ));
         assert!(text.contains(r#"tollgate_parent_credits_total{parent="p3",product="whois"} 1"#));
+        assert!(text.contains(&format!(
+            "tollgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
         // No per-account series at all when per_key is off.
         let off = Metrics::new();
         off.export_usage(&totals, false, 10);
