@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 use serde_json::{json, Value};
-use tollgate_testkit::http::{get, post_json, send_chunked, send_h2c};
+use tollgate_testkit::http::{get, post_json, send, send_chunked, send_h2c};
 use tollgate_testkit::{StubUpstream, TestGateway};
 
 mod common;
@@ -1211,4 +1211,34 @@ async fn a_response_with_200_fields_passes_on_every_path() {
         || async { g.log().contains("more than 1024 fields") },
     )
     .await;
+}
+
+/// `TRACE` is answered 405 at the edge, over HTTP/1.1 and HTTP/2, never forwarded: an upstream
+/// that honours it would echo back what the gateway added (attribution, an `upstream_auth`
+/// credential). The other methods still go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_is_refused_at_the_edge_and_never_forwarded() {
+    let up = StubUpstream::start().await;
+    let g = TestGateway::start(BIN.as_ref(), &routes(&up.url())).await;
+    let (_, key) = create_parent(&g, "owner@trace.example", &["whois"]).await;
+    let url = format!("{}/whoisserver/WhoisService?domainName=a.example", g.proxy);
+    let headers = [("x-api-key", key.as_str())];
+    for h2 in [false, true] {
+        let r = if h2 {
+            send_h2c(Method::TRACE, &url, &headers).await.unwrap()
+        } else {
+            send(Method::TRACE, &url, &headers, "").await.unwrap()
+        };
+        assert_eq!(r.status.as_u16(), 405, "h2 {h2}");
+        assert_eq!(r.code(), "method_not_allowed");
+        let allow = r.header("allow").unwrap_or_default();
+        assert!(allow.contains("GET") && !allow.contains("TRACE"), "{allow}");
+        assert!(r.header("x-request-id").is_some());
+    }
+    assert_eq!(up.count(), 0, "a TRACE reached the upstream");
+    for method in [Method::OPTIONS, Method::DELETE] {
+        let r = send(method.clone(), &url, &headers, "").await.unwrap();
+        assert_eq!(r.status.as_u16(), 200, "{method}");
+    }
+    assert_eq!(up.count(), 2);
 }

@@ -412,6 +412,11 @@ impl Proxy {
             client: client.ip.as_bytes(),
         };
         let mut trace = Trace::default();
+        if method == http::Method::TRACE {
+            let r = Refusal::MethodNotAllowed;
+            self.record(None, started, request_id.as_bytes(), line, &trace, Err(r));
+            return finish(self.refusal(r), request_id);
+        }
         let Ok(host) = request_host(req.version(), req.uri(), req.headers()) else {
             let r = Refusal::InvalidRequest;
             self.record(None, started, request_id.as_bytes(), line, &trace, Err(r));

@@ -20,10 +20,13 @@ pub enum Refusal {
     InvalidRequest,
     /// The client paused its request body for longer than `[proxy] client_body_timeout`.
     RequestTimeout,
+    /// `TRACE`: an upstream that honours it would echo the request it got, with the gateway's
+    /// fields and an `upstream_auth` credential, back to the client (nginx answers it 405 too).
+    MethodNotAllowed,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 15] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::Deny(DenyReason::KeyMissing),
         Refusal::Deny(DenyReason::KeyUnknown),
         Refusal::Deny(DenyReason::KeyDisabled),
@@ -39,6 +42,7 @@ impl Refusal {
         Refusal::BadRequest,
         Refusal::InvalidRequest,
         Refusal::RequestTimeout,
+        Refusal::MethodNotAllowed,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -60,6 +64,7 @@ impl Refusal {
             Refusal::BadRequest => StatusCode::BAD_REQUEST,
             Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -71,6 +76,7 @@ impl Refusal {
             Refusal::BadRequest => "bad_request",
             Refusal::InvalidRequest => "invalid_request",
             Refusal::RequestTimeout => "request_timeout",
+            Refusal::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -81,6 +87,7 @@ impl Refusal {
             Refusal::UpstreamTimeout => "The upstream service did not answer in time.",
             Refusal::BadRequest => "The request could not be understood.",
             Refusal::RequestTimeout => "The request body stopped arriving before it was complete.",
+            Refusal::MethodNotAllowed => "TRACE is not served here.",
             Refusal::InvalidRequest => {
                 "The request path must start with / and may not contain . or .. segments \
                  (plain or percent-encoded), backslashes, encoded slashes or backslashes, or a \
@@ -149,6 +156,9 @@ static CHALLENGE: HeaderValue = HeaderValue::from_static(tollgate_core::BEARER_C
 /// When a client may try again after `store_unavailable`: the store is usually back within
 /// seconds (a failover, a restart).
 static STORE_RETRY: HeaderValue = HeaderValue::from_static("1");
+/// What a 405 must list (RFC 9110, section 15.5.6): every method but `TRACE` and `CONNECT`.
+static ALLOW: HeaderValue =
+    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
 
 /// A complete refusal response with `body` (`r.body()`, or the proxy's own `key_missing` body
 /// naming its sources). The caller adds `x-request-id` (and `retry-after` when limited). A 401
@@ -164,6 +174,9 @@ pub fn refusal(r: Refusal, body: Bytes) -> Response<Full<Bytes>> {
         }
         Refusal::Deny(DenyReason::StoreUnavailable) => {
             h.insert(header::RETRY_AFTER, STORE_RETRY.clone());
+        }
+        Refusal::MethodNotAllowed => {
+            h.insert(header::ALLOW, ALLOW.clone());
         }
         _ => {}
     }
@@ -192,6 +205,7 @@ mod tests {
             ("bad_request", 400),
             ("invalid_request", 400),
             ("request_timeout", 408),
+            ("method_not_allowed", 405),
         ];
         assert_eq!(spec.len(), Refusal::ALL.len());
         for (code, status) in spec {
