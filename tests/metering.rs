@@ -514,7 +514,8 @@ impl OutputWithStdin for std::process::Command {
 
 /// Credits taken from a `deny` pool for a request whose client goes away before the answer go
 /// back to the pool: three requests abandoned mid-flight (hyper's path: a chunked body), then
-/// the pool of 5 still admits 5. Before, each abandoned request took its credit for good.
+/// the pool of 5 still admits 5. Before, each abandoned request took its credit for good. The
+/// three are counted as `client_closed` (nginx's 499), not lost from the metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credits_of_a_request_its_client_abandons_go_back_to_the_pool() {
     use tokio::io::AsyncWriteExt;
@@ -556,4 +557,11 @@ async fn credits_of_a_request_its_client_abandons_go_back_to_the_pool() {
         assert!(admitted <= 5, "more than the pool");
     }
     assert_eq!(admitted, 5, "requests admitted after three abandoned ones");
+    let closed = [("route", "whois"), ("outcome", "client_closed")];
+    wait_until(
+        "three client_closed requests in the metrics",
+        Duration::from_secs(5),
+        || async { metric(&metrics_text(&g).await, "tollgate_requests_total", &closed) == Some(3) },
+    )
+    .await;
 }

@@ -411,7 +411,7 @@ impl Proxy {
             target: uri.path(),
             client: client.ip.as_bytes(),
         };
-        let mut trace = Trace::default();
+        let trace = Trace::default();
         if method == http::Method::TRACE {
             let r = Refusal::MethodNotAllowed;
             self.record(None, started, request_id.as_bytes(), line, &trace, Err(r));
@@ -436,10 +436,24 @@ impl Proxy {
             self.record(None, started, request_id.as_bytes(), line, &trace, Err(r));
             return finish(self.refusal(r), request_id);
         };
-        let resp = match self
-            .admit_and_forward(idx, req, client, &request_id, &mut trace)
-            .await
-        {
+        // Until the answer's head is here: if hyper drops this future (the client went away),
+        // the request is still counted and logged, as a 499.
+        let mut watch = Abandoned {
+            proxy: self,
+            idx,
+            started,
+            request_id: request_id.as_bytes(),
+            line,
+            trace,
+            armed: true,
+        };
+        let answer = self
+            .admit_and_forward(idx, req, client, &request_id, &mut watch.trace)
+            .await;
+        watch.armed = false;
+        let mut trace = std::mem::take(&mut watch.trace);
+        drop(watch);
+        let resp = match answer {
             Ok(mut resp) => {
                 if let Either::Left(body) = resp.body_mut() {
                     let timeout = self.router.routes()[idx].timeout;
@@ -1030,6 +1044,29 @@ fn finish(mut resp: Response<ResponseBody>, mut request_id: HeaderValue) -> Resp
 }
 
 /// See [`Proxy::refund_on_drop`].
+/// A request being admitted and forwarded on hyper's path (see [`Proxy::handle`]): recorded as
+/// [`Refusal::ClientClosed`] if dropped before its answer.
+struct Abandoned<'a> {
+    proxy: &'a Proxy,
+    idx: usize,
+    started: Instant,
+    request_id: &'a [u8],
+    line: Line<'a>,
+    trace: Trace,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let r = Refusal::ClientClosed;
+            let (idx, started, line) = (Some(self.idx), self.started, self.line);
+            self.proxy
+                .record(idx, started, self.request_id, line, &self.trace, Err(r));
+        }
+    }
+}
+
 pub(crate) struct RefundOnDrop<'a> {
     metering: &'a Metering,
     tenant: Arc<str>,

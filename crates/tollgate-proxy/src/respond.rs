@@ -23,10 +23,13 @@ pub enum Refusal {
     /// `TRACE`: an upstream that honours it would echo the request it got, with the gateway's
     /// fields and an `upstream_auth` credential, back to the client (nginx answers it 405 too).
     MethodNotAllowed,
+    /// The client went away (closed its connection, reset its HTTP/2 stream) before its answer:
+    /// counted and logged as nginx's 499; nothing is sent.
+    ClientClosed,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 16] = [
+    pub const ALL: [Refusal; 17] = [
         Refusal::Deny(DenyReason::KeyMissing),
         Refusal::Deny(DenyReason::KeyUnknown),
         Refusal::Deny(DenyReason::KeyDisabled),
@@ -43,6 +46,7 @@ impl Refusal {
         Refusal::InvalidRequest,
         Refusal::RequestTimeout,
         Refusal::MethodNotAllowed,
+        Refusal::ClientClosed,
     ];
 
     pub fn status(self) -> StatusCode {
@@ -65,6 +69,8 @@ impl Refusal {
             Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            // nginx's "client closed request": no response carries it, only logs and metrics.
+            Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -77,6 +83,7 @@ impl Refusal {
             Refusal::InvalidRequest => "invalid_request",
             Refusal::RequestTimeout => "request_timeout",
             Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::ClientClosed => "client_closed",
         }
     }
 
@@ -88,6 +95,7 @@ impl Refusal {
             Refusal::BadRequest => "The request could not be understood.",
             Refusal::RequestTimeout => "The request body stopped arriving before it was complete.",
             Refusal::MethodNotAllowed => "TRACE is not served here.",
+            Refusal::ClientClosed => "The client went away before its answer.",
             Refusal::InvalidRequest => {
                 "The request path must start with / and may not contain . or .. segments \
                  (plain or percent-encoded), backslashes, encoded slashes or backslashes, or a \
@@ -206,6 +214,7 @@ mod tests {
             ("invalid_request", 400),
             ("request_timeout", 408),
             ("method_not_allowed", 405),
+            ("client_closed", 499),
         ];
         assert_eq!(spec.len(), Refusal::ALL.len());
         for (code, status) in spec {
@@ -222,7 +231,7 @@ mod tests {
             let wire = String::from_utf8(r.wire_head().to_vec()).unwrap();
             let line = format!(
                 "HTTP/1.1 {status} {}\r\n",
-                r.status().canonical_reason().unwrap()
+                r.status().canonical_reason().unwrap_or("")
             );
             assert!(wire.starts_with(&line), "{wire}");
             assert_eq!(wire.lines().count(), 1 + h.len(), "{wire}");
