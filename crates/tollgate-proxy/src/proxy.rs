@@ -1043,7 +1043,6 @@ fn finish(mut resp: Response<ResponseBody>, mut request_id: HeaderValue) -> Resp
     resp
 }
 
-/// See [`Proxy::refund_on_drop`].
 /// A request being admitted and forwarded on hyper's path (see [`Proxy::handle`]): recorded as
 /// [`Refusal::ClientClosed`] if dropped before its answer.
 struct Abandoned<'a> {
@@ -1067,6 +1066,7 @@ impl Drop for Abandoned<'_> {
     }
 }
 
+/// See [`Proxy::refund_on_drop`].
 pub(crate) struct RefundOnDrop<'a> {
     metering: &'a Metering,
     tenant: Arc<str>,
