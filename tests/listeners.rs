@@ -298,6 +298,12 @@ async fn requests_that_cannot_be_parsed_get_a_json_error_on_every_listener() {
                     .contains("content-type: application/json"),
                 "{addr}: {head}"
             );
+            // The data plane's answers carry a request id, as all its responses do.
+            assert_eq!(
+                head.to_ascii_lowercase().contains("x-request-id: "),
+                *code_400 == "bad_request",
+                "{addr}: {head}"
+            );
             let json: serde_json::Value = serde_json::from_str(&body)
                 .unwrap_or_else(|e| panic!("{addr}: not JSON ({e}): {body:?}"));
             assert_eq!(json["error"]["code"], code, "{addr}: {body}");

@@ -74,6 +74,12 @@ fn replacement(head: &[u8], dialect: Dialect) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(head.len() + body.len() + 64);
     out.extend_from_slice(status_line);
     out.extend_from_slice(b"content-type: application/json\r\nconnection: close\r\n");
+    if dialect == Dialect::Proxy {
+        // The data plane's responses all carry one (a new one: no request was read).
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(&crate::proxy::random_hex());
+        out.extend_from_slice(b"\r\n");
+    }
     out.extend_from_slice(format!("content-length: {}\r\ndate: ", body.len()).as_bytes());
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\n\r\n");
@@ -235,6 +241,11 @@ mod tests {
                 assert!(head.contains("connection: close\r\n"));
                 assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
                 assert!(head.ends_with(&format!("date: {DATE}")));
+                let id = head.lines().find_map(|l| l.strip_prefix("x-request-id: "));
+                match dialect {
+                    Dialect::Proxy => assert_eq!(id.map(str::len), Some(32), "{head}"),
+                    Dialect::Api => assert_eq!(id, None, "{head}"),
+                }
                 let json: serde_json::Value = serde_json::from_str(body).unwrap();
                 assert_eq!(json["error"]["code"], code, "{status}");
                 assert!(json["error"]["message"].as_str().unwrap().ends_with('.'));

@@ -929,7 +929,7 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// 32 random hex digits: a new request id.
-fn random_hex() -> [u8; 32] {
+pub(crate) fn random_hex() -> [u8; 32] {
     let n: u128 = rand::random();
     let mut hex = [0u8; 32];
     for (i, d) in hex.iter_mut().enumerate() {
