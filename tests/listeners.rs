@@ -339,9 +339,17 @@ async fn requests_that_cannot_be_parsed_get_a_json_error_on_every_listener() {
     assert!(second.starts_with("HTTP/1.1 400"), "{text}");
     assert!(
         second.ends_with(
-            r#""code":"bad_request","message":"The request could not be parsed as HTTP."}}"#
+            r#""code":"bad_request","message":"The request could not be understood."}}"#
         ),
         "{text}"
     );
     assert_eq!(up.requests().len(), 1);
+
+    // The data plane counts them: two 400s and a 431 above, then the one after hyper took over.
+    let metrics = String::from_utf8(ops_get(&g, "/metrics").await.body.to_vec()).unwrap();
+    for (outcome, n) in [("bad_request", 3), ("headers_too_large", 1)] {
+        let series =
+            format!(r#"tollgate_requests_total{{outcome="{outcome}",route="_unmatched"}} {n}"#);
+        assert!(metrics.contains(&series), "{series} not in the metrics");
+    }
 }

@@ -7,71 +7,65 @@
 //! `x-request-id` or `content-type`), and writes the same status with the body instead.
 //!
 //! Used on every listener: the data plane (behind the fast path, which hands such a request to
-//! hyper) and, through the binary, the account and ops listeners.
+//! hyper), where the answers are also counted as outcomes under `route="_unmatched"`, and, through
+//! the binary, the account and ops listeners.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::respond::{error_body, Refusal};
+use crate::server::ProxySlot;
+
 /// Whose error codes the bodies carry: the data plane's (`bad_request`) or the account and ops
 /// APIs' (`invalid_request`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
+enum Dialect {
     Proxy,
     Api,
 }
 
-/// hyper's answers, up to the date (which follows, 29 bytes, then the blank line).
-const CANNED: [(&[u8], u16); 3] = [
+/// hyper's answers, up to the date (which follows, 29 bytes, then the blank line), and the
+/// refusal each stands for.
+const CANNED: [(&[u8], Refusal); 3] = [
     (
         b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: ",
-        400,
+        Refusal::BadRequest,
     ),
     (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: ",
-        431,
+        Refusal::HeadersTooLarge,
     ),
     (
         b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\ndate: ",
-        414,
+        Refusal::UriTooLong,
     ),
 ];
 
 /// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`) is always this long.
 const DATE_LEN: usize = 29;
 
-fn error_body(status: u16, dialect: Dialect) -> String {
-    let (code, message) = match (status, dialect) {
-        (400, Dialect::Proxy) => ("bad_request", "The request could not be parsed as HTTP."),
-        (400, Dialect::Api) => (
-            "invalid_request",
-            "The request could not be parsed as HTTP.",
-        ),
-        (431, _) => (
-            "headers_too_large",
-            "The request's head (its line and fields) is larger than this listener accepts.",
-        ),
-        _ => (
-            "uri_too_long",
-            "The request target is longer than this listener accepts.",
-        ),
-    };
-    serde_json::json!({"error": {"code": code, "message": message}}).to_string()
-}
-
 /// The response to write instead of `head`, when `head` is one of hyper's bodiless answers to a
-/// request it could not parse.
-fn replacement(head: &[u8], dialect: Dialect) -> Option<Vec<u8>> {
-    let (prefix, status) = CANNED.iter().find(|(p, _)| head.starts_with(p))?;
+/// request it could not parse, and the refusal it is.
+fn replacement(head: &[u8], dialect: Dialect) -> Option<(Vec<u8>, Refusal)> {
+    let (prefix, refusal) = CANNED.iter().find(|(p, _)| head.starts_with(p))?;
     let date = head[prefix.len()..].strip_suffix(b"\r\n\r\n")?;
     if date.len() != DATE_LEN || !date.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
         return None;
     }
     let status_line = &prefix[..prefix.iter().position(|b| *b == b'\n')? + 1];
-    let body = error_body(*status, dialect);
-    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    let body = match (dialect, refusal) {
+        (Dialect::Proxy, r) => r.body().to_vec(),
+        // The APIs' code for a request they cannot take.
+        (Dialect::Api, Refusal::BadRequest) => {
+            error_body("invalid_request", refusal.message()).into_bytes()
+        }
+        (Dialect::Api, r) => error_body(r.code(), r.message()).into_bytes(),
+    };
+    let mut out = Vec::with_capacity(head.len() + body.len() + 96);
     out.extend_from_slice(status_line);
     out.extend_from_slice(b"content-type: application/json\r\nconnection: close\r\n");
     if dialect == Dialect::Proxy {
@@ -83,25 +77,47 @@ fn replacement(head: &[u8], dialect: Dialect) -> Option<Vec<u8>> {
     out.extend_from_slice(format!("content-length: {}\r\ndate: ", body.len()).as_bytes());
     out.extend_from_slice(date);
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body.as_bytes());
-    Some(out)
+    out.extend_from_slice(&body);
+    Some((out, *refusal))
 }
 
 /// A connection whose parse-error answers carry JSON bodies (see the module docs).
-#[derive(Debug)]
 pub struct JsonParseErrors<T> {
     io: T,
     dialect: Dialect,
+    /// The data plane's proxy, whose `_unmatched` outcome counters count these answers.
+    counted_by: Option<Arc<ProxySlot>>,
     /// A replacement being written: its bytes, how many are out, and the length of hyper's head it
     /// stands for (reported written once all of it is).
     pending: Option<(Vec<u8>, usize, usize)>,
 }
 
+impl<T> std::fmt::Debug for JsonParseErrors<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonParseErrors")
+            .field("dialect", &self.dialect)
+            .finish()
+    }
+}
+
 impl<T> JsonParseErrors<T> {
-    pub fn new(io: T, dialect: Dialect) -> JsonParseErrors<T> {
+    /// A data-plane connection: its answers are counted in `tollgate_requests_total` under
+    /// `route="_unmatched"`, with the proxy in `slot` at the time.
+    pub fn data_plane(io: T, slot: Arc<ProxySlot>) -> JsonParseErrors<T> {
         JsonParseErrors {
             io,
-            dialect,
+            dialect: Dialect::Proxy,
+            counted_by: Some(slot),
+            pending: None,
+        }
+    }
+
+    /// A connection of the account or ops listener (whose answers no metric counts).
+    pub fn api(io: T) -> JsonParseErrors<T> {
+        JsonParseErrors {
+            io,
+            dialect: Dialect::Api,
+            counted_by: None,
             pending: None,
         }
     }
@@ -138,7 +154,10 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
             return false;
         }
         match replacement(buf, self.dialect) {
-            Some(out) => {
+            Some((out, refusal)) => {
+                if let Some(slot) = &self.counted_by {
+                    slot.load().count_unparsed(refusal);
+                }
                 self.pending = Some((out, 0, buf.len()));
                 true
             }
@@ -233,7 +252,7 @@ mod tests {
             ),
         ] {
             for (dialect, code) in [(Dialect::Proxy, proxy_code), (Dialect::Api, api_code)] {
-                let out = replacement(&canned(line), dialect).expect(line);
+                let (out, _) = replacement(&canned(line), dialect).expect(line);
                 let text = String::from_utf8(out).unwrap();
                 let (head, body) = text.split_once("\r\n\r\n").unwrap();
                 assert!(head.starts_with(&format!("{line}\r\n")), "{head}");
@@ -272,7 +291,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // A pipe that takes at most 7 bytes a write: the replacement needs many.
         let (client, server) = tokio::io::duplex(7);
-        let mut wrapped = JsonParseErrors::new(server, Dialect::Api);
+        let mut wrapped = JsonParseErrors::api(server);
         let head = canned("HTTP/1.1 400 Bad Request");
         let reader = tokio::spawn(async move {
             let mut client = client;
@@ -288,7 +307,7 @@ mod tests {
         wrapped.shutdown().await.unwrap();
         drop(wrapped);
         let got = String::from_utf8(reader.await.unwrap()).unwrap();
-        let expected = String::from_utf8(replacement(&head, Dialect::Api).unwrap()).unwrap();
+        let expected = String::from_utf8(replacement(&head, Dialect::Api).unwrap().0).unwrap();
         assert_eq!(got, format!("{expected}later bytes pass as they are"));
     }
 }

@@ -490,6 +490,12 @@ impl Proxy {
         finish(resp, request_id)
     }
 
+    /// Counts an answer the HTTP layer gave to a request it could not parse (see
+    /// [`crate::parse_errors`]): under `route="_unmatched"`, as no request exists to route.
+    pub(crate) fn count_unparsed(&self, r: Refusal) {
+        self.unmatched.outcomes[r.index()].inc();
+    }
+
     /// Counts, times and logs one finished request: `Ok(status)` forwarded, `Err` refused. Returns
     /// the time it read as the request's end.
     #[allow(clippy::too_many_arguments)]

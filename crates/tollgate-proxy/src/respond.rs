@@ -23,13 +23,18 @@ pub enum Refusal {
     /// `TRACE`: an upstream that honours it would echo the request it got, with the gateway's
     /// fields and an `upstream_auth` credential, back to the client (nginx answers it 405 too).
     MethodNotAllowed,
+    /// A request head over `[proxy] max_header_bytes` or 100 fields (answered by the HTTP layer,
+    /// see [`crate::parse_errors`]).
+    HeadersTooLarge,
+    /// A request target too long for the HTTP layer (see [`crate::parse_errors`]).
+    UriTooLong,
     /// The client went away (closed its connection, reset its HTTP/2 stream) before its answer:
     /// counted and logged as nginx's 499; nothing is sent.
     ClientClosed,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 17] = [
+    pub const ALL: [Refusal; 19] = [
         Refusal::Deny(DenyReason::KeyMissing),
         Refusal::Deny(DenyReason::KeyUnknown),
         Refusal::Deny(DenyReason::KeyDisabled),
@@ -46,6 +51,8 @@ impl Refusal {
         Refusal::InvalidRequest,
         Refusal::RequestTimeout,
         Refusal::MethodNotAllowed,
+        Refusal::HeadersTooLarge,
+        Refusal::UriTooLong,
         Refusal::ClientClosed,
     ];
 
@@ -69,6 +76,8 @@ impl Refusal {
             Refusal::InvalidRequest => StatusCode::BAD_REQUEST,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             // nginx's "client closed request": no response carries it, only logs and metrics.
             Refusal::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
@@ -83,6 +92,8 @@ impl Refusal {
             Refusal::InvalidRequest => "invalid_request",
             Refusal::RequestTimeout => "request_timeout",
             Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::UriTooLong => "uri_too_long",
             Refusal::ClientClosed => "client_closed",
         }
     }
@@ -95,6 +106,10 @@ impl Refusal {
             Refusal::BadRequest => "The request could not be understood.",
             Refusal::RequestTimeout => "The request body stopped arriving before it was complete.",
             Refusal::MethodNotAllowed => "TRACE is not served here.",
+            Refusal::HeadersTooLarge => {
+                "The request's head (its line and fields) is larger than this listener accepts."
+            }
+            Refusal::UriTooLong => "The request target is longer than this listener accepts.",
             Refusal::ClientClosed => "The client went away before its answer.",
             Refusal::InvalidRequest => {
                 "The request path must start with / and may not contain . or .. segments \
@@ -214,6 +229,8 @@ mod tests {
             ("invalid_request", 400),
             ("request_timeout", 408),
             ("method_not_allowed", 405),
+            ("headers_too_large", 431),
+            ("uri_too_long", 414),
             ("client_closed", 499),
         ];
         assert_eq!(spec.len(), Refusal::ALL.len());

@@ -26,7 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::parse_errors::{Dialect, JsonParseErrors};
+use crate::parse_errors::JsonParseErrors;
 use crate::proxy::Client;
 use crate::tls::TlsTerminator;
 use crate::Proxy;
@@ -323,9 +323,9 @@ fn start(
                 };
                 let conn = builder
                     .serve_connection_with_upgrades(
-                        TokioIo::new(JsonParseErrors::new(
+                        TokioIo::new(JsonParseErrors::data_plane(
                             Rewind::new(read, stream),
-                            Dialect::Proxy,
+                            shared.proxy.clone(),
                         )),
                         service,
                     )
@@ -340,6 +340,7 @@ fn start(
             let watcher = graceful.watcher();
             let builder = builder.clone();
             let acceptor = tls.acceptor();
+            let counted_by = shared.proxy.clone();
             tokio::spawn(async move {
                 let stream =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -353,7 +354,7 @@ fn start(
                             return;
                         }
                     };
-                let stream = JsonParseErrors::new(stream, Dialect::Proxy);
+                let stream = JsonParseErrors::data_plane(stream, counted_by);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
                     tracing::trace!(error = %e, "client connection ended with an error");

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tollgate_api::{ApiKind, ApiState, KeySources};
 use tollgate_config::{Config, LogFormat, OnStoreDown, StoreConfig};
 use tollgate_meter::{Credits, Meter, Metering, Metrics, RateLimits};
-use tollgate_proxy::parse_errors::{Dialect, JsonParseErrors};
+use tollgate_proxy::parse_errors::JsonParseErrors;
 use tollgate_proxy::{AccessLog, Proxy, ProxySlot, ServeOptions, TlsTerminator};
 use tollgate_store::{CacheConfig, EmbeddedStore, KeyCache, Store};
 
@@ -193,7 +193,7 @@ impl Signals {
 /// The account and ops listeners' connections: hyper's own parse-error answers get the APIs'
 /// JSON body, as the data plane's do.
 fn api_conn(stream: TcpStream) -> JsonParseErrors<TcpStream> {
-    JsonParseErrors::new(stream, Dialect::Api)
+    JsonParseErrors::api(stream)
 }
 
 async fn shutdown_signal(mut rx: watch::Receiver<bool>) {
