@@ -264,7 +264,7 @@ async fn raw_exchange(addr: &str, raw: &[u8]) -> (u16, String, String) {
     (status, head.to_owned(), body.to_owned())
 }
 
-/// A request hyper cannot parse (a bad field, no HTTP at all, a head over the size limit) is
+/// A request hyper cannot parse (a bad field, no HTTP at all, a head over the field limit) is
 /// answered on every listener with the status hyper chose and the contract's JSON error body,
 /// where hyper alone sends an empty one; on the data plane before and after hyper has taken the
 /// connection from the fast path.
@@ -275,9 +275,12 @@ async fn requests_that_cannot_be_parsed_get_a_json_error_on_every_listener() {
     let (_, key) = create_parent(&g, "owner@parse.example").await;
     let bad_field = b"GET /whois HTTP/1.1\r\nHost: x\r\nX-Bad\x01Name: 1\r\n\r\n".to_vec();
     let no_http = b"GARBAGE\r\n\r\n".to_vec();
+    // Over the 100 fields a head may have, in a few KiB: the gateway reads all of it before it
+    // answers, so its close is a FIN (a close with bytes unread would reset the connection, and
+    // the client could lose the answer).
     let mut huge = b"GET /whois HTTP/1.1\r\nHost: x\r\n".to_vec();
-    for i in 0..2000 {
-        huge.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "v".repeat(100)).as_bytes());
+    for i in 0..120 {
+        huge.extend_from_slice(format!("X-Filler-{i}: v\r\n").as_bytes());
     }
     huge.extend_from_slice(b"\r\n");
     let listeners = [
