@@ -84,8 +84,8 @@ fn replacement(head: &[u8], dialect: Dialect) -> Option<(Vec<u8>, Refusal)> {
 /// A connection whose parse-error answers carry JSON bodies (see the module docs).
 pub struct JsonParseErrors<T> {
     io: T,
-    dialect: Dialect,
-    /// The data plane's proxy, whose `_unmatched` outcome counters count these answers.
+    /// The data plane's proxy, whose `_unmatched` outcome counters count these answers; `None` on
+    /// the account and ops listeners.
     counted_by: Option<Arc<ProxySlot>>,
     /// A replacement being written: its bytes, how many are out, and the length of hyper's head it
     /// stands for (reported written once all of it is).
@@ -95,7 +95,7 @@ pub struct JsonParseErrors<T> {
 impl<T> std::fmt::Debug for JsonParseErrors<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JsonParseErrors")
-            .field("dialect", &self.dialect)
+            .field("data_plane", &self.counted_by.is_some())
             .finish()
     }
 }
@@ -106,7 +106,6 @@ impl<T> JsonParseErrors<T> {
     pub fn data_plane(io: T, slot: Arc<ProxySlot>) -> JsonParseErrors<T> {
         JsonParseErrors {
             io,
-            dialect: Dialect::Proxy,
             counted_by: Some(slot),
             pending: None,
         }
@@ -116,7 +115,6 @@ impl<T> JsonParseErrors<T> {
     pub fn api(io: T) -> JsonParseErrors<T> {
         JsonParseErrors {
             io,
-            dialect: Dialect::Api,
             counted_by: None,
             pending: None,
         }
@@ -153,7 +151,11 @@ impl<T: AsyncWrite + Unpin> JsonParseErrors<T> {
         if buf.len() < 64 || !buf.starts_with(b"HTTP/1.1 4") {
             return false;
         }
-        match replacement(buf, self.dialect) {
+        let dialect = match self.counted_by {
+            Some(_) => Dialect::Proxy,
+            None => Dialect::Api,
+        };
+        match replacement(buf, dialect) {
             Some((out, refusal)) => {
                 if let Some(slot) = &self.counted_by {
                     slot.load().count_unparsed(refusal);
